@@ -237,11 +237,13 @@ pub fn extract(upstream_text: &str) -> Result<Extracted, String> {
         }
     }
 
+    // Hoisted bodies first, then referenced upstream schemas, then the other sections.
+    if let Some(Value::Mapping(referenced)) = components.remove("schemas") {
+        schemas.extend(referenced);
+    }
     let mut all_components = Mapping::new();
     all_components.insert("schemas".into(), Value::Mapping(schemas));
-    for (k, v) in components {
-        all_components.insert(k, v);
-    }
+    all_components.extend(components);
     all_components.insert("securitySchemes".into(), Value::Mapping(schemes));
 
     let mut info = get(&upstream, "info").cloned().unwrap_or_default();
@@ -324,7 +326,13 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["TrackLeadRequest", "TrackLeadResponse", "TrackSaleRequest", "TrackSaleResponse"]
+            [
+                "TrackLeadRequest",
+                "TrackLeadResponse",
+                "TrackSaleRequest",
+                "TrackSaleResponse",
+                "ErrorCode"
+            ]
         );
     }
 
@@ -354,13 +362,18 @@ mod tests {
             &spec,
             &["components", "schemas", "TrackSaleRequest", "properties", "paymentProcessor"],
         );
-        let values: Vec<_> = at(pp, &["enum"])
+        let mut values: Vec<_> = at(pp, &["enum"])
             .as_sequence()
             .unwrap()
             .iter()
             .map(|v| v.as_str().unwrap())
             .collect();
-        assert_eq!(values, PAYMENT_PROCESSORS);
+        // Upstream's values keep their order; the missing ones follow.
+        assert_eq!(&values[..5], ["stripe", "shopify", "polar", "paddle", "custom"]);
+        values.sort_unstable();
+        let mut expected = PAYMENT_PROCESSORS;
+        expected.sort_unstable();
+        assert_eq!(values, expected);
         assert!(get(pp, CORRECTION_KEY).is_some());
     }
 
