@@ -48,7 +48,11 @@ fn main() {
     let mut settings = progenitor::GenerationSettings::default();
     settings
         .with_interface(progenitor::InterfaceStyle::Positional)
-        .with_derive("PartialEq");
+        .with_derive("PartialEq")
+        // Our exec hook (src/transport.rs) owns every exchange; the per-call settings it needs
+        // travel as the generated client's inner value.
+        .with_hooks(progenitor::HooksMode::Expected)
+        .with_inner_type(quote::quote!(crate::transport::Call));
     for (_, _, name) in OPEN_ENUMS {
         settings.with_replacement(name, format!("crate::models::{name}"), [].into_iter());
     }

@@ -1,0 +1,342 @@
+//! `dub.track()`: recording leads and sales, with per-call options.
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use progenitor_client::{ClientInfo, Error as RawError, ResponseValue};
+use reqwest::header::HeaderMap;
+use tracing::Instrument;
+
+use crate::client::{Dub, check_url, header};
+use crate::error::{Error, ErrorKind, Result};
+use crate::generated::Client as Generated;
+use crate::models::{
+    ErrorBody, TrackLeadRequest, TrackLeadResponse, TrackSaleRequest, TrackSaleResponse,
+};
+use crate::retry::RetryConfig;
+use crate::transport::{Call, Report};
+use crate::validate;
+
+/// The track operations of a [`Dub`] client, from [`Dub::track`].
+#[derive(Debug, Clone)]
+pub struct Track {
+    dub: Dub,
+}
+
+impl Track {
+    pub(crate) fn new(dub: Dub) -> Self {
+        Self { dub }
+    }
+
+    /// Records a lead: a sign-up tied to the click that brought the visitor.
+    ///
+    /// Await the returned [`TrackCall`], optionally after setting per-call options. A lead
+    /// (unless `deferred`) is deduplicated by Dub, so it is retried after ambiguous failures.
+    ///
+    /// ```no_run
+    /// # async fn run(dub: dub::Dub) -> dub::Result<()> {
+    /// use dub::models::TrackLeadRequest;
+    /// let res = dub.track().lead(TrackLeadRequest::new("clk_123", "Sign up", "user_42")).await?;
+    /// assert!(res.link.is_some(), "a new lead comes back with its link");
+    /// # Ok(()) }
+    /// ```
+    pub fn lead(&self, request: TrackLeadRequest) -> TrackCall<TrackLeadRequest> {
+        TrackCall::new(self.dub.clone(), request)
+    }
+
+    /// Records a sale: revenue tied to a customer.
+    ///
+    /// Give the sale an [`invoice_id`](TrackSaleRequest::invoice_id): Dub records one sale per
+    /// invoice id, which is what makes retrying it safe. Without one, a sale is not retried
+    /// after a failure that may have reached Dub (see [`crate::retry`]).
+    ///
+    /// ```no_run
+    /// # async fn run(dub: dub::Dub) -> dub::Result<()> {
+    /// use dub::models::{PaymentProcessor, TrackSaleRequest};
+    /// use dub::RetryConfig;
+    /// use std::time::Duration;
+    ///
+    /// let sale = dub
+    ///     .track()
+    ///     .sale(TrackSaleRequest::new("user_42", 996500)
+    ///         .payment_processor(PaymentProcessor::Paddle)
+    ///         .invoice_id("in_1")
+    ///         .currency("usd"))
+    ///     .retries(RetryConfig::none())
+    ///     .timeout(Duration::from_secs(5))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn sale(&self, request: TrackSaleRequest) -> TrackCall<TrackSaleRequest> {
+        TrackCall::new(self.dub.clone(), request)
+    }
+}
+
+/// One pending call with its per-call options. Nothing is sent until it is awaited.
+///
+/// The options mirror the Python SDK's per-call arguments: `retries`, `timeout_ms`,
+/// `server_url` and `http_headers`.
+#[must_use = "a TrackCall does nothing until it is awaited"]
+pub struct TrackCall<R> {
+    dub: Dub,
+    request: R,
+    retry: Option<RetryConfig>,
+    timeout: Option<Duration>,
+    server_url: Option<String>,
+    headers: HeaderMap,
+    bad_option: Option<Error>,
+}
+
+impl<R: fmt::Debug> fmt::Debug for TrackCall<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrackCall")
+            .field("request", &self.request)
+            .field("retry", &self.retry)
+            .field("timeout", &self.timeout)
+            .field("server_url", &self.server_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R> TrackCall<R> {
+    fn new(dub: Dub, request: R) -> Self {
+        Self {
+            dub,
+            request,
+            retry: None,
+            timeout: None,
+            server_url: None,
+            headers: HeaderMap::new(),
+            bad_option: None,
+        }
+    }
+
+    /// This call's retry policy instead of the client's.
+    pub fn retries(mut self, retry: RetryConfig) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// This call's per-attempt timeout instead of the client's.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Send this call to another server (same rules as
+    /// [`DubBuilder::server_url`](crate::DubBuilder::server_url)).
+    pub fn server_url(mut self, url: impl Into<String>) -> Self {
+        self.server_url = Some(url.into());
+        self
+    }
+
+    /// An extra header for this call. An invalid name or value fails the call with
+    /// [`ErrorKind::Config`] before anything is sent.
+    pub fn header(mut self, name: impl AsRef<str>, value: impl AsRef<str>) -> Self {
+        match header(name.as_ref(), value.as_ref()) {
+            Ok((n, v)) => {
+                self.headers.insert(n, v);
+            }
+            Err(e) => self.bad_option = self.bad_option.or(Some(e)),
+        }
+        self
+    }
+}
+
+type RawResult<T> = std::result::Result<ResponseValue<T>, RawError<ErrorBody>>;
+
+/// What differs between the two operations.
+pub trait Operation: Send + Sync + 'static + sealed::Sealed {
+    /// The decoded 200 body.
+    type Response: Send + 'static;
+    #[doc(hidden)]
+    const NAME: &'static str;
+    #[doc(hidden)]
+    fn validate(&self) -> Result<()>;
+    #[doc(hidden)]
+    fn idempotent(&self) -> bool;
+    #[doc(hidden)]
+    fn send<'a>(
+        &'a self,
+        client: &'a Generated,
+    ) -> impl Future<Output = RawResult<Self::Response>> + Send + 'a;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for crate::models::TrackLeadRequest {}
+    impl Sealed for crate::models::TrackSaleRequest {}
+}
+
+impl Operation for TrackLeadRequest {
+    type Response = TrackLeadResponse;
+    const NAME: &'static str = "track.lead";
+    fn validate(&self) -> Result<()> {
+        validate::lead(self)
+    }
+    fn idempotent(&self) -> bool {
+        self.is_idempotent()
+    }
+    fn send<'a>(&'a self, c: &'a Generated) -> impl Future<Output = RawResult<TrackLeadResponse>> + Send + 'a {
+        c.track_lead(self)
+    }
+}
+
+impl Operation for TrackSaleRequest {
+    type Response = TrackSaleResponse;
+    const NAME: &'static str = "track.sale";
+    fn validate(&self) -> Result<()> {
+        validate::sale(self)
+    }
+    fn idempotent(&self) -> bool {
+        self.is_idempotent()
+    }
+    fn send<'a>(&'a self, c: &'a Generated) -> impl Future<Output = RawResult<TrackSaleResponse>> + Send + 'a {
+        c.track_sale(self)
+    }
+}
+
+impl<R: Operation> IntoFuture for TrackCall<R> {
+    type Output = Result<R::Response>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let span = tracing::info_span!(
+            "dub.call",
+            operation = R::NAME,
+            attempts = tracing::field::Empty,
+            status = tracing::field::Empty,
+        );
+        Box::pin(self.run().instrument(span))
+    }
+}
+
+impl<R: Operation> TrackCall<R> {
+    async fn run(self) -> Result<R::Response> {
+        let named = |mut e: Error| {
+            e.inner_mut().operation = Some(R::NAME);
+            e
+        };
+        let shared = self.dub.shared().map_err(named)?.clone();
+        if let Some(e) = self.bad_option {
+            return Err(named(e));
+        }
+        self.request.validate().map_err(named)?;
+        let base_url = match &self.server_url {
+            Some(url) => check_url(url, shared.allow_insecure_http).map_err(named)?,
+            None => shared.base_url.clone(),
+        };
+        let call = Call {
+            retry: self.retry.unwrap_or_else(|| shared.retry.clone()),
+            attempt_timeout: self.timeout.unwrap_or(shared.timeout),
+            headers: self.headers,
+            idempotent: self.request.idempotent(),
+            operation: R::NAME,
+            report: Mutex::new(Report::default()),
+            shared: shared.clone(),
+        };
+        let client = Generated::new_with_client(&base_url, shared.http.clone(), call);
+        let result = self.request.send(&client).await;
+        let report = client.inner().report();
+        let span = tracing::Span::current();
+        span.record("attempts", report.attempts);
+        if let Some(s) = report.status {
+            span.record("status", s.as_u16());
+        }
+        match result {
+            Ok(value) => Ok(value.into_inner()),
+            Err(raw) => {
+                let e = named(from_raw(raw, report));
+                tracing::info!(error = %e, "call failed");
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Turns the generated client's error and the exchange's report into one [`Error`].
+fn from_raw(raw: RawError<ErrorBody>, report: Report) -> Error {
+    let (mut err, body) = match raw {
+        RawError::ErrorResponse(value) => {
+            let status = value.status();
+            let mut e = Error::new(ErrorKind::from_status(status));
+            let body = value.into_inner();
+            let i = e.inner_mut();
+            i.code = Some(body.error.code);
+            i.message = Some(body.error.message);
+            i.doc_url = body.error.doc_url;
+            (e, None)
+        }
+        RawError::InvalidResponsePayload(bytes, cause) => {
+            let kind = match report.status {
+                Some(s) if !s.is_success() => ErrorKind::from_status(s),
+                _ => ErrorKind::Decode,
+            };
+            let mut e = Error::new(kind);
+            e.inner_mut().message = Some(format!("the body is not what the API documents: {cause}"));
+            (e.with_source(cause), Some(bytes))
+        }
+        RawError::UnexpectedResponse(_) => {
+            let status = report.status.unwrap_or_default();
+            let kind = if status.is_success() {
+                ErrorKind::Decode
+            } else {
+                ErrorKind::from_status(status)
+            };
+            (Error::new(kind), report.body.clone())
+        }
+        RawError::CommunicationError(cause) | RawError::ResponseBodyError(cause) | RawError::InvalidUpgrade(cause) => {
+            let kind = if cause.is_timeout() {
+                ErrorKind::Timeout
+            } else if cause.is_connect() {
+                ErrorKind::Connect
+            } else {
+                ErrorKind::Transport
+            };
+            let mut e = Error::new(kind);
+            if report.deadline_exceeded {
+                e.inner_mut().message = Some("the call's deadline (max_elapsed_time) passed".into());
+            }
+            (e.with_source(cause), None)
+        }
+        RawError::InvalidRequest(message) | RawError::Custom(message) => {
+            let mut e = Error::new(ErrorKind::Config);
+            e.inner_mut().message = Some(message);
+            (e, None)
+        }
+    };
+    let i = err.inner_mut();
+    i.status = report.status;
+    i.headers = report.headers;
+    i.retry_after = report.retry_after;
+    i.attempts = report.attempts;
+    i.body_truncated = report.body_truncated;
+    // A 2xx that failed to decode was recorded all the same.
+    i.may_have_been_recorded = report.may_have_been_recorded;
+    if let Some(bytes) = body.or(report.body) {
+        if i.code.is_none() {
+            if let Ok(dub) = serde_json::from_slice::<ErrorBody>(&bytes) {
+                i.code = Some(dub.error.code);
+                i.message = Some(dub.error.message);
+                i.doc_url = dub.error.doc_url;
+            } else if i.message.is_none() && i.status.is_some_and(|s| !s.is_success()) {
+                i.message = Some(excerpt(&bytes));
+            }
+        }
+        i.raw_body = Some(bytes.slice(..bytes.len().min(crate::transport::MAX_ERROR_BODY)));
+    }
+    err
+}
+
+/// The start of a body as one line of text, for messages.
+fn excerpt(bytes: &[u8]) -> String {
+    if bytes.is_empty() {
+        return "empty body".into();
+    }
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]);
+    let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    format!("body: {line}")
+}

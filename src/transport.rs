@@ -1,0 +1,288 @@
+//! The HTTP exchange of every call: the generated client's `exec` hook.
+//!
+//! progenitor's generated `Client` builds each request (URL, JSON body, `Accept`,
+//! `api-version`) and decodes the final response; everything in between happens here, once per
+//! call: authentication and user headers, the per-attempt timeout, retries with backoff and
+//! Retry-After, the retry budget, and a cap on how much body is read. The hook records what it
+//! saw in the call's [`Report`], because the generated error type keeps neither the status of an
+//! undecodable body nor the attempt count.
+//!
+//! The generated client takes a [`Call`] as its "inner" value, so a generated `Client` is made
+//! per call; that costs one `String` for the base URL and a few reference-count increments.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use progenitor_client::{ClientHooks, ClientInfo, OperationInfo};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, USER_AGENT};
+use reqwest::{Request, Response, StatusCode};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::generated::Client as Generated;
+use crate::retry::{self, RETRY_COST, RetryBudget, RetryConfig, TIMEOUT_RETRY_COST};
+
+/// Most of a success body we read; Dub's are a few hundred bytes.
+pub(crate) const MAX_SUCCESS_BODY: usize = 1024 * 1024;
+/// Most of an error body we read and keep.
+pub(crate) const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Settings shared by every call of one client.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub http: reqwest::Client,
+    pub auth: HeaderValue,
+    pub user_agent: HeaderValue,
+    pub default_headers: HeaderMap,
+    pub budget: RetryBudget,
+    pub base_url: String,
+    pub timeout: Duration,
+    pub retry: RetryConfig,
+    pub allow_insecure_http: bool,
+}
+
+/// One call: its settings and, once it ran, its [`Report`].
+#[derive(Debug)]
+pub(crate) struct Call {
+    pub shared: Arc<Shared>,
+    pub operation: &'static str,
+    pub retry: RetryConfig,
+    pub attempt_timeout: Duration,
+    pub headers: HeaderMap,
+    /// Whether Dub deduplicates this call, making a retry after an ambiguous failure safe.
+    pub idempotent: bool,
+    pub report: Mutex<Report>,
+}
+
+/// What the exchange saw, for building errors the generated code cannot.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Report {
+    pub attempts: u32,
+    pub may_have_been_recorded: bool,
+    pub status: Option<StatusCode>,
+    pub headers: Option<HeaderMap>,
+    pub retry_after: Option<Duration>,
+    pub body_truncated: bool,
+    /// The final body, when the status was not 200 (the generated code decodes only 200s
+    /// and documented errors, and keeps no bytes of a 4xx/5xx it could not decode).
+    pub body: Option<Bytes>,
+    /// The error of the last attempt was our deadline, not the attempt timeout.
+    pub deadline_exceeded: bool,
+}
+
+// The generated client derives Clone, so its inner value must be Clone; we never clone it.
+impl Clone for Call {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            operation: self.operation,
+            retry: self.retry.clone(),
+            attempt_timeout: self.attempt_timeout,
+            headers: self.headers.clone(),
+            idempotent: self.idempotent,
+            report: Mutex::new(self.report()),
+        }
+    }
+}
+
+impl Call {
+    pub(crate) fn report(&self) -> Report {
+        self.report
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Report)) {
+        f(&mut self.report.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+}
+
+/// How one attempt ended, as far as retrying is concerned.
+enum Outcome {
+    /// A response, with the body still unread.
+    Response(Response),
+    /// No connection was made: nothing reached Dub.
+    NotSent(reqwest::Error),
+    /// The request may have reached Dub; we do not know what happened to it.
+    Ambiguous(reqwest::Error),
+}
+
+impl ClientHooks<Call> for Generated {
+    async fn exec(&self, request: Request, info: &OperationInfo) -> reqwest::Result<Response> {
+        let call = self.inner();
+        let _ = info;
+        exchange(self.client(), call, request).await
+    }
+}
+
+async fn exchange(http: &reqwest::Client, call: &Call, mut request: Request) -> reqwest::Result<Response> {
+    let headers = request.headers_mut();
+    headers.insert(AUTHORIZATION, call.shared.auth.clone());
+    headers.insert(USER_AGENT, call.shared.user_agent.clone());
+    for (name, value) in call.shared.default_headers.iter().chain(call.headers.iter()) {
+        headers.insert(name, value.clone());
+    }
+
+    let policy = &call.retry;
+    let budget = &call.shared.budget;
+    let started = Instant::now();
+    let deadline = policy.get_max_elapsed_time().map(|d| started + d);
+    let mut attempt = 0u32;
+    let mut spent = 0u64;
+    loop {
+        attempt += 1;
+        let now = Instant::now();
+        let remaining = deadline.map(|d| d.saturating_duration_since(now));
+        let timeout = remaining.map_or(call.attempt_timeout, |r| r.min(call.attempt_timeout));
+        let mut this = match request.try_clone() {
+            // The JSON body is in memory, so the clone always succeeds.
+            Some(r) => r,
+            None => return http.execute(request).await,
+        };
+        *this.timeout_mut() = Some(timeout);
+        let span = tracing::debug_span!("dub.attempt", attempt, status = tracing::field::Empty);
+        let sent_at = Instant::now();
+        let outcome = match http.execute(this).instrument(span.clone()).await {
+            Ok(r) => Outcome::Response(r),
+            Err(e) if e.is_connect() => Outcome::NotSent(e),
+            Err(e) => Outcome::Ambiguous(e),
+        };
+        let latency_ms = sent_at.elapsed().as_millis() as u64;
+        let ambiguous = match &outcome {
+            Outcome::Response(r) => r.status().is_success() || r.status().is_server_error(),
+            Outcome::NotSent(_) => false,
+            Outcome::Ambiguous(_) => true,
+        };
+        call.update(|r| {
+            r.attempts = attempt;
+            r.may_have_been_recorded |= ambiguous;
+            r.deadline_exceeded = false;
+        });
+
+        // Decide whether, and after how long, to try again.
+        let (reason, wait, cost) = match &outcome {
+            Outcome::Response(r) => {
+                let status = r.status();
+                span.record("status", status.as_u16());
+                tracing::debug!(parent: &span, status = status.as_u16(), latency_ms, "response");
+                let asked = retry::retry_after(r.headers(), SystemTime::now());
+                call.update(|rep| {
+                    rep.status = Some(status);
+                    rep.headers = Some(r.headers().clone());
+                    rep.retry_after = asked;
+                });
+                let allowed = policy.retries_status(status)
+                    && (status == StatusCode::TOO_MANY_REQUESTS
+                        || call.idempotent
+                        || policy.retries_ambiguous());
+                if status.is_success() || !allowed {
+                    return finish(call, outcome_response(outcome), budget, spent).await;
+                }
+                (format!("HTTP {}", status.as_u16()), asked, RETRY_COST)
+            }
+            Outcome::NotSent(e) | Outcome::Ambiguous(e) => {
+                let timed_out = e.is_timeout();
+                tracing::debug!(parent: &span, latency_ms, error = %e, "no response");
+                call.update(|rep| {
+                    rep.status = None;
+                    rep.headers = None;
+                    rep.retry_after = None;
+                    rep.deadline_exceeded = timed_out && remaining.is_some_and(|r| r <= timeout);
+                });
+                let allowed = policy.retries_connection_errors()
+                    && (matches!(outcome, Outcome::NotSent(_))
+                        || call.idempotent
+                        || policy.retries_ambiguous());
+                if !allowed {
+                    return finish(call, outcome_response(outcome), budget, spent).await;
+                }
+                let cost = if timed_out { TIMEOUT_RETRY_COST } else { RETRY_COST };
+                let reason = if timed_out { "timeout" } else if matches!(outcome, Outcome::NotSent(_)) { "connect" } else { "connection lost" };
+                (reason.to_owned(), None, cost)
+            }
+        };
+
+        if attempt >= policy.get_max_attempts() {
+            return finish(call, outcome_response(outcome), budget, spent).await;
+        }
+        let unit = fastrand::f64();
+        let delay = match wait {
+            // The server's wish wins over backoff, but never beyond the cap or the deadline.
+            Some(asked) => {
+                if deadline.is_some_and(|d| Instant::now() + asked > d) {
+                    tracing::info!(reason, retry_after_ms = asked.as_millis() as u64, "not retrying: Retry-After is past the deadline");
+                    return finish(call, outcome_response(outcome), budget, spent).await;
+                }
+                asked.min(policy.get_max_interval())
+            }
+            None => policy.delay(attempt, unit),
+        };
+        if deadline.is_some_and(|d| Instant::now() + delay >= d) {
+            tracing::info!(reason, delay_ms = delay.as_millis() as u64, "not retrying: the deadline would pass");
+            return finish(call, outcome_response(outcome), budget, spent).await;
+        }
+        if !budget.try_withdraw(cost) {
+            tracing::warn!(reason, "not retrying: the client's retry budget is spent");
+            return finish(call, outcome_response(outcome), budget, spent).await;
+        }
+        spent = cost;
+        tracing::info!(attempt, delay_ms = delay.as_millis() as u64, reason, "retrying");
+        drop(outcome);
+        tokio::time::sleep(delay).await;
+    }
+}
+
+fn outcome_response(outcome: Outcome) -> reqwest::Result<Response> {
+    match outcome {
+        Outcome::Response(r) => Ok(r),
+        Outcome::NotSent(e) | Outcome::Ambiguous(e) => Err(e),
+    }
+}
+
+/// Settles the budget and reads the final body with a cap, so that a hostile or broken server
+/// cannot make the client buffer without bound.
+async fn finish(
+    call: &Call,
+    result: reqwest::Result<Response>,
+    budget: &RetryBudget,
+    spent: u64,
+) -> reqwest::Result<Response> {
+    let mut response = result?;
+    let status = response.status();
+    if status.is_success() {
+        budget.deposit(if spent > 0 { spent } else { 1 });
+    }
+    let cap = if status.is_success() { MAX_SUCCESS_BODY } else { MAX_ERROR_BODY };
+    let mut body = BytesMut::new();
+    let mut truncated = false;
+    while let Some(chunk) = response.chunk().await? {
+        let room = cap - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            truncated = true;
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let body = body.freeze();
+    if truncated || status != StatusCode::OK {
+        call.update(|r| {
+            r.body_truncated = truncated;
+            if status != StatusCode::OK {
+                r.body = Some(body.clone());
+            }
+        });
+    }
+    Ok(rebuild(response, body))
+}
+
+/// A response with the same status and headers and a body already in memory.
+fn rebuild(response: Response, body: Bytes) -> Response {
+    let mut out = http::Response::new(body);
+    *out.status_mut() = response.status();
+    *out.version_mut() = response.version();
+    *out.headers_mut() = response.headers().clone();
+    Response::from(out)
+}
