@@ -67,8 +67,8 @@ impl Dub {
     /// # Ok::<(), dub::Error>(())
     /// ```
     pub fn from_env() -> Result<Self> {
-        let token = std::env::var("DUB_API_KEY")
-            .map_err(|_| Error::config("DUB_API_KEY is not set"))?;
+        let token =
+            std::env::var("DUB_API_KEY").map_err(|_| Error::config("DUB_API_KEY is not set"))?;
         let mut builder = Self::builder().token(token);
         if let Ok(url) = std::env::var("DUB_BASE_URL") {
             builder = builder.server_url(url);
@@ -100,7 +100,9 @@ impl Dub {
     }
 
     pub(crate) fn shared(&self) -> Result<&Arc<Shared>> {
-        self.inner.as_ref().map_err(|m| Error::config(m.to_string()))
+        self.inner
+            .as_ref()
+            .map_err(|m| Error::config(m.to_string()))
     }
 }
 
@@ -219,8 +221,9 @@ impl DubBuilder {
         if token.trim().is_empty() {
             return Err(Error::config("the API token is empty"));
         }
-        let mut auth = HeaderValue::try_from(format!("Bearer {token}"))
-            .map_err(|_| Error::config("the API token contains characters not allowed in a header"))?;
+        let mut auth = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
+            Error::config("the API token contains characters not allowed in a header")
+        })?;
         auth.set_sensitive(true);
         let ua = match &self.user_agent_suffix {
             Some(s) => format!("{USER_AGENT} {s}"),
@@ -290,10 +293,16 @@ pub(crate) fn check_url(url: &str, allow_insecure_http: bool) -> Result<String> 
                  would travel unencrypted (use https, or allow_insecure_http(true))"
             )));
         }
-        other => return Err(Error::config(format!("server URL scheme {other:?} is not http(s)"))),
+        other => {
+            return Err(Error::config(format!(
+                "server URL scheme {other:?} is not http(s)"
+            )));
+        }
     }
     if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err(Error::config(format!("server URL {url:?} must not have a query or fragment")));
+        return Err(Error::config(format!(
+            "server URL {url:?} must not have a query or fragment"
+        )));
     }
     Ok(url.trim_end_matches('/').to_owned())
 }

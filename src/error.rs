@@ -140,7 +140,10 @@ impl Error {
         &mut self.inner
     }
 
-    pub(crate) fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+    pub(crate) fn with_source(
+        mut self,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         self.inner.source = Some(Box::new(source));
         self
     }
@@ -285,7 +288,11 @@ impl fmt::Debug for Error {
         if let Some(s) = i.status {
             d.field("status", &s);
         }
-        for (name, value) in [("code", &i.code), ("message", &i.message), ("doc_url", &i.doc_url)] {
+        for (name, value) in [
+            ("code", &i.code),
+            ("message", &i.message),
+            ("doc_url", &i.doc_url),
+        ] {
             if let Some(v) = value {
                 d.field(name, v);
             }

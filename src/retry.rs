@@ -124,7 +124,11 @@ impl RetryConfig {
 
     /// The factor each delay grows by (values below 1 count as 1).
     pub fn exponent(mut self, exponent: f64) -> Self {
-        self.exponent = if exponent.is_finite() { exponent.max(1.0) } else { 1.0 };
+        self.exponent = if exponent.is_finite() {
+            exponent.max(1.0)
+        } else {
+            1.0
+        };
         self
     }
 
@@ -189,7 +193,9 @@ impl RetryConfig {
 
     /// The wait before retry number `retry` (1 for the first retry), before jitter and caps.
     fn base_delay(&self, retry: u32) -> Duration {
-        let factor = self.exponent.powi(retry.saturating_sub(1).min(1_000) as i32);
+        let factor = self
+            .exponent
+            .powi(retry.saturating_sub(1).min(1_000) as i32);
         let secs = self.initial_interval.as_secs_f64() * factor;
         Duration::try_from_secs_f64(secs)
             .unwrap_or(self.max_interval)
@@ -211,11 +217,17 @@ impl RetryConfig {
 /// an HTTP date, or (what Dub actually sends) a Unix timestamp in milliseconds. Garbage,
 /// negative values and moments in the past yield `None`.
 pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let text = |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    if let Some(ms) = text("retry-after-ms").and_then(|t| t.parse::<f64>().ok()) {
-        if ms.is_finite() && ms >= 0.0 {
-            return Duration::try_from_secs_f64(ms / 1000.0).ok();
-        }
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(ms) = text("retry-after-ms").and_then(|t| t.parse::<f64>().ok())
+        && ms.is_finite()
+        && ms >= 0.0
+    {
+        return Duration::try_from_secs_f64(ms / 1000.0).ok();
     }
     let value = text("retry-after")?;
     if let Ok(n) = value.parse::<u64>() {
@@ -282,7 +294,9 @@ impl RetryBudget {
 
     /// Tokens left, or `None` for an unlimited budget.
     pub fn available(&self) -> Option<u64> {
-        self.inner.as_ref().map(|b| b.tokens.load(Ordering::Relaxed))
+        self.inner
+            .as_ref()
+            .map(|b| b.tokens.load(Ordering::Relaxed))
     }
 
     /// Takes `cost` tokens if there are that many.
@@ -295,9 +309,11 @@ impl RetryBudget {
 
     pub(crate) fn deposit(&self, amount: u64) {
         if let Some(b) = &self.inner {
-            let _ = b.tokens.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
-                Some(t.saturating_add(amount).min(b.capacity))
-            });
+            let _ = b
+                .tokens
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                    Some(t.saturating_add(amount).min(b.capacity))
+                });
         }
     }
 }
@@ -317,9 +333,15 @@ mod tests {
     fn retry_after_forms() {
         let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let at = |n, v| retry_after(&headers(n, v), now);
-        assert_eq!(at("retry-after-ms", "1500"), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            at("retry-after-ms", "1500"),
+            Some(Duration::from_millis(1500))
+        );
         assert_eq!(at("retry-after", "7"), Some(Duration::from_secs(7)));
-        assert_eq!(at("retry-after", "1800000003000"), Some(Duration::from_secs(3)));
+        assert_eq!(
+            at("retry-after", "1800000003000"),
+            Some(Duration::from_secs(3))
+        );
         let date = httpdate::fmt_http_date(now + Duration::from_secs(9));
         assert_eq!(at("retry-after", &date), Some(Duration::from_secs(9)));
         for garbage in ["-3", "soon", "", "1e9999", "1799999999000"] {
@@ -338,7 +360,13 @@ mod tests {
         assert_eq!(full.delay(2, 0.0), Duration::ZERO);
         let equal = RetryConfig::default().jitter(Jitter::Equal);
         assert_eq!(equal.delay(2, 0.0), Duration::from_millis(500));
-        assert_eq!(RetryConfig::default().exponent(f64::NAN).delay(9, 0.99).as_millis() <= 500, true);
+        assert!(
+            RetryConfig::default()
+                .exponent(f64::NAN)
+                .delay(9, 0.99)
+                .as_millis()
+                <= 500
+        );
     }
 
     #[test]

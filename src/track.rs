@@ -180,7 +180,10 @@ impl Operation for TrackLeadRequest {
     fn idempotent(&self) -> bool {
         self.is_idempotent()
     }
-    fn send<'a>(&'a self, c: &'a Generated) -> impl Future<Output = RawResult<TrackLeadResponse>> + Send + 'a {
+    fn send<'a>(
+        &'a self,
+        c: &'a Generated,
+    ) -> impl Future<Output = RawResult<TrackLeadResponse>> + Send + 'a {
         c.track_lead(self)
     }
 }
@@ -194,7 +197,10 @@ impl Operation for TrackSaleRequest {
     fn idempotent(&self) -> bool {
         self.is_idempotent()
     }
-    fn send<'a>(&'a self, c: &'a Generated) -> impl Future<Output = RawResult<TrackSaleResponse>> + Send + 'a {
+    fn send<'a>(
+        &'a self,
+        c: &'a Generated,
+    ) -> impl Future<Output = RawResult<TrackSaleResponse>> + Send + 'a {
         c.track_sale(self)
     }
 }
@@ -276,7 +282,8 @@ fn from_raw(raw: RawError<ErrorBody>, report: Report) -> Error {
                 _ => ErrorKind::Decode,
             };
             let mut e = Error::new(kind);
-            e.inner_mut().message = Some(format!("the body is not what the API documents: {cause}"));
+            e.inner_mut().message =
+                Some(format!("the body is not what the API documents: {cause}"));
             (e.with_source(cause), Some(bytes))
         }
         RawError::UnexpectedResponse(_) => {
@@ -288,7 +295,9 @@ fn from_raw(raw: RawError<ErrorBody>, report: Report) -> Error {
             };
             (Error::new(kind), report.body.clone())
         }
-        RawError::CommunicationError(cause) | RawError::ResponseBodyError(cause) | RawError::InvalidUpgrade(cause) => {
+        RawError::CommunicationError(cause)
+        | RawError::ResponseBodyError(cause)
+        | RawError::InvalidUpgrade(cause) => {
             let kind = if cause.is_timeout() {
                 ErrorKind::Timeout
             } else if cause.is_connect() {
@@ -298,7 +307,8 @@ fn from_raw(raw: RawError<ErrorBody>, report: Report) -> Error {
             };
             let mut e = Error::new(kind);
             if report.deadline_exceeded {
-                e.inner_mut().message = Some("the call's deadline (max_elapsed_time) passed".into());
+                e.inner_mut().message =
+                    Some("the call's deadline (max_elapsed_time) passed".into());
             }
             (e.with_source(cause), None)
         }

@@ -117,11 +117,20 @@ impl ClientHooks<Call> for Generated {
     }
 }
 
-async fn exchange(http: &reqwest::Client, call: &Call, mut request: Request) -> reqwest::Result<Response> {
+async fn exchange(
+    http: &reqwest::Client,
+    call: &Call,
+    mut request: Request,
+) -> reqwest::Result<Response> {
     let headers = request.headers_mut();
     headers.insert(AUTHORIZATION, call.shared.auth.clone());
     headers.insert(USER_AGENT, call.shared.user_agent.clone());
-    for (name, value) in call.shared.default_headers.iter().chain(call.headers.iter()) {
+    for (name, value) in call
+        .shared
+        .default_headers
+        .iter()
+        .chain(call.headers.iter())
+    {
         headers.insert(name, value.clone());
     }
 
@@ -198,8 +207,18 @@ async fn exchange(http: &reqwest::Client, call: &Call, mut request: Request) -> 
                 if !allowed {
                     return finish(call, outcome_response(outcome), budget, spent).await;
                 }
-                let cost = if timed_out { TIMEOUT_RETRY_COST } else { RETRY_COST };
-                let reason = if timed_out { "timeout" } else if matches!(outcome, Outcome::NotSent(_)) { "connect" } else { "connection lost" };
+                let cost = if timed_out {
+                    TIMEOUT_RETRY_COST
+                } else {
+                    RETRY_COST
+                };
+                let reason = if timed_out {
+                    "timeout"
+                } else if matches!(outcome, Outcome::NotSent(_)) {
+                    "connect"
+                } else {
+                    "connection lost"
+                };
                 (reason.to_owned(), None, cost)
             }
         };
@@ -212,7 +231,11 @@ async fn exchange(http: &reqwest::Client, call: &Call, mut request: Request) -> 
             // The server's wish wins over backoff, but never beyond the cap or the deadline.
             Some(asked) => {
                 if deadline.is_some_and(|d| Instant::now() + asked > d) {
-                    tracing::info!(reason, retry_after_ms = asked.as_millis() as u64, "not retrying: Retry-After is past the deadline");
+                    tracing::info!(
+                        reason,
+                        retry_after_ms = asked.as_millis() as u64,
+                        "not retrying: Retry-After is past the deadline"
+                    );
                     return finish(call, outcome_response(outcome), budget, spent).await;
                 }
                 asked.min(policy.get_max_interval())
@@ -220,7 +243,11 @@ async fn exchange(http: &reqwest::Client, call: &Call, mut request: Request) -> 
             None => policy.delay(attempt, unit),
         };
         if deadline.is_some_and(|d| Instant::now() + delay >= d) {
-            tracing::info!(reason, delay_ms = delay.as_millis() as u64, "not retrying: the deadline would pass");
+            tracing::info!(
+                reason,
+                delay_ms = delay.as_millis() as u64,
+                "not retrying: the deadline would pass"
+            );
             return finish(call, outcome_response(outcome), budget, spent).await;
         }
         if !budget.try_withdraw(cost) {
@@ -228,7 +255,12 @@ async fn exchange(http: &reqwest::Client, call: &Call, mut request: Request) -> 
             return finish(call, outcome_response(outcome), budget, spent).await;
         }
         spent = cost;
-        tracing::info!(attempt, delay_ms = delay.as_millis() as u64, reason, "retrying");
+        tracing::info!(
+            attempt,
+            delay_ms = delay.as_millis() as u64,
+            reason,
+            "retrying"
+        );
         drop(outcome);
         tokio::time::sleep(delay).await;
     }
@@ -254,7 +286,11 @@ async fn finish(
     if status.is_success() {
         budget.deposit(if spent > 0 { spent } else { 1 });
     }
-    let cap = if status.is_success() { MAX_SUCCESS_BODY } else { MAX_ERROR_BODY };
+    let cap = if status.is_success() {
+        MAX_SUCCESS_BODY
+    } else {
+        MAX_ERROR_BODY
+    };
     let mut body = BytesMut::new();
     let mut truncated = false;
     while let Some(chunk) = response.chunk().await? {

@@ -25,20 +25,30 @@ fn length(s: &str) -> usize {
 fn len_between(field: &'static str, value: &str, min: usize, max: usize) -> Check {
     let n = length(value);
     if n < min {
-        return Err(Error::validation(field, format!("must be at least {min} characters long")));
+        return Err(Error::validation(
+            field,
+            format!("must be at least {min} characters long"),
+        ));
     }
     if n > max {
-        return Err(Error::validation(field, format!("must be at most {max} characters long (got {n})")));
+        return Err(Error::validation(
+            field,
+            format!("must be at most {max} characters long (got {n})"),
+        ));
     }
     Ok(())
 }
 
 fn opt_len(field: &'static str, value: &Option<String>, max: usize) -> Check {
-    value.as_deref().map_or(Ok(()), |v| len_between(field, v, 0, max))
+    value
+        .as_deref()
+        .map_or(Ok(()), |v| len_between(field, v, 0, max))
 }
 
 fn email(field: &'static str, value: &Option<String>) -> Check {
-    let Some(v) = value.as_deref() else { return Ok(()) };
+    let Some(v) = value.as_deref() else {
+        return Ok(());
+    };
     len_between(field, v, 0, 100)?;
     if !is_email(v) {
         return Err(Error::validation(field, "is not a valid email address"));
@@ -66,10 +76,13 @@ pub(crate) fn lead(r: &TrackLeadRequest) -> Check {
     len_between("customerExternalId", &r.customer_external_id, 1, 100)?;
     opt_len("customerName", &r.customer_name, 100)?;
     email("customerEmail", &r.customer_email)?;
-    if let Some(q) = r.event_quantity {
-        if !(1..=100).contains(&q) {
-            return Err(Error::validation("eventQuantity", format!("must be from 1 to 100 (got {q})")));
-        }
+    if let Some(q) = r.event_quantity
+        && !(1..=100).contains(&q)
+    {
+        return Err(Error::validation(
+            "eventQuantity",
+            format!("must be from 1 to 100 (got {q})"),
+        ));
     }
     metadata(&r.metadata)
 }
@@ -97,14 +110,18 @@ pub(crate) fn is_email(s: &str) -> bool {
     if s.starts_with('.') || s.contains("..") {
         return false;
     }
-    let Some((local, domain)) = s.split_once('@') else { return false };
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
     let local_ok = |c: char| c.is_ascii_alphanumeric() || "_'+-.".contains(c);
     let local_last_ok = |c: char| c.is_ascii_alphanumeric() || "_+-".contains(c);
     match local.chars().last() {
         Some(last) if local_last_ok(last) && local.chars().all(local_ok) => {}
         _ => return false,
     }
-    let Some((labels, tld)) = domain.rsplit_once('.') else { return false };
+    let Some((labels, tld)) = domain.rsplit_once('.') else {
+        return false;
+    };
     let tld_ok = tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic());
     let label_ok = |l: &str| {
         l.starts_with(|c: char| c.is_ascii_alphanumeric())
@@ -119,12 +136,30 @@ mod tests {
 
     #[test]
     fn emails() {
-        for ok in ["ada@example.com", "a.b+c@x-y.co.uk", "o'neil_1@a.io", "a-@b-.cd"] {
+        for ok in [
+            "ada@example.com",
+            "a.b+c@x-y.co.uk",
+            "o'neil_1@a.io",
+            "a-@b-.cd",
+        ] {
             assert!(is_email(ok), "{ok}");
         }
         for bad in [
-            "", "@x.com", ".a@x.com", "a..b@x.com", "a.@x.com", "a'@x.com", "a@x", "a@x.c",
-            "a@-x.com", "a@x..com", "a@x.c0m", "a@@x.com", "a b@x.com", "é@x.com", "a@x.com.",
+            "",
+            "@x.com",
+            ".a@x.com",
+            "a..b@x.com",
+            "a.@x.com",
+            "a'@x.com",
+            "a@x",
+            "a@x.c",
+            "a@-x.com",
+            "a@x..com",
+            "a@x.c0m",
+            "a@@x.com",
+            "a b@x.com",
+            "é@x.com",
+            "a@x.com.",
         ] {
             assert!(!is_email(bad), "{bad}");
         }

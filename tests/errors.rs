@@ -25,13 +25,19 @@ async fn every_documented_status_maps_to_its_kind() {
         (500, "internal_server_error", ErrorKind::InternalServerError),
     ];
     for (status, code, kind) in cases {
-        let server = Server::start([Reply::error(status, code, "It went wrong.").header("x-ratelimit-remaining", "7")]).await;
+        let server = Server::start([
+            Reply::error(status, code, "It went wrong.").header("x-ratelimit-remaining", "7")
+        ])
+        .await;
         let err = client(&server).track().lead(lead()).await.unwrap_err();
         assert_eq!(err.kind(), kind);
         assert_eq!(err.status().unwrap().as_u16(), status);
         assert_eq!(err.code(), Some(code));
         assert_eq!(err.message(), Some("It went wrong."));
-        assert_eq!(err.doc_url(), Some(format!("https://dub.co/docs/api-reference/errors#{code}").as_str()));
+        assert_eq!(
+            err.doc_url(),
+            Some(format!("https://dub.co/docs/api-reference/errors#{code}").as_str())
+        );
         assert_eq!(err.headers().unwrap()["x-ratelimit-remaining"], "7");
         assert_eq!(err.attempts(), 1);
         assert!(err.raw_body().unwrap().starts_with(b"{\"error\""));
@@ -40,7 +46,12 @@ async fn every_documented_status_maps_to_its_kind() {
         assert_eq!(err.may_have_been_recorded(), status >= 500, "{status}");
         let line = err.to_string();
         assert!(!line.contains('\n'));
-        assert!(line.contains(&status.to_string()) && line.contains(code) && line.contains("It went wrong."), "{line}");
+        assert!(
+            line.contains(&status.to_string())
+                && line.contains(code)
+                && line.contains("It went wrong."),
+            "{line}"
+        );
     }
 }
 
@@ -48,7 +59,11 @@ async fn every_documented_status_maps_to_its_kind() {
 async fn undocumented_502_with_html_keeps_status_and_excerpt() {
     let html = "<html><body><h1>502 Bad Gateway</h1></body></html>";
     let server = Server::start([Reply::raw(502, html).header("content-type", "text/html")]).await;
-    let err = client(&server).track().sale(TrackSaleRequest::new("u", 5)).await.unwrap_err();
+    let err = client(&server)
+        .track()
+        .sale(TrackSaleRequest::new("u", 5))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Other(502));
     assert_eq!(err.status().unwrap().as_u16(), 502);
     assert_eq!(err.code(), None);
@@ -103,14 +118,20 @@ async fn validation_fails_before_sending() {
     let long = |n| "x".repeat(n);
     let leads = [
         (lead().customer_email("not-an-email"), "customerEmail"),
-        (lead().customer_email(format!("{}@example.com", long(95))), "customerEmail"),
+        (
+            lead().customer_email(format!("{}@example.com", long(95))),
+            "customerEmail",
+        ),
         (lead().customer_name(long(101)), "customerName"),
         (lead().event_quantity(0), "eventQuantity"),
         (lead().event_quantity(101), "eventQuantity"),
         (TrackLeadRequest::new("c", "", "u"), "eventName"),
         (TrackLeadRequest::new("c", long(256), "u"), "eventName"),
         (TrackLeadRequest::new("c", "e", ""), "customerExternalId"),
-        (TrackLeadRequest::new("c", "e", long(101)), "customerExternalId"),
+        (
+            TrackLeadRequest::new("c", "e", long(101)),
+            "customerExternalId",
+        ),
         (lead().metadata_entry("blob", long(10_000)), "metadata"),
     ];
     for (req, field) in leads {
@@ -125,19 +146,42 @@ async fn validation_fails_before_sending() {
         (TrackSaleRequest::new("u", 1 << 53), "amount"),
         (TrackSaleRequest::new("u", u64::MAX), "amount"),
         (TrackSaleRequest::new("", 1), "customerExternalId"),
-        (TrackSaleRequest::new("u", 1).event_name(long(256)), "eventName"),
-        (TrackSaleRequest::new("u", 1).customer_email("a@b"), "customerEmail"),
+        (
+            TrackSaleRequest::new("u", 1).event_name(long(256)),
+            "eventName",
+        ),
+        (
+            TrackSaleRequest::new("u", 1).customer_email("a@b"),
+            "customerEmail",
+        ),
     ];
     for (req, field) in sales {
         let err = dub.track().sale(req).await.unwrap_err();
-        assert_eq!((err.kind(), err.field()), (ErrorKind::Validation, Some(field)));
+        assert_eq!(
+            (err.kind(), err.field()),
+            (ErrorKind::Validation, Some(field))
+        );
     }
     // Limits themselves are accepted; lengths count UTF-16 units like the server.
-    dub.track().lead(TrackLeadRequest::new("c", long(255), long(100)).event_quantity(100)).await.unwrap();
-    dub.track().sale(TrackSaleRequest::new("u", (1 << 53) - 1)).await.unwrap();
-    let err = dub.track().lead(TrackLeadRequest::new("c", "e", "😀".repeat(51))).await.unwrap_err();
+    dub.track()
+        .lead(TrackLeadRequest::new("c", long(255), long(100)).event_quantity(100))
+        .await
+        .unwrap();
+    dub.track()
+        .sale(TrackSaleRequest::new("u", (1 << 53) - 1))
+        .await
+        .unwrap();
+    let err = dub
+        .track()
+        .lead(TrackLeadRequest::new("c", "e", "😀".repeat(51)))
+        .await
+        .unwrap_err();
     assert_eq!(err.field(), Some("customerExternalId"));
-    assert_eq!(server.count(), 2, "only the two valid calls reached the server");
+    assert_eq!(
+        server.count(),
+        2,
+        "only the two valid calls reached the server"
+    );
 }
 
 #[tokio::test]
@@ -148,28 +192,71 @@ async fn config_errors_send_nothing() {
     assert_eq!(err.kind(), ErrorKind::Config);
     assert!(err.message().unwrap().contains("token"));
     assert!(Dub::builder().token("  ").build().is_err());
-    assert_eq!(Dub::builder().build().unwrap_err().kind(), ErrorKind::Config);
+    assert_eq!(
+        Dub::builder().build().unwrap_err().kind(),
+        ErrorKind::Config
+    );
     let dub = client(&server);
-    let err = dub.track().lead(lead()).header("bad header", "v").await.unwrap_err();
+    let err = dub
+        .track()
+        .lead(lead())
+        .header("bad header", "v")
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
-    let err = dub.track().lead(lead()).server_url("http://example.com").await.unwrap_err();
+    let err = dub
+        .track()
+        .lead(lead())
+        .server_url("http://example.com")
+        .await
+        .unwrap_err();
     assert!(err.message().unwrap().contains("http"), "{err}");
-    let err = dub.track().lead(lead()).server_url("ftp://127.0.0.1").await.unwrap_err();
+    let err = dub
+        .track()
+        .lead(lead())
+        .server_url("ftp://127.0.0.1")
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
     assert_eq!(server.count(), 0);
     // Plain http to another host only when explicitly allowed.
-    assert!(Dub::builder().token(TOKEN).server_url("http://dub.internal").build().is_err());
-    assert!(Dub::builder().token(TOKEN).server_url("http://dub.internal").allow_insecure_http(true).build().is_ok());
+    assert!(
+        Dub::builder()
+            .token(TOKEN)
+            .server_url("http://dub.internal")
+            .build()
+            .is_err()
+    );
+    assert!(
+        Dub::builder()
+            .token(TOKEN)
+            .server_url("http://dub.internal")
+            .allow_insecure_http(true)
+            .build()
+            .is_ok()
+    );
 }
 
 #[tokio::test]
 async fn per_call_server_url_and_timeout() {
-    let slow = Server::start([Reply::json(200, support::lead_body()).delay(std::time::Duration::from_secs(5))]).await;
+    let slow = Server::start([
+        Reply::json(200, support::lead_body()).delay(std::time::Duration::from_secs(5))
+    ])
+    .await;
     let other = Server::start([]).await;
     let dub = client(&slow);
-    dub.track().lead(lead()).server_url(other.url()).await.unwrap();
+    dub.track()
+        .lead(lead())
+        .server_url(other.url())
+        .await
+        .unwrap();
     assert_eq!((slow.count(), other.count()), (0, 1));
-    let err = dub.track().lead(lead()).timeout(std::time::Duration::from_millis(100)).await.unwrap_err();
+    let err = dub
+        .track()
+        .lead(lead())
+        .timeout(std::time::Duration::from_millis(100))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout);
     assert!(err.is_timeout());
     assert!(err.may_have_been_recorded());
@@ -177,9 +264,17 @@ async fn per_call_server_url_and_timeout() {
 
 #[tokio::test]
 async fn connection_refused_is_connect_and_not_recorded() {
-    let dub = Dub::builder().token(TOKEN).server_url(refused_url().await)
-        .retry_config(dub::RetryConfig::none()).build().unwrap();
-    let err = dub.track().sale(TrackSaleRequest::new("u", 1)).await.unwrap_err();
+    let dub = Dub::builder()
+        .token(TOKEN)
+        .server_url(refused_url().await)
+        .retry_config(dub::RetryConfig::none())
+        .build()
+        .unwrap();
+    let err = dub
+        .track()
+        .sale(TrackSaleRequest::new("u", 1))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Connect);
     assert!(!err.may_have_been_recorded());
     assert!(err.status().is_none());
@@ -190,16 +285,42 @@ async fn the_token_never_shows() {
     let server = Server::start([Reply::error(401, "unauthorized", "Invalid API key.")]).await;
     let dub = client(&server);
     let builder = Dub::builder().token(TOKEN);
-    let mut shown = vec![format!("{dub:?}"), format!("{:?}", dub.track()), format!("{builder:?}")];
+    let mut shown = vec![
+        format!("{dub:?}"),
+        format!("{:?}", dub.track()),
+        format!("{builder:?}"),
+    ];
     shown.push(format!("{:?}", dub.track().lead(lead())));
     let errors = [
         dub.track().lead(lead()).await.unwrap_err(),
-        dub.track().lead(lead().mode(LeadMode::Wait).customer_email("bad")).await.unwrap_err(),
-        Dub::builder().token(format!("{TOKEN}\n")).build().unwrap_err(),
-        Dub::builder().token(TOKEN).server_url("http://example.com").build().unwrap_err(),
-        Dub::new(format!("{TOKEN}\u{7f}")).track().lead(lead()).await.unwrap_err(),
-        Dub::builder().token(TOKEN).server_url(refused_url().await).build().unwrap()
-            .track().lead(lead()).retries(dub::RetryConfig::none()).await.unwrap_err(),
+        dub.track()
+            .lead(lead().mode(LeadMode::Wait).customer_email("bad"))
+            .await
+            .unwrap_err(),
+        Dub::builder()
+            .token(format!("{TOKEN}\n"))
+            .build()
+            .unwrap_err(),
+        Dub::builder()
+            .token(TOKEN)
+            .server_url("http://example.com")
+            .build()
+            .unwrap_err(),
+        Dub::new(format!("{TOKEN}\u{7f}"))
+            .track()
+            .lead(lead())
+            .await
+            .unwrap_err(),
+        Dub::builder()
+            .token(TOKEN)
+            .server_url(refused_url().await)
+            .build()
+            .unwrap()
+            .track()
+            .lead(lead())
+            .retries(dub::RetryConfig::none())
+            .await
+            .unwrap_err(),
     ];
     for e in &errors {
         shown.push(format!("{e}"));
@@ -212,6 +333,9 @@ async fn the_token_never_shows() {
         }
     }
     for text in shown {
-        assert!(!text.contains(TOKEN) && !text.contains("0123456789"), "token leaked: {text}");
+        assert!(
+            !text.contains(TOKEN) && !text.contains("0123456789"),
+            "token leaked: {text}"
+        );
     }
 }

@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use support::{Reply, Server, TOKEN, client, lead_body, sale_body};
 
 fn spec() -> Value {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
     serde_yaml_ng::from_str(&text).unwrap()
 }
 
@@ -39,17 +40,27 @@ async fn lead_request_is_exact() {
                "customerAvatar": "https://example.com/ada.png", "mode": "wait",
                "eventQuantity": 3, "metadata": {"plan": "pro"}})
     );
-    assert_eq!(got.header("authorization"), Some(format!("Bearer {TOKEN}").as_str()));
+    assert_eq!(
+        got.header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
     assert_eq!(got.header("content-type"), Some("application/json"));
     assert_eq!(got.header("accept"), Some("application/json"));
-    assert_eq!(got.header("user-agent"), Some(concat!("dub-rust/", env!("CARGO_PKG_VERSION"))));
+    assert_eq!(
+        got.header("user-agent"),
+        Some(concat!("dub-rust/", env!("CARGO_PKG_VERSION")))
+    );
     assert_eq!(got.header("api-version"), Some("0.0.1"));
 }
 
 #[tokio::test]
 async fn minimal_lead_sends_only_required_fields() {
     let server = Server::start([]).await;
-    client(&server).track().lead(TrackLeadRequest::new("", "Sign up", "user_42")).await.unwrap();
+    client(&server)
+        .track()
+        .lead(TrackLeadRequest::new("", "Sign up", "user_42"))
+        .await
+        .unwrap();
     assert_eq!(
         server.received()[0].json(),
         json!({"clickId": "", "eventName": "Sign up", "customerExternalId": "user_42"})
@@ -78,7 +89,12 @@ async fn sale_request_is_exact() {
                 .customer_name("Ada")
                 .customer_email("ada@example.com")
                 .customer_avatar("https://example.com/a.png")
-                .metadata(json!({"nested": {"a": [1, 2]}}).as_object().unwrap().clone()),
+                .metadata(
+                    json!({"nested": {"a": [1, 2]}})
+                        .as_object()
+                        .unwrap()
+                        .clone(),
+                ),
         )
         .header("x-request-id", "r1")
         .await
@@ -93,16 +109,26 @@ async fn sale_request_is_exact() {
                "customerEmail": "ada@example.com", "customerAvatar": "https://example.com/a.png",
                "metadata": {"nested": {"a": [1, 2]}}})
     );
-    assert_eq!(got.header("user-agent"), Some(concat!("dub-rust/", env!("CARGO_PKG_VERSION"), " shop/2.1")));
+    assert_eq!(
+        got.header("user-agent"),
+        Some(concat!("dub-rust/", env!("CARGO_PKG_VERSION"), " shop/2.1"))
+    );
     assert_eq!(got.header("x-team"), Some("growth"));
     assert_eq!(got.header("x-request-id"), Some("r1"));
-    assert_eq!(got.header("authorization"), Some(format!("Bearer {TOKEN}").as_str()));
+    assert_eq!(
+        got.header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
 }
 
 #[tokio::test]
 async fn minimal_sale_sends_spec_defaults() {
     let server = Server::start([]).await;
-    client(&server).track().sale(TrackSaleRequest::new("user_42", 0)).await.unwrap();
+    client(&server)
+        .track()
+        .sale(TrackSaleRequest::new("user_42", 0))
+        .await
+        .unwrap();
     assert_eq!(
         server.received()[0].json(),
         json!({"customerExternalId": "user_42", "amount": 0, "currency": "usd", "eventName": "Purchase"})
@@ -146,12 +172,32 @@ async fn example_200_bodies_from_the_spec_decode() {
     for nulls in [false, true] {
         let lead = example(&spec["components"]["schemas"]["TrackLeadResponse"], nulls);
         let sale = example(&spec["components"]["schemas"]["TrackSaleResponse"], nulls);
-        let server = Server::start([Reply::json(200, lead.clone()), Reply::json(200, sale.clone())]).await;
+        let server = Server::start([
+            Reply::json(200, lead.clone()),
+            Reply::json(200, sale.clone()),
+        ])
+        .await;
         let dub = client(&server);
-        let l = dub.track().lead(TrackLeadRequest::new("c", "e", "u")).await.unwrap();
-        assert_eq!(serde_json::to_value(&l).unwrap(), lead, "lead, nulls={nulls}");
-        let s = dub.track().sale(TrackSaleRequest::new("u", 1)).await.unwrap();
-        assert_eq!(serde_json::to_value(&s).unwrap(), sale, "sale, nulls={nulls}");
+        let l = dub
+            .track()
+            .lead(TrackLeadRequest::new("c", "e", "u"))
+            .await
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(&l).unwrap(),
+            lead,
+            "lead, nulls={nulls}"
+        );
+        let s = dub
+            .track()
+            .sale(TrackSaleRequest::new("u", 1))
+            .await
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(&s).unwrap(),
+            sale,
+            "sale, nulls={nulls}"
+        );
     }
 }
 
@@ -175,7 +221,11 @@ async fn the_nine_documented_error_bodies_decode() {
         let schema = &responses[&status.to_string()]["content"]["application/json"]["schema"];
         let body = example(schema, false);
         let server = Server::start([Reply::json(status, body.clone())]).await;
-        let err = client(&server).track().lead(TrackLeadRequest::new("c", "e", "u")).await.unwrap_err();
+        let err = client(&server)
+            .track()
+            .lead(TrackLeadRequest::new("c", "e", "u"))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), kind, "{status}");
         assert_eq!(err.status().map(|s| s.as_u16()), Some(status));
         assert_eq!(err.code(), body["error"]["code"].as_str(), "{status}");
@@ -194,24 +244,51 @@ async fn unknown_fields_and_values_decode() {
     sale["sale"]["fxRate"] = json!(1.08);
     let server = Server::start([Reply::json(200, lead), Reply::json(200, sale)]).await;
     let dub = client(&server);
-    let l = dub.track().lead(TrackLeadRequest::new("c", "e", "u")).await.unwrap();
+    let l = dub
+        .track()
+        .lead(TrackLeadRequest::new("c", "e", "u"))
+        .await
+        .unwrap();
     assert_eq!(l.click.id, "clk_123");
-    let s = dub.track().sale(TrackSaleRequest::new("u", 1)).await.unwrap();
+    let s = dub
+        .track()
+        .sale(TrackSaleRequest::new("u", 1))
+        .await
+        .unwrap();
     assert_eq!(s.sale.unwrap().payment_processor, "mollie");
 }
 
 #[tokio::test]
 async fn error_codes_outside_the_spec_decode() {
     let server = Server::start([
-        Reply::error(403, "exceeded_limit", "You have exceeded your plan's limit."),
+        Reply::error(
+            403,
+            "exceeded_limit",
+            "You have exceeded your plan's limit.",
+        ),
         Reply::error(409, "invite_pending", "An invite is pending."),
     ])
     .await;
     let dub = client(&server);
-    let e = dub.track().sale(TrackSaleRequest::new("u", 1)).retries(RetryConfig::none()).await.unwrap_err();
-    assert_eq!((e.kind(), e.code()), (ErrorKind::Forbidden, Some("exceeded_limit")));
-    let e = dub.track().sale(TrackSaleRequest::new("u", 1)).await.unwrap_err();
-    assert_eq!((e.kind(), e.code()), (ErrorKind::Conflict, Some("invite_pending")));
+    let e = dub
+        .track()
+        .sale(TrackSaleRequest::new("u", 1))
+        .retries(RetryConfig::none())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.kind(), e.code()),
+        (ErrorKind::Forbidden, Some("exceeded_limit"))
+    );
+    let e = dub
+        .track()
+        .sale(TrackSaleRequest::new("u", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.kind(), e.code()),
+        (ErrorKind::Conflict, Some("invite_pending"))
+    );
 }
 
 #[test]
@@ -219,7 +296,10 @@ fn open_enums_round_trip_unknown_values() {
     let p: PaymentProcessor = serde_json::from_value(json!("mollie")).unwrap();
     assert_eq!(p, PaymentProcessor::Other("mollie".into()));
     assert_eq!(serde_json::to_value(&p).unwrap(), json!("mollie"));
-    assert_eq!(PaymentProcessor::from("lemonsqueezy"), PaymentProcessor::Lemonsqueezy);
+    assert_eq!(
+        PaymentProcessor::from("lemonsqueezy"),
+        PaymentProcessor::Lemonsqueezy
+    );
     let m: LeadMode = serde_json::from_value(json!("deferred")).unwrap();
     assert_eq!(m, LeadMode::Deferred);
 }

@@ -31,7 +31,12 @@ pub struct Reply {
 
 impl Reply {
     pub fn raw(status: u16, body: impl Into<Bytes>) -> Self {
-        Self { status, headers: vec![], body: body.into(), delay: Duration::ZERO }
+        Self {
+            status,
+            headers: vec![],
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
     }
     pub fn json(status: u16, body: Value) -> Self {
         Self::raw(status, body.to_string()).header("content-type", "application/json")
@@ -114,11 +119,16 @@ impl Server {
     pub async fn start(script: impl IntoIterator<Item = Reply>) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let state = Arc::new(Mutex::new(State { script: script.into_iter().collect(), received: vec![] }));
+        let state = Arc::new(Mutex::new(State {
+            script: script.into_iter().collect(),
+            received: vec![],
+        }));
         let shared = state.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let state = shared.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| handle(state.clone(), req));
@@ -128,7 +138,12 @@ impl Server {
                 });
             }
         });
-        Server { url, state, started: Instant::now(), task }
+        Server {
+            url,
+            state,
+            started: Instant::now(),
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -145,22 +160,45 @@ impl Server {
 
     /// Arrival times relative to the server's start, in milliseconds.
     pub fn arrivals_ms(&self) -> Vec<u128> {
-        self.received().iter().map(|r| (r.at - self.started).as_millis()).collect()
+        self.received()
+            .iter()
+            .map(|r| (r.at - self.started).as_millis())
+            .collect()
     }
 }
 
-async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    state: Arc<Mutex<State>>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let at = Instant::now();
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let path = parts.uri.path().to_owned();
     let reply = {
         let mut s = state.lock().unwrap();
-        s.received.push(Received { at, method: parts.method.to_string(), path: path.clone(), headers: parts.headers, body });
+        s.received.push(Received {
+            at,
+            method: parts.method.to_string(),
+            path: path.clone(),
+            headers: parts.headers,
+            body,
+        });
         s.script.pop_front()
     };
     let reply = reply.unwrap_or_else(|| {
-        Reply::json(200, if path.ends_with("/sale") { sale_body() } else { lead_body() })
+        Reply::json(
+            200,
+            if path.ends_with("/sale") {
+                sale_body()
+            } else {
+                lead_body()
+            },
+        )
     });
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;

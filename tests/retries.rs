@@ -1,0 +1,341 @@
+//! Retry behaviour over real loopback HTTP, on tokio's paused clock: exact schedules without
+//! real sleeps.
+
+mod support;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dub::models::{LeadMode, TrackLeadRequest, TrackSaleRequest};
+use dub::{Dub, ErrorKind, Jitter, RetryBudget, RetryConfig};
+use support::{Reply, Server, TOKEN, refused_url};
+use tokio::time::Instant;
+
+fn lead() -> TrackLeadRequest {
+    TrackLeadRequest::new("clk_1", "Sign up", "user_42")
+}
+
+fn exact() -> RetryConfig {
+    RetryConfig::default().jitter(Jitter::None)
+}
+
+fn dub(server: &Server, retry: RetryConfig) -> Dub {
+    Dub::builder()
+        .token(TOKEN)
+        .server_url(server.url())
+        .timeout(Duration::from_secs(3600))
+        .retry_config(retry)
+        .retry_budget(RetryBudget::unlimited())
+        .build()
+        .unwrap()
+}
+
+fn status(s: u16) -> Reply {
+    Reply::error(s, "oops", "Failed.")
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_schedule_is_exact() {
+    let server = Server::start([status(503), status(503)]).await;
+    dub(&server, exact()).track().lead(lead()).await.unwrap();
+    assert_eq!(server.arrivals_ms(), [0, 500, 1500]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn delays_are_capped_at_max_interval() {
+    let server = Server::start([status(503), status(503), status(503)]).await;
+    let retry = exact()
+        .max_attempts(4)
+        .initial_interval(Duration::from_secs(1))
+        .exponent(10.0)
+        .max_interval(Duration::from_secs(3))
+        .max_elapsed_time(None);
+    dub(&server, retry).track().lead(lead()).await.unwrap();
+    assert_eq!(server.arrivals_ms(), [0, 1000, 4000, 7000]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn jitter_stays_in_bounds() {
+    for (jitter, first, second) in [
+        (Jitter::Full, (0, 1000), (0, 2000)),
+        (Jitter::Equal, (500, 1000), (1000, 2000)),
+    ] {
+        let mut gaps = Vec::new();
+        for _ in 0..30 {
+            let server = Server::start([status(503), status(503)]).await;
+            let retry = RetryConfig::default()
+                .initial_interval(Duration::from_secs(1))
+                .jitter(jitter);
+            dub(&server, retry).track().lead(lead()).await.unwrap();
+            let t = server.arrivals_ms();
+            let (g1, g2) = (t[1] - t[0], t[2] - t[1]);
+            assert!(
+                (first.0..=first.1).contains(&g1),
+                "{jitter:?} first gap {g1}"
+            );
+            assert!(
+                (second.0..=second.1).contains(&g2),
+                "{jitter:?} second gap {g2}"
+            );
+            gaps.push(g1);
+        }
+        gaps.dedup();
+        assert!(
+            gaps.len() > 5,
+            "{jitter:?} delays are not randomised: {gaps:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_elapsed_time_bounds_the_call() {
+    let server = Server::start(std::iter::repeat_n(status(503), 100)).await;
+    let retry = exact()
+        .max_attempts(100)
+        .initial_interval(Duration::from_secs(1))
+        .exponent(1.0)
+        .max_elapsed_time(Duration::from_millis(3500));
+    let started = Instant::now();
+    let err = dub(&server, retry).track().lead(lead()).await.unwrap_err();
+    assert_eq!(server.arrivals_ms(), [0, 1000, 2000, 3000]);
+    assert_eq!(err.attempts(), 4);
+    assert_eq!(err.kind(), ErrorKind::Other(503));
+    assert!(started.elapsed() <= Duration::from_millis(3500));
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempt_timeouts_are_cut_to_the_deadline() {
+    let server =
+        Server::start([Reply::json(200, support::lead_body()).delay(Duration::from_secs(60))])
+            .await;
+    let retry = exact().max_elapsed_time(Duration::from_secs(2));
+    let started = Instant::now();
+    let err = dub(&server, retry).track().lead(lead()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+    assert!(err.message().unwrap().contains("deadline"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_call_policy_overrides_the_client() {
+    let server = Server::start([status(503), status(503)]).await;
+    let off = dub(&server, RetryConfig::none());
+    off.track().lead(lead()).retries(exact()).await.unwrap();
+    assert_eq!(server.count(), 3);
+    let server = Server::start([status(503)]).await;
+    let on = dub(&server, exact());
+    let err = on
+        .track()
+        .lead(lead())
+        .retries(RetryConfig::none())
+        .await
+        .unwrap_err();
+    assert_eq!((server.count(), err.attempts()), (1, 1));
+}
+
+fn unix_ms_in(d: Duration) -> String {
+    (SystemTime::now() + d)
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string()
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_in_every_form() {
+    let http_date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(4));
+    let cases: [(Reply, u128, u128); 6] = [
+        (status(429).header("retry-after-ms", "1500"), 1500, 1500),
+        (status(429).header("retry-after", "2"), 2000, 2000),
+        // An HTTP date has whole seconds, and wall-clock time passes while the test runs.
+        (status(429).header("retry-after", &http_date), 2900, 4000),
+        // Dub's actual header: a Unix timestamp in milliseconds.
+        (
+            status(429).header("retry-after", &unix_ms_in(Duration::from_millis(2500))),
+            2300,
+            2500,
+        ),
+        // Garbage and negative values fall back to the backoff.
+        (status(429).header("retry-after", "soon"), 500, 500),
+        (status(429).header("retry-after", "-4"), 500, 500),
+    ];
+    for (reply, low, high) in cases {
+        let shown = format!("{:?}", reply.headers);
+        let server = Server::start([reply]).await;
+        dub(&server, exact())
+            .track()
+            .sale(TrackSaleRequest::new("u", 1))
+            .await
+            .unwrap();
+        let gap = server.arrivals_ms()[1];
+        assert!((low..=high).contains(&gap), "{shown}: waited {gap} ms");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_capped_at_max_interval() {
+    let server = Server::start([status(429).header("retry-after", "20")]).await;
+    let retry = exact()
+        .max_interval(Duration::from_secs(5))
+        .max_elapsed_time(Duration::from_secs(60));
+    dub(&server, retry).track().lead(lead()).await.unwrap();
+    assert_eq!(server.arrivals_ms(), [0, 5000]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_beyond_the_deadline_returns_at_once() {
+    let server =
+        Server::start([status(429).header("retry-after", &unix_ms_in(Duration::from_secs(45)))])
+            .await;
+    let started = Instant::now();
+    let err = dub(&server, exact())
+        .track()
+        .lead(lead())
+        .await
+        .unwrap_err();
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(err.kind(), ErrorKind::RateLimitExceeded);
+    assert_eq!(err.attempts(), 1);
+    let asked = err.retry_after().unwrap();
+    assert!(
+        asked > Duration::from_secs(40) && asked <= Duration::from_secs(45),
+        "{asked:?}"
+    );
+    assert!(!err.may_have_been_recorded());
+}
+
+#[tokio::test(start_paused = true)]
+async fn sale_without_invoice_is_not_retried_after_a_500() {
+    let server = Server::start([status(500)]).await;
+    let err = dub(&server, exact())
+        .track()
+        .sale(TrackSaleRequest::new("u", 100))
+        .await
+        .unwrap_err();
+    assert_eq!(server.count(), 1);
+    assert_eq!(err.kind(), ErrorKind::InternalServerError);
+    assert!(err.may_have_been_recorded());
+    assert!(err.to_string().contains("may have been recorded"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn sale_with_invoice_is_retried_and_succeeds() {
+    let server = Server::start([status(500), status(502)]).await;
+    let sale = dub(&server, exact())
+        .track()
+        .sale(TrackSaleRequest::new("u", 100).invoice_id("in_1"))
+        .await
+        .unwrap();
+    assert_eq!(sale.event_name, "Purchase");
+    assert_eq!(server.count(), 3);
+    let bodies: Vec<_> = server.received().iter().map(|r| r.body.clone()).collect();
+    assert!(
+        bodies.windows(2).all(|w| w[0] == w[1]),
+        "every attempt sends the same body"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn ambiguous_retries_only_when_opted_in() {
+    let server = Server::start([status(500)]).await;
+    dub(&server, exact().retry_ambiguous(true))
+        .track()
+        .sale(TrackSaleRequest::new("u", 100))
+        .await
+        .unwrap();
+    assert_eq!(server.count(), 2);
+    let server = Server::start([status(503)]).await;
+    let deferred = lead().mode(LeadMode::Deferred);
+    let err = dub(&server, exact())
+        .track()
+        .lead(deferred)
+        .await
+        .unwrap_err();
+    assert_eq!((server.count(), err.may_have_been_recorded()), (1, true));
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeouts_follow_the_safety_rule() {
+    let slow = || Reply::json(200, support::sale_body()).delay(Duration::from_secs(30));
+    let server = Server::start([slow()]).await;
+    let client = Dub::builder()
+        .token(TOKEN)
+        .server_url(server.url())
+        .timeout(Duration::from_secs(1))
+        .retry_config(exact())
+        .build()
+        .unwrap();
+    let err = client
+        .track()
+        .sale(TrackSaleRequest::new("u", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.kind(), server.count(), err.may_have_been_recorded()),
+        (ErrorKind::Timeout, 1, true)
+    );
+    let server = Server::start([slow()]).await;
+    let client = Dub::builder()
+        .token(TOKEN)
+        .server_url(server.url())
+        .timeout(Duration::from_secs(1))
+        .retry_config(exact())
+        .build()
+        .unwrap();
+    client
+        .track()
+        .sale(TrackSaleRequest::new("u", 1).invoice_id("in_9"))
+        .await
+        .unwrap();
+    assert_eq!(server.arrivals_ms(), [0, 1500]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn connection_refused_is_retried() {
+    let client = Dub::builder()
+        .token(TOKEN)
+        .server_url(refused_url().await)
+        .retry_config(exact())
+        .retry_budget(RetryBudget::unlimited())
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let err = client
+        .track()
+        .sale(TrackSaleRequest::new("u", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connect);
+    assert_eq!(err.attempts(), 3);
+    assert!(!err.may_have_been_recorded(), "nothing reached a server");
+    assert_eq!(started.elapsed(), Duration::from_millis(1500));
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_errors_are_never_retried() {
+    for s in [400, 401, 403, 404, 409, 410, 422] {
+        let server = Server::start([status(s)]).await;
+        let err = dub(&server, exact().retry_ambiguous(true))
+            .track()
+            .lead(lead())
+            .await
+            .unwrap_err();
+        assert_eq!((server.count(), err.attempts()), (1, 1), "{s}");
+        assert!(!err.may_have_been_recorded());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_retry_budget_limits_retries_across_calls() {
+    let server = Server::start(std::iter::repeat_n(status(503), 10)).await;
+    let client = Dub::builder()
+        .token(TOKEN)
+        .server_url(server.url())
+        .retry_config(exact().max_attempts(5))
+        .retry_budget(RetryBudget::new(10))
+        .build()
+        .unwrap();
+    let first = client.track().lead(lead()).await.unwrap_err();
+    let second = client.track().lead(lead()).await.unwrap_err();
+    assert_eq!((first.attempts(), second.attempts()), (3, 1));
+    assert_eq!(server.count(), 4);
+}
