@@ -1,6 +1,8 @@
 //! Rust SDK for [Dub](https://dub.co)'s conversion-tracking API.
 #![warn(missing_docs)]
 
+#[cfg(feature = "blocking")]
+pub mod blocking;
 mod client;
 mod error;
 pub mod models;

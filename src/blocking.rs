@@ -1,0 +1,228 @@
+//! A blocking client, for code without an async runtime (the sync half of the Python SDK).
+//!
+//! It is the async [`crate::Dub`] driven by a private single-worker tokio runtime, so retries,
+//! timeouts, validation and errors are exactly the same. Calls end with `.send()`.
+//!
+//! ```no_run
+//! use dub::blocking::Dub;
+//! use dub::models::{PaymentProcessor, TrackSaleRequest};
+//!
+//! let dub = Dub::new("dub_xxx");
+//! let sale = dub
+//!     .track()
+//!     .sale(TrackSaleRequest::new("user_42", 996500)
+//!         .payment_processor(PaymentProcessor::Paddle)
+//!         .invoice_id("in_1"))
+//!     .send()?;
+//! # Ok::<(), dub::Error>(())
+//! ```
+//!
+//! Do not call it from async code: that returns an [`ErrorKind::Config`] error instead of
+//! blocking a runtime's thread. Use [`crate::Dub`] there.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::models::{TrackLeadRequest, TrackSaleRequest};
+use crate::retry::{RetryBudget, RetryConfig};
+use crate::track::Operation;
+
+#[cfg(doc)]
+use crate::ErrorKind;
+
+/// The blocking client. Cheap to clone; clones share the runtime and connection pool.
+#[derive(Clone)]
+pub struct Dub {
+    inner: crate::Dub,
+    runtime: Arc<Runtime>,
+}
+
+impl fmt::Debug for Dub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("blocking::Dub").field(&self.inner).finish()
+    }
+}
+
+/// The runtime, or why it could not be made (reported by every call rather than panicking).
+struct Runtime(Option<std::result::Result<tokio::runtime::Runtime, String>>);
+
+impl Runtime {
+    fn new() -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("dub-blocking")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("the blocking client's runtime could not start: {e}"));
+        Self(Some(rt))
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> Result<F::Output> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::config(
+                "dub::blocking was called from async code; use dub::Dub there",
+            ));
+        }
+        match &self.0 {
+            Some(Ok(rt)) => Ok(rt.block_on(f)),
+            Some(Err(reason)) => Err(Error::config(reason.clone())),
+            None => Err(Error::config("the blocking client was shut down")),
+        }
+    }
+}
+
+impl Drop for Runtime {
+    // Dropping a runtime inside async code panics; shutting it down in the background never does.
+    fn drop(&mut self) {
+        if let Some(Ok(rt)) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Dub {
+    /// See [`crate::Dub::new`].
+    pub fn new(token: impl Into<String>) -> Self {
+        Self::wrap(crate::Dub::new(token))
+    }
+
+    /// See [`crate::Dub::from_env`].
+    pub fn from_env() -> Result<Self> {
+        crate::Dub::from_env().map(Self::wrap)
+    }
+
+    /// See [`crate::Dub::builder`]; finish with [`DubBuilder::build`].
+    pub fn builder() -> DubBuilder {
+        DubBuilder(crate::Dub::builder())
+    }
+
+    fn wrap(inner: crate::Dub) -> Self {
+        Self {
+            inner,
+            runtime: Arc::new(Runtime::new()),
+        }
+    }
+
+    /// The track operations.
+    pub fn track(&self) -> Track<'_> {
+        Track { dub: self }
+    }
+}
+
+/// Builds a blocking [`Dub`]: the same options as [`crate::DubBuilder`].
+#[derive(Debug)]
+pub struct DubBuilder(crate::DubBuilder);
+
+macro_rules! forward {
+    ($($(#[$doc:meta])* $name:ident($($arg:ident: $ty:ty),*);)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(self, $($arg: $ty),*) -> Self {
+                Self(self.0.$name($($arg),*))
+            }
+        )*
+    };
+}
+
+impl DubBuilder {
+    forward! {
+        /// See [`crate::DubBuilder::token`].
+        token(token: impl Into<String>);
+        /// See [`crate::DubBuilder::server_url`].
+        server_url(url: impl Into<String>);
+        /// See [`crate::DubBuilder::timeout`].
+        timeout(timeout: Duration);
+        /// See [`crate::DubBuilder::connect_timeout`].
+        connect_timeout(timeout: Duration);
+        /// See [`crate::DubBuilder::retry_config`].
+        retry_config(retry: RetryConfig);
+        /// See [`crate::DubBuilder::retry_budget`].
+        retry_budget(budget: RetryBudget);
+        /// See [`crate::DubBuilder::user_agent_suffix`].
+        user_agent_suffix(suffix: impl Into<String>);
+        /// See [`crate::DubBuilder::default_header`].
+        default_header(name: impl Into<String>, value: impl Into<String>);
+        /// See [`crate::DubBuilder::allow_insecure_http`].
+        allow_insecure_http(allow: bool);
+    }
+
+    /// Builds the client, or says which setting is unusable.
+    pub fn build(self) -> Result<Dub> {
+        self.0.build().map(Dub::wrap)
+    }
+}
+
+/// The track operations of a blocking [`Dub`].
+#[derive(Debug, Clone, Copy)]
+pub struct Track<'a> {
+    dub: &'a Dub,
+}
+
+impl<'a> Track<'a> {
+    /// Records a lead; see [`crate::Track::lead`]. Finish with [`TrackCall::send`].
+    pub fn lead(&self, request: TrackLeadRequest) -> TrackCall<'a, TrackLeadRequest> {
+        TrackCall {
+            dub: self.dub,
+            call: self.dub.inner.track().lead(request),
+        }
+    }
+
+    /// Records a sale; see [`crate::Track::sale`]. Finish with [`TrackCall::send`].
+    pub fn sale(&self, request: TrackSaleRequest) -> TrackCall<'a, TrackSaleRequest> {
+        TrackCall {
+            dub: self.dub,
+            call: self.dub.inner.track().sale(request),
+        }
+    }
+}
+
+/// One pending blocking call with its per-call options.
+#[must_use = "a TrackCall does nothing until .send() is called"]
+#[derive(Debug)]
+pub struct TrackCall<'a, R> {
+    dub: &'a Dub,
+    call: crate::TrackCall<R>,
+}
+
+impl<R: Operation> TrackCall<'_, R> {
+    /// This call's retry policy instead of the client's.
+    pub fn retries(self, retry: RetryConfig) -> Self {
+        Self {
+            call: self.call.retries(retry),
+            ..self
+        }
+    }
+
+    /// This call's per-attempt timeout instead of the client's.
+    pub fn timeout(self, timeout: Duration) -> Self {
+        Self {
+            call: self.call.timeout(timeout),
+            ..self
+        }
+    }
+
+    /// Send this call to another server.
+    pub fn server_url(self, url: impl Into<String>) -> Self {
+        Self {
+            call: self.call.server_url(url),
+            ..self
+        }
+    }
+
+    /// An extra header for this call.
+    pub fn header(self, name: impl AsRef<str>, value: impl AsRef<str>) -> Self {
+        Self {
+            call: self.call.header(name, value),
+            ..self
+        }
+    }
+
+    /// Sends the call and waits for its result.
+    pub fn send(self) -> Result<R::Response> {
+        self.dub
+            .runtime
+            .block_on(std::future::IntoFuture::into_future(self.call))?
+    }
+}
