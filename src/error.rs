@@ -87,7 +87,13 @@ impl ErrorKind {
     }
 }
 
-/// Why a call failed. See the [module docs](self).
+/// Why a call failed.
+///
+/// It answers the three questions a caller has after a failed conversion call: *what
+/// happened* ([`kind`](Error::kind), [`status`](Error::status), [`code`](Error::code),
+/// [`message`](Error::message)), *can I try again* ([`is_retryable`](Error::is_retryable),
+/// [`retry_after`](Error::retry_after)) and *was the event recorded anyway*
+/// ([`may_have_been_recorded`](Error::may_have_been_recorded)).
 ///
 /// `Display` is one line with the status, the code and the message. Neither `Display` nor
 /// `Debug` ever contains the API token.

@@ -21,7 +21,11 @@ fn client(server: &Server) -> Dub {
         .token(TOKEN)
         .server_url(server.url())
         .timeout(Duration::from_secs(5))
-        .retry_config(RetryConfig::default().jitter(Jitter::None).initial_interval(Duration::from_millis(10)))
+        .retry_config(
+            RetryConfig::default()
+                .jitter(Jitter::None)
+                .initial_interval(Duration::from_millis(10)),
+        )
         .build()
         .unwrap()
 }
@@ -30,18 +34,29 @@ fn client(server: &Server) -> Dub {
 fn lead_and_sale() {
     let (_rt, server) = server(vec![]);
     let dub = client(&server);
-    let lead = dub.track().lead(TrackLeadRequest::new("clk_123", "Sign up", "user_42")).send().unwrap();
+    let lead = dub
+        .track()
+        .lead(TrackLeadRequest::new("clk_123", "Sign up", "user_42"))
+        .send()
+        .unwrap();
     assert_eq!(lead.click.id, "clk_123");
     let sale = dub
         .track()
-        .sale(TrackSaleRequest::new("user_42", 996500).payment_processor(PaymentProcessor::Paddle).invoice_id("in_1"))
+        .sale(
+            TrackSaleRequest::new("user_42", 996500)
+                .payment_processor(PaymentProcessor::Paddle)
+                .invoice_id("in_1"),
+        )
         .header("x-request-id", "r-9")
         .send()
         .unwrap();
     assert_eq!(sale.sale.unwrap().amount, 996500.0);
     let got = server.received();
     assert_eq!(got[1].json()["paymentProcessor"], "paddle");
-    assert_eq!(got[1].header("authorization"), Some(format!("Bearer {TOKEN}").as_str()));
+    assert_eq!(
+        got[1].header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
     assert_eq!(got[1].header("x-request-id"), Some("r-9"));
 }
 
@@ -53,21 +68,47 @@ fn errors_are_the_same() {
         Reply::error(503, "unavailable", "Try again."),
     ]);
     let dub = client(&server);
-    let e = dub.track().lead(TrackLeadRequest::new("c", "e", "u")).send().unwrap_err();
-    assert_eq!((e.kind(), e.code()), (ErrorKind::Forbidden, Some("exceeded_limit")));
-    let e = dub.track().sale(TrackSaleRequest::new("u", 1)).send().unwrap_err();
+    let e = dub
+        .track()
+        .lead(TrackLeadRequest::new("c", "e", "u"))
+        .send()
+        .unwrap_err();
+    assert_eq!(
+        (e.kind(), e.code()),
+        (ErrorKind::Forbidden, Some("exceeded_limit"))
+    );
+    let e = dub
+        .track()
+        .sale(TrackSaleRequest::new("u", 1))
+        .send()
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Other(502));
     assert!(e.may_have_been_recorded());
     // A lead is deduplicated by Dub, so the 503 is retried.
-    dub.track().lead(TrackLeadRequest::new("c", "e", "u")).send().unwrap();
+    dub.track()
+        .lead(TrackLeadRequest::new("c", "e", "u"))
+        .send()
+        .unwrap();
     assert_eq!(server.count(), 4);
-    let e = dub.track().lead(TrackLeadRequest::new("c", "e", "u").customer_email("nope")).send().unwrap_err();
-    assert_eq!((e.kind(), e.field()), (ErrorKind::Validation, Some("customerEmail")));
+    let e = dub
+        .track()
+        .lead(TrackLeadRequest::new("c", "e", "u").customer_email("nope"))
+        .send()
+        .unwrap_err();
+    assert_eq!(
+        (e.kind(), e.field()),
+        (ErrorKind::Validation, Some("customerEmail"))
+    );
     assert_eq!(server.count(), 4, "validation sent nothing");
     let slow = Reply::json(200, support::lead_body()).delay(Duration::from_secs(3));
     let (_rt2, slow_server) = server_with(slow);
-    let e = client(&slow_server).track().lead(TrackLeadRequest::new("c", "e", "u"))
-        .timeout(Duration::from_millis(200)).retries(RetryConfig::none()).send().unwrap_err();
+    let e = client(&slow_server)
+        .track()
+        .lead(TrackLeadRequest::new("c", "e", "u"))
+        .timeout(Duration::from_millis(200))
+        .retries(RetryConfig::none())
+        .send()
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Timeout);
     assert!(!format!("{dub:?} {e:?} {e}").contains(TOKEN));
 }
@@ -79,7 +120,11 @@ fn server_with(reply: Reply) -> (tokio::runtime::Runtime, Server) {
 #[tokio::test]
 async fn refuses_to_block_async_code_and_drops_safely() {
     let dub = Dub::new(TOKEN);
-    let e = dub.track().lead(TrackLeadRequest::new("c", "e", "u")).send().unwrap_err();
+    let e = dub
+        .track()
+        .lead(TrackLeadRequest::new("c", "e", "u"))
+        .send()
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config);
     assert!(e.message().unwrap().contains("async"));
     drop(dub); // dropping its runtime here must not panic

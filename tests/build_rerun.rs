@@ -26,7 +26,15 @@ fn copy_tree(from: &Path, to: &Path) {
 fn build(dir: &Path) -> (bool, bool) {
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         // Without TLS (irrelevant here), so the first build skips compiling aws-lc.
-        .args(["build", "-v", "--offline", "--no-default-features", "-p", "dub", "--target-dir"])
+        .args([
+            "build",
+            "-v",
+            "--offline",
+            "--no-default-features",
+            "-p",
+            "dub",
+            "--target-dir",
+        ])
         .arg(dir.join("target"))
         .current_dir(dir.join("crate"))
         .env_remove("CARGO_TARGET_DIR")
@@ -34,8 +42,12 @@ fn build(dir: &Path) -> (bool, bool) {
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "build failed:\n{log}");
-    let ran_script = log.lines().any(|l| l.contains("Running") && l.contains("/build/dub-") && l.contains("build-script-build"));
-    let compiled = log.lines().any(|l| l.contains("Running") && l.contains("--crate-name dub "));
+    let ran_script = log.lines().any(|l| {
+        l.contains("Running") && l.contains("/build/dub-") && l.contains("build-script-build")
+    });
+    let compiled = log
+        .lines()
+        .any(|l| l.contains("Running") && l.contains("--crate-name dub "));
     (ran_script, compiled)
 }
 
@@ -50,7 +62,13 @@ fn only_spec_edits_rerun_code_generation() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("build-rerun");
     let krate = dir.join("crate");
     let _ = std::fs::remove_dir_all(&krate);
-    for file in ["Cargo.toml", "Cargo.lock", "build.rs", "openapi.yaml", "README.md"] {
+    for file in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "build.rs",
+        "openapi.yaml",
+        "README.md",
+    ] {
         std::fs::create_dir_all(&krate).unwrap();
         if Path::new(ROOT).join(file).exists() {
             std::fs::copy(Path::new(ROOT).join(file), krate.join(file)).unwrap();
@@ -60,13 +78,28 @@ fn only_spec_edits_rerun_code_generation() {
     copy_tree(&Path::new(ROOT).join("xtask"), &krate.join("xtask"));
 
     build(&dir);
-    assert_eq!(build(&dir), (false, false), "a second build with no edits did work");
+    assert_eq!(
+        build(&dir),
+        (false, false),
+        "a second build with no edits did work"
+    );
 
-    edit(krate.join("openapi.yaml"), "description: Track a lead for a short link.", "description: Track a lead for a short link (edited).");
+    edit(
+        krate.join("openapi.yaml"),
+        "description: Track a lead for a short link.",
+        "description: Track a lead for a short link (edited).",
+    );
     let (ran, compiled) = build(&dir);
-    assert!(ran, "editing a description in openapi.yaml did not rerun build.rs");
+    assert!(
+        ran,
+        "editing a description in openapi.yaml did not rerun build.rs"
+    );
     assert!(compiled);
 
     edit(krate.join("src/lib.rs"), "//!", "//! (edited)\n//!");
-    assert_eq!(build(&dir), (false, true), "editing src/lib.rs must recompile without rerunning build.rs");
+    assert_eq!(
+        build(&dir),
+        (false, true),
+        "editing src/lib.rs must recompile without rerunning build.rs"
+    );
 }

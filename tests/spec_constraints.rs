@@ -23,8 +23,12 @@ fn with(schema: &str, field: &str, value: Value) -> Req {
     let lead = TrackLeadRequest::new("clk_1", "Sign up", "user_42");
     let sale = TrackSaleRequest::new("user_42", 100);
     match (schema, field) {
-        ("TrackLeadRequest", "eventName") => Req::Lead(TrackLeadRequest::new("clk_1", s(), "user_42")),
-        ("TrackLeadRequest", "customerExternalId") => Req::Lead(TrackLeadRequest::new("clk_1", "Sign up", s())),
+        ("TrackLeadRequest", "eventName") => {
+            Req::Lead(TrackLeadRequest::new("clk_1", s(), "user_42"))
+        }
+        ("TrackLeadRequest", "customerExternalId") => {
+            Req::Lead(TrackLeadRequest::new("clk_1", "Sign up", s()))
+        }
         ("TrackLeadRequest", "customerName") => Req::Lead(lead.customer_name(s())),
         ("TrackLeadRequest", "customerEmail") => Req::Lead(lead.customer_email(s())),
         ("TrackLeadRequest", "eventQuantity") => Req::Lead(lead.event_quantity(n())),
@@ -33,7 +37,9 @@ fn with(schema: &str, field: &str, value: Value) -> Req {
         ("TrackSaleRequest", "eventName") => Req::Sale(sale.event_name(s())),
         ("TrackSaleRequest", "customerName") => Req::Sale(sale.customer_name(s())),
         ("TrackSaleRequest", "customerEmail") => Req::Sale(sale.customer_email(s())),
-        _ => panic!("openapi.yaml constrains {schema}.{field}: teach src/validate.rs and this test about it"),
+        _ => panic!(
+            "openapi.yaml constrains {schema}.{field}: teach src/validate.rs and this test about it"
+        ),
     }
 }
 
@@ -41,20 +47,27 @@ fn with(schema: &str, field: &str, value: Value) -> Req {
 fn text(field: &str, len: usize) -> Value {
     if field == "customerEmail" {
         let domain = "@example.com";
-        return Value::from(format!("{}{domain}", "a".repeat(len.saturating_sub(domain.len()))));
+        return Value::from(format!(
+            "{}{domain}",
+            "a".repeat(len.saturating_sub(domain.len()))
+        ));
     }
     Value::from("x".repeat(len))
 }
 
 #[tokio::test]
 async fn every_request_constraint_in_the_spec_is_enforced() {
-    let text_spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
+    let text_spec =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
     let spec: Value = serde_yaml_ng::from_str(&text_spec).unwrap();
     let server = Server::start([]).await;
     let dub = client(&server);
     let mut checked = 0;
     for schema in ["TrackLeadRequest", "TrackSaleRequest"] {
-        for (field, prop) in spec["components"]["schemas"][schema]["properties"].as_object().unwrap() {
+        for (field, prop) in spec["components"]["schemas"][schema]["properties"]
+            .as_object()
+            .unwrap()
+        {
             let mut cases: Vec<(Value, bool)> = Vec::new();
             if let Some(max) = prop["maxLength"].as_u64() {
                 cases.push((text(field, max as usize), true));
@@ -86,8 +99,16 @@ async fn every_request_constraint_in_the_spec_is_enforced() {
                 match (result, ok) {
                     (Ok(()), true) => assert_eq!(server.count(), before + 1),
                     (Err(e), false) => {
-                        assert_eq!((e.kind(), e.field()), (ErrorKind::Validation, Some(field.as_str())), "{schema}.{field}={value}");
-                        assert_eq!(server.count(), before, "{schema}.{field}: refused input was sent");
+                        assert_eq!(
+                            (e.kind(), e.field()),
+                            (ErrorKind::Validation, Some(field.as_str())),
+                            "{schema}.{field}={value}"
+                        );
+                        assert_eq!(
+                            server.count(),
+                            before,
+                            "{schema}.{field}: refused input was sent"
+                        );
                     }
                     (r, _) => panic!("{schema}.{field} = {value}: expected ok={ok}, got {r:?}"),
                 }

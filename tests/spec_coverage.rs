@@ -13,7 +13,11 @@ fn load(path: &str) -> Value {
 
 fn upstream() -> Value {
     let path = std::env::var("DUB_UPSTREAM_SPEC").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/reference/dub-track-openapi-upstream.yaml").into()
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/reference/dub-track-openapi-upstream.yaml"
+        )
+        .into()
     });
     load(&path)
 }
@@ -25,13 +29,26 @@ fn ours() -> Value {
 /// Follows a local `$ref`.
 fn resolve<'a>(spec: &'a Value, v: &'a Value) -> &'a Value {
     match v.get("$ref").and_then(Value::as_str) {
-        Some(r) => resolve(spec, spec.pointer(r.trim_start_matches('#')).unwrap_or_else(|| panic!("dangling {r}"))),
+        Some(r) => resolve(
+            spec,
+            spec.pointer(r.trim_start_matches('#'))
+                .unwrap_or_else(|| panic!("dangling {r}")),
+        ),
         None => v,
     }
 }
 
 const COMPARED: [&str; 11] = [
-    "type", "nullable", "enum", "format", "minLength", "maxLength", "minimum", "maximum", "default", "pattern",
+    "type",
+    "nullable",
+    "enum",
+    "format",
+    "minLength",
+    "maxLength",
+    "minimum",
+    "maximum",
+    "default",
+    "pattern",
     "additionalProperties",
 ];
 
@@ -53,19 +70,33 @@ impl Walk<'_> {
             assert_eq!(up.get(key), ours.get(key), "{path}: `{key}` differs");
         }
         let required = |v: &Value| -> BTreeSet<String> {
-            v.get("required").and_then(Value::as_array).into_iter().flatten()
-                .filter_map(|s| s.as_str().map(str::to_owned)).collect()
+            v.get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
         };
         assert_eq!(required(up), required(ours), "{path}: required differs");
         let names = |v: &Value| -> BTreeSet<String> {
-            v.get("properties").and_then(Value::as_object).map(|m| m.keys().cloned().collect()).unwrap_or_default()
+            v.get("properties")
+                .and_then(Value::as_object)
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default()
         };
         assert_eq!(names(up), names(ours), "{path}: properties differ");
         for name in names(up) {
             self.compared += 1;
-            self.compare(&format!("{path}.{name}"), &up["properties"][&name], &ours["properties"][&name]);
+            self.compare(
+                &format!("{path}.{name}"),
+                &up["properties"][&name],
+                &ours["properties"][&name],
+            );
         }
-        if let (Some(u), Some(o)) = (up.get("additionalProperties"), ours.get("additionalProperties")) {
+        if let (Some(u), Some(o)) = (
+            up.get("additionalProperties"),
+            ours.get("additionalProperties"),
+        ) {
             if u.is_object() {
                 self.compare(&format!("{path}[*]"), u, o);
             }
@@ -76,39 +107,92 @@ impl Walk<'_> {
 #[test]
 fn upstream_track_spec_is_covered() {
     let (up, ours) = (upstream(), ours());
-    let mut walk = Walk { up: &up, ours: &ours, corrected: BTreeSet::new(), compared: 0 };
+    let mut walk = Walk {
+        up: &up,
+        ours: &ours,
+        corrected: BTreeSet::new(),
+        compared: 0,
+    };
     for (path, name) in [("/track/lead", "TrackLead"), ("/track/sale", "TrackSale")] {
         let (u, o) = (&up["paths"][path]["post"], &ours["paths"][path]["post"]);
         assert_eq!(u["operationId"], o["operationId"]);
         assert_eq!(u["security"], o["security"]);
         let body = |op: &Value| op["requestBody"]["content"]["application/json"]["schema"].clone();
         walk.compare(&format!("{name}Request"), &body(u), &body(o));
-        let ok = |op: &Value| op["responses"]["200"]["content"]["application/json"]["schema"].clone();
+        let ok =
+            |op: &Value| op["responses"]["200"]["content"]["application/json"]["schema"].clone();
         walk.compare(&format!("{name}Response"), &ok(u), &ok(o));
-        let statuses = |op: &Value| op["responses"].as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        let statuses = |op: &Value| {
+            op["responses"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+        };
         assert_eq!(statuses(u), statuses(o));
         for status in statuses(u).into_iter().filter(|s| s != "200") {
             let schema = |spec: &Value, op: &Value| {
-                resolve(spec, &op["responses"][&status])["content"]["application/json"]["schema"].clone()
+                resolve(spec, &op["responses"][&status])["content"]["application/json"]["schema"]
+                    .clone()
             };
-            walk.compare(&format!("{name} {status}"), &schema(&up, u), &schema(&ours, o));
+            walk.compare(
+                &format!("{name} {status}"),
+                &schema(&up, u),
+                &schema(&ours, o),
+            );
         }
     }
     assert_eq!(up["servers"], ours["servers"]);
-    assert_eq!(up["components"]["securitySchemes"], ours["components"]["securitySchemes"]);
+    assert_eq!(
+        up["components"]["securitySchemes"],
+        ours["components"]["securitySchemes"]
+    );
     let corrected: Vec<_> = walk.corrected.iter().map(String::as_str).collect();
-    assert_eq!(corrected, ["TrackLeadRequest.eventQuantity", "TrackSaleRequest.paymentProcessor"]);
-    assert!(walk.compared > 60, "only {} properties compared", walk.compared);
+    assert_eq!(
+        corrected,
+        [
+            "TrackLeadRequest.eventQuantity",
+            "TrackSaleRequest.paymentProcessor"
+        ]
+    );
+    assert!(
+        walk.compared > 60,
+        "only {} properties compared",
+        walk.compared
+    );
 }
 
 #[test]
 fn corrections_say_what_the_server_does() {
     let ours = ours();
     let q = &ours["components"]["schemas"]["TrackLeadRequest"]["properties"]["eventQuantity"];
-    assert_eq!((q["type"].as_str(), q["minimum"].as_i64(), q["maximum"].as_i64()), (Some("integer"), Some(1), Some(100)));
+    assert_eq!(
+        (
+            q["type"].as_str(),
+            q["minimum"].as_i64(),
+            q["maximum"].as_i64()
+        ),
+        (Some("integer"), Some(1), Some(100))
+    );
     let p = &ours["components"]["schemas"]["TrackSaleRequest"]["properties"]["paymentProcessor"]["enum"];
-    let values: BTreeSet<_> = p.as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    let server: BTreeSet<_> =
-        ["stripe", "shopify", "polar", "paddle", "apple", "revenuecat", "dub", "custom", "lemonsqueezy"].into();
+    let values: BTreeSet<_> = p
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let server: BTreeSet<_> = [
+        "stripe",
+        "shopify",
+        "polar",
+        "paddle",
+        "apple",
+        "revenuecat",
+        "dub",
+        "custom",
+        "lemonsqueezy",
+    ]
+    .into();
     assert_eq!(values, server);
 }
