@@ -96,10 +96,9 @@ impl Walk<'_> {
         if let (Some(u), Some(o)) = (
             up.get("additionalProperties"),
             ours.get("additionalProperties"),
-        ) {
-            if u.is_object() {
-                self.compare(&format!("{path}[*]"), u, o);
-            }
+        ) && u.is_object()
+        {
+            self.compare(&format!("{path}[*]"), u, o);
         }
     }
 }
