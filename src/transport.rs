@@ -101,20 +101,79 @@ impl Call {
 
 /// How one attempt ended, as far as retrying is concerned.
 enum Outcome {
-    /// A response, with the body still unread.
-    Response(Response),
+    /// A whole response (its body read up to the cap).
+    Response(Received),
     /// No connection was made: nothing reached Dub.
     NotSent(reqwest::Error),
-    /// The request may have reached Dub; we do not know what happened to it.
+    /// The request may have reached Dub, and no whole response came back: a timeout, a reset,
+    /// a body cut short.
     Ambiguous(reqwest::Error),
 }
 
-impl ClientHooks<Call> for Generated {
-    async fn exec(&self, request: Request, info: &OperationInfo) -> reqwest::Result<Response> {
-        let call = self.inner();
-        let _ = info;
-        exchange(self.client(), call, request).await
+/// A response whose body is in memory.
+struct Received {
+    status: StatusCode,
+    version: reqwest::Version,
+    headers: HeaderMap,
+    body: Bytes,
+    truncated: bool,
+}
+
+impl Received {
+    /// Back into the `reqwest::Response` the generated code decodes.
+    fn into_response(self) -> Response {
+        let mut out = http::Response::new(self.body);
+        *out.status_mut() = self.status;
+        *out.version_mut() = self.version;
+        *out.headers_mut() = self.headers;
+        Response::from(out)
     }
+}
+
+impl ClientHooks<Call> for Generated {
+    async fn exec(&self, request: Request, _info: &OperationInfo) -> reqwest::Result<Response> {
+        exchange(self.client(), self.inner(), request).await
+    }
+}
+
+/// One attempt: send, then read the body with a cap, so that an attempt only succeeds with a
+/// whole response and a hostile server cannot make the client buffer without bound.
+async fn attempt(http: &reqwest::Client, request: Request) -> Outcome {
+    let mut response = match http.execute(request).await {
+        Ok(r) => r,
+        Err(e) if e.is_connect() => return Outcome::NotSent(e),
+        Err(e) => return Outcome::Ambiguous(e),
+    };
+    let status = response.status();
+    let cap = if status.is_success() {
+        MAX_SUCCESS_BODY
+    } else {
+        MAX_ERROR_BODY
+    };
+    let mut body = BytesMut::new();
+    let mut truncated = false;
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = cap - body.len();
+                if chunk.len() > room {
+                    body.extend_from_slice(&chunk[..room]);
+                    truncated = true;
+                    break;
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => return Outcome::Ambiguous(e),
+        }
+    }
+    Outcome::Response(Received {
+        status,
+        version: response.version(),
+        headers: std::mem::take(response.headers_mut()),
+        body: body.freeze(),
+        truncated,
+    })
 }
 
 async fn exchange(
@@ -138,12 +197,11 @@ async fn exchange(
     let budget = &call.shared.budget;
     let started = Instant::now();
     let deadline = policy.get_max_elapsed_time().map(|d| started + d);
-    let mut attempt = 0u32;
+    let mut attempt_no = 0u32;
     let mut spent = 0u64;
     loop {
-        attempt += 1;
-        let now = Instant::now();
-        let remaining = deadline.map(|d| d.saturating_duration_since(now));
+        attempt_no += 1;
+        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let timeout = remaining.map_or(call.attempt_timeout, |r| r.min(call.attempt_timeout));
         let mut this = match request.try_clone() {
             // The JSON body is in memory, so the clone always succeeds.
@@ -151,82 +209,69 @@ async fn exchange(
             None => return http.execute(request).await,
         };
         *this.timeout_mut() = Some(timeout);
-        let span = tracing::debug_span!("dub.attempt", attempt, status = tracing::field::Empty);
+        let span = tracing::debug_span!("dub.attempt", attempt = attempt_no);
         let sent_at = Instant::now();
-        let outcome = match http.execute(this).instrument(span.clone()).await {
-            Ok(r) => Outcome::Response(r),
-            Err(e) if e.is_connect() => Outcome::NotSent(e),
-            Err(e) => Outcome::Ambiguous(e),
-        };
+        let outcome = attempt(http, this).instrument(span.clone()).await;
         let latency_ms = sent_at.elapsed().as_millis() as u64;
-        let ambiguous = match &outcome {
-            Outcome::Response(r) => r.status().is_success() || r.status().is_server_error(),
-            Outcome::NotSent(_) => false,
-            Outcome::Ambiguous(_) => true,
-        };
-        call.update(|r| {
-            r.attempts = attempt;
-            r.may_have_been_recorded |= ambiguous;
-            r.deadline_exceeded = false;
-        });
 
         // Decide whether, and after how long, to try again.
         let (reason, wait, cost) = match &outcome {
             Outcome::Response(r) => {
-                let status = r.status();
-                span.record("status", status.as_u16());
+                let status = r.status;
                 tracing::debug!(parent: &span, status = status.as_u16(), latency_ms, "response");
-                let asked = retry::retry_after(r.headers(), SystemTime::now());
+                let asked = (!status.is_success())
+                    .then(|| retry::retry_after(&r.headers, SystemTime::now()))
+                    .flatten();
                 call.update(|rep| {
+                    rep.attempts = attempt_no;
+                    rep.may_have_been_recorded |= status.is_success() || status.is_server_error();
+                    rep.deadline_exceeded = false;
                     rep.status = Some(status);
-                    rep.headers = Some(r.headers().clone());
                     rep.retry_after = asked;
+                    rep.body_truncated = r.truncated;
+                    // Only errors need the headers and raw body; a 200 is decoded as is.
+                    rep.headers = (!status.is_success()).then(|| r.headers.clone());
+                    rep.body = (status != StatusCode::OK).then(|| r.body.clone());
                 });
                 let allowed = policy.retries_status(status)
                     && (status == StatusCode::TOO_MANY_REQUESTS
                         || call.idempotent
                         || policy.retries_ambiguous());
                 if status.is_success() || !allowed {
-                    return finish(call, outcome_response(outcome), budget, spent).await;
+                    return finish(outcome, budget, spent);
                 }
                 (format!("HTTP {}", status.as_u16()), asked, RETRY_COST)
             }
             Outcome::NotSent(e) | Outcome::Ambiguous(e) => {
+                let not_sent = matches!(outcome, Outcome::NotSent(_));
                 let timed_out = e.is_timeout();
-                tracing::debug!(parent: &span, latency_ms, error = %e, "no response");
+                tracing::debug!(parent: &span, latency_ms, error = %e, "no whole response");
                 call.update(|rep| {
+                    rep.attempts = attempt_no;
+                    rep.may_have_been_recorded |= !not_sent;
+                    rep.deadline_exceeded = timed_out && remaining.is_some_and(|r| r <= timeout);
                     rep.status = None;
                     rep.headers = None;
                     rep.retry_after = None;
-                    rep.deadline_exceeded = timed_out && remaining.is_some_and(|r| r <= timeout);
+                    rep.body = None;
                 });
                 let allowed = policy.retries_connection_errors()
-                    && (matches!(outcome, Outcome::NotSent(_))
-                        || call.idempotent
-                        || policy.retries_ambiguous());
+                    && (not_sent || call.idempotent || policy.retries_ambiguous());
                 if !allowed {
-                    return finish(call, outcome_response(outcome), budget, spent).await;
+                    return finish(outcome, budget, spent);
                 }
-                let cost = if timed_out {
-                    TIMEOUT_RETRY_COST
-                } else {
-                    RETRY_COST
-                };
-                let reason = if timed_out {
-                    "timeout"
-                } else if matches!(outcome, Outcome::NotSent(_)) {
-                    "connect"
-                } else {
-                    "connection lost"
+                let (reason, cost) = match (timed_out, not_sent) {
+                    (true, _) => ("timeout", TIMEOUT_RETRY_COST),
+                    (false, true) => ("connect", RETRY_COST),
+                    (false, false) => ("connection lost", RETRY_COST),
                 };
                 (reason.to_owned(), None, cost)
             }
         };
 
-        if attempt >= policy.get_max_attempts() {
-            return finish(call, outcome_response(outcome), budget, spent).await;
+        if attempt_no >= policy.get_max_attempts() {
+            return finish(outcome, budget, spent);
         }
-        let unit = fastrand::f64();
         let delay = match wait {
             // The server's wish wins over backoff, but never beyond the cap or the deadline.
             Some(asked) => {
@@ -236,11 +281,11 @@ async fn exchange(
                         retry_after_ms = asked.as_millis() as u64,
                         "not retrying: Retry-After is past the deadline"
                     );
-                    return finish(call, outcome_response(outcome), budget, spent).await;
+                    return finish(outcome, budget, spent);
                 }
                 asked.min(policy.get_max_interval())
             }
-            None => policy.delay(attempt, unit),
+            None => policy.delay(attempt_no, fastrand::f64()),
         };
         if deadline.is_some_and(|d| Instant::now() + delay >= d) {
             tracing::info!(
@@ -248,15 +293,15 @@ async fn exchange(
                 delay_ms = delay.as_millis() as u64,
                 "not retrying: the deadline would pass"
             );
-            return finish(call, outcome_response(outcome), budget, spent).await;
+            return finish(outcome, budget, spent);
         }
         if !budget.try_withdraw(cost) {
             tracing::warn!(reason, "not retrying: the client's retry budget is spent");
-            return finish(call, outcome_response(outcome), budget, spent).await;
+            return finish(outcome, budget, spent);
         }
         spent = cost;
         tracing::info!(
-            attempt,
+            attempt = attempt_no,
             delay_ms = delay.as_millis() as u64,
             reason,
             "retrying"
@@ -266,59 +311,15 @@ async fn exchange(
     }
 }
 
-fn outcome_response(outcome: Outcome) -> reqwest::Result<Response> {
+/// Settles the retry budget and hands the last outcome to the generated code.
+fn finish(outcome: Outcome, budget: &RetryBudget, spent: u64) -> reqwest::Result<Response> {
     match outcome {
-        Outcome::Response(r) => Ok(r),
+        Outcome::Response(r) => {
+            if r.status.is_success() {
+                budget.deposit(if spent > 0 { spent } else { 1 });
+            }
+            Ok(r.into_response())
+        }
         Outcome::NotSent(e) | Outcome::Ambiguous(e) => Err(e),
     }
-}
-
-/// Settles the budget and reads the final body with a cap, so that a hostile or broken server
-/// cannot make the client buffer without bound.
-async fn finish(
-    call: &Call,
-    result: reqwest::Result<Response>,
-    budget: &RetryBudget,
-    spent: u64,
-) -> reqwest::Result<Response> {
-    let mut response = result?;
-    let status = response.status();
-    if status.is_success() {
-        budget.deposit(if spent > 0 { spent } else { 1 });
-    }
-    let cap = if status.is_success() {
-        MAX_SUCCESS_BODY
-    } else {
-        MAX_ERROR_BODY
-    };
-    let mut body = BytesMut::new();
-    let mut truncated = false;
-    while let Some(chunk) = response.chunk().await? {
-        let room = cap - body.len();
-        if chunk.len() > room {
-            body.extend_from_slice(&chunk[..room]);
-            truncated = true;
-            break;
-        }
-        body.extend_from_slice(&chunk);
-    }
-    let body = body.freeze();
-    if truncated || status != StatusCode::OK {
-        call.update(|r| {
-            r.body_truncated = truncated;
-            if status != StatusCode::OK {
-                r.body = Some(body.clone());
-            }
-        });
-    }
-    Ok(rebuild(response, body))
-}
-
-/// A response with the same status and headers and a body already in memory.
-fn rebuild(response: Response, body: Bytes) -> Response {
-    let mut out = http::Response::new(body);
-    *out.status_mut() = response.status();
-    *out.version_mut() = response.version();
-    *out.headers_mut() = response.headers().clone();
-    Response::from(out)
 }
