@@ -142,23 +142,35 @@ fn unix_ms_in(d: Duration) -> String {
 
 #[tokio::test(start_paused = true)]
 async fn retry_after_in_every_form() {
-    let http_date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(4));
-    let cases: [(Reply, u128, u128); 6] = [
-        (status(429).header("retry-after-ms", "1500"), 1500, 1500),
-        (status(429).header("retry-after", "2"), 2000, 2000),
-        // An HTTP date has whole seconds, and wall-clock time passes while the test runs.
-        (status(429).header("retry-after", &http_date), 2900, 4000),
+    // Each header is made just before its server starts: the absolute forms are read against
+    // the wall clock, which keeps moving while tokio's clock is paused.
+    type Case = (fn() -> Reply, u128, u128);
+    let cases: [Case; 6] = [
+        (|| status(429).header("retry-after-ms", "1500"), 1500, 1500),
+        (|| status(429).header("retry-after", "2"), 2000, 2000),
+        // An HTTP date has whole seconds.
+        (
+            || {
+                status(429).header(
+                    "retry-after",
+                    &httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(4)),
+                )
+            },
+            2500,
+            4000,
+        ),
         // Dub's actual header: a Unix timestamp in milliseconds.
         (
-            status(429).header("retry-after", &unix_ms_in(Duration::from_millis(2500))),
-            2300,
+            || status(429).header("retry-after", &unix_ms_in(Duration::from_millis(2500))),
+            2000,
             2500,
         ),
         // Garbage and negative values fall back to the backoff.
-        (status(429).header("retry-after", "soon"), 500, 500),
-        (status(429).header("retry-after", "-4"), 500, 500),
+        (|| status(429).header("retry-after", "soon"), 500, 500),
+        (|| status(429).header("retry-after", "-4"), 500, 500),
     ];
     for (reply, low, high) in cases {
+        let reply = reply();
         let shown = format!("{:?}", reply.headers);
         let server = Server::start([reply]).await;
         dub(&server, exact())
