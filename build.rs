@@ -53,6 +53,10 @@ fn main() {
         // travel as the generated client's inner value.
         .with_hooks(progenitor::HooksMode::Expected)
         .with_inner_type(quote::quote!(crate::transport::Call));
+    // The `schemars` feature derives JSON Schema for every model.
+    if std::env::var_os("CARGO_FEATURE_SCHEMARS").is_some() {
+        settings.with_derive("schemars::JsonSchema");
+    }
     for (_, _, name) in OPEN_ENUMS {
         settings.with_replacement(name, format!("crate::models::{name}"), [].into_iter());
     }
