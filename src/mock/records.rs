@@ -55,8 +55,8 @@ pub struct ReceivedRequest {
     pub path: String,
     /// The query string without `?`, if any.
     pub query: Option<String>,
-    /// Headers in the order received, names lowercased; values that are not UTF-8 are decoded
-    /// lossily.
+    /// Headers with lowercase names, repeated names grouped together but otherwise in the
+    /// order received; values that are not UTF-8 are decoded lossily.
     pub headers: Vec<(String, String)>,
     /// The body, or empty when it was larger than the mock accepts (1 MiB).
     pub body: Vec<u8>,
