@@ -252,7 +252,7 @@ impl RateWindow {
         RateLimit {
             limit: RATE_LIMIT,
             remaining: RATE_LIMIT.saturating_sub(self.count),
-            reset_ms: self.start_ms + RATE_WINDOW_MS,
+            reset_ms: self.start_ms.saturating_add(RATE_WINDOW_MS),
         }
     }
 }
