@@ -1,9 +1,5 @@
 use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LeadMode {
-    Async,
-}
+pub enum LeadMode { Async }
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PaymentProcessor {
-    Stripe,
-}
+pub enum PaymentProcessor { Stripe }

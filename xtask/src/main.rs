@@ -22,9 +22,7 @@ fn main() -> ExitCode {
 fn run(args: &[String]) -> Result<(), String> {
     match args {
         [cmd, rest @ ..] if cmd == "update-spec" => update_spec(rest),
-        _ => Err(
-            "usage: cargo xtask update-spec <upstream-openapi.json> [--out openapi.yaml]".into(),
-        ),
+        _ => Err("usage: cargo xtask update-spec <upstream-openapi.json> [--out openapi.yaml]".into()),
     }
 }
 

@@ -141,9 +141,7 @@ fn collect_refs(v: &Value, out: &mut BTreeSet<String>) {
 pub fn extract(upstream_text: &str) -> Result<Extracted, String> {
     let upstream: Value =
         serde_yaml_ng::from_str(upstream_text).map_err(|e| format!("parsing upstream: {e}"))?;
-    let version = get(&upstream, "openapi")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let version = get(&upstream, "openapi").and_then(Value::as_str).unwrap_or("");
     if !version.starts_with("3.0") {
         return Err(format!(
             "upstream is OpenAPI {version:?}; progenitor reads only 3.0.x"
@@ -292,9 +290,8 @@ mod tests {
     }
 
     fn at<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
-        path.iter().fold(v, |v, k| {
-            get(v, k).unwrap_or_else(|| panic!("missing {k} in {path:?}"))
-        })
+        path.iter()
+            .fold(v, |v, k| get(v, k).unwrap_or_else(|| panic!("missing {k} in {path:?}")))
     }
 
     #[test]
@@ -320,10 +317,7 @@ mod tests {
                 "$ref",
             ],
         );
-        assert_eq!(
-            schema_ref.as_str(),
-            Some("#/components/schemas/TrackSaleRequest")
-        );
+        assert_eq!(schema_ref.as_str(), Some("#/components/schemas/TrackSaleRequest"));
         let names: Vec<_> = at(&spec, &["components", "schemas"])
             .as_mapping()
             .unwrap()
@@ -345,15 +339,11 @@ mod tests {
     #[test]
     fn copies_referenced_components_transitively_and_nothing_else() {
         let spec = extracted();
-        let responses = at(&spec, &["components", "responses"])
-            .as_mapping()
-            .unwrap();
+        let responses = at(&spec, &["components", "responses"]).as_mapping().unwrap();
         assert!(responses.contains_key("400"));
         // The fixture's unrelated path references 418; it must not come along.
         assert!(!responses.contains_key("418"));
-        let schemes = at(&spec, &["components", "securitySchemes"])
-            .as_mapping()
-            .unwrap();
+        let schemes = at(&spec, &["components", "securitySchemes"]).as_mapping().unwrap();
         assert_eq!(schemes.len(), 1);
         assert!(schemes.contains_key("token"));
     }
@@ -363,26 +353,14 @@ mod tests {
         let spec = extracted();
         let q = at(
             &spec,
-            &[
-                "components",
-                "schemas",
-                "TrackLeadRequest",
-                "properties",
-                "eventQuantity",
-            ],
+            &["components", "schemas", "TrackLeadRequest", "properties", "eventQuantity"],
         );
         assert_eq!(at(q, &["type"]).as_str(), Some("integer"));
         assert_eq!(at(q, &["maximum"]).as_u64(), Some(100));
         assert!(get(q, CORRECTION_KEY).is_some());
         let pp = at(
             &spec,
-            &[
-                "components",
-                "schemas",
-                "TrackSaleRequest",
-                "properties",
-                "paymentProcessor",
-            ],
+            &["components", "schemas", "TrackSaleRequest", "properties", "paymentProcessor"],
         );
         let mut values: Vec<_> = at(pp, &["enum"])
             .as_sequence()
@@ -391,10 +369,7 @@ mod tests {
             .map(|v| v.as_str().unwrap())
             .collect();
         // Upstream's values keep their order; the missing ones follow.
-        assert_eq!(
-            &values[..5],
-            ["stripe", "shopify", "polar", "paddle", "custom"]
-        );
+        assert_eq!(&values[..5], ["stripe", "shopify", "polar", "paddle", "custom"]);
         values.sort_unstable();
         let mut expected = PAYMENT_PROCESSORS;
         expected.sort_unstable();
@@ -410,20 +385,10 @@ mod tests {
         let out = extract(&fixed).unwrap();
         let q = at(
             &out.spec,
-            &[
-                "components",
-                "schemas",
-                "TrackLeadRequest",
-                "properties",
-                "eventQuantity",
-            ],
+            &["components", "schemas", "TrackLeadRequest", "properties", "eventQuantity"],
         );
         assert!(get(q, CORRECTION_KEY).is_none());
-        assert!(
-            out.report
-                .iter()
-                .any(|l| l.contains("already fixes TrackLeadRequest.eventQuantity"))
-        );
+        assert!(out.report.iter().any(|l| l.contains("already fixes TrackLeadRequest.eventQuantity")));
     }
 
     #[test]
