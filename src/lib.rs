@@ -150,6 +150,8 @@
 pub mod blocking;
 mod client;
 mod error;
+#[cfg(feature = "mock")]
+pub mod mock;
 pub mod models;
 pub mod retry;
 mod track;

@@ -1,0 +1,341 @@
+//! Dub's rules for `/track/lead` and `/track/sale`: routing, authentication, lead
+//! de-duplication, sale idempotency by invoice, and the events that get recorded.
+//!
+//! Every click ID is treated as a click on one mock link, so there is no "click not found";
+//! customers, leads and sales live in memory until [`MockDub::reset`](super::MockDub::reset).
+
+use super::records::{RecordedLead, RecordedSale};
+use super::reply::Reply;
+use super::schema::{self, LeadInput, Mode, Rejection, SaleInput};
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
+
+/// What the rules need from an HTTP request.
+pub(crate) struct Incoming<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// Every `Authorization` header, in order.
+    pub authorization: Vec<String>,
+    pub body: &'a [u8],
+}
+
+/// Dub's state for the one workspace the mock serves.
+#[derive(Debug, Default)]
+pub(crate) struct Dub {
+    customers: HashMap<String, Customer>,
+    /// customerExternalId + normalised event name of every lead tracked outside `deferred` mode.
+    lead_keys: HashSet<(String, String)>,
+    /// invoiceId -> the exact bytes of the first successful response.
+    invoices: HashMap<String, Vec<u8>>,
+    pub leads: Vec<RecordedLead>,
+    pub sales: Vec<RecordedSale>,
+    next_customer: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Customer {
+    id: String,
+    name: String,
+    email: Option<String>,
+    avatar: Option<String>,
+    external_id: String,
+    click_id: String,
+    /// Names of the lead events recorded for this customer.
+    lead_events: Vec<String>,
+}
+
+impl Customer {
+    fn lead_json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "email": self.email,
+            "avatar": self.avatar,
+            "externalId": self.external_id,
+        })
+    }
+
+    fn sale_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "name": self.name,
+            "email": self.email,
+            "avatar": self.avatar,
+            "externalId": self.external_id,
+        })
+    }
+}
+
+const INVALID_JSON: &str =
+    "Invalid JSON format in request body. Please ensure the request body is a valid JSON object.";
+const MISCONFIGURED_AUTH: &str = "Misconfigured authorization header. Did you forget to add 'Bearer '? Learn more: https://d.to/auth";
+
+impl Dub {
+    /// Answers one request as Dub would: route, then auth, then JSON, then the schema, then
+    /// the operation.
+    pub fn handle(&mut self, token: &str, req: &Incoming<'_>) -> Reply {
+        let lead = match req.path {
+            "/track/lead" => true,
+            "/track/sale" => false,
+            _ => {
+                return Reply::error(
+                    404,
+                    "not_found",
+                    &format!("The requested endpoint {} does not exist.", req.path),
+                );
+            }
+        };
+        if req.method != "POST" {
+            let mut reply = Reply::error(
+                405,
+                "method_not_allowed",
+                &format!("Method {} is not allowed on {}.", req.method, req.path),
+            );
+            reply.push_header("allow", "POST".to_owned());
+            return reply;
+        }
+        if let Err(rejection) = authorize(token, &req.authorization) {
+            return rejection.into();
+        }
+        let Ok(body) = serde_json::from_slice::<Value>(req.body) else {
+            return Rejection::bad_request(INVALID_JSON).into();
+        };
+        let result = if lead {
+            schema::lead(&body).map(|input| self.track_lead(input, &body))
+        } else {
+            schema::sale(&body).and_then(|input| self.track_sale(input, &body))
+        };
+        result.unwrap_or_else(Reply::from)
+    }
+
+    fn track_lead(&mut self, input: LeadInput, body: &Value) -> Reply {
+        let external_id = input.customer_external_id.clone();
+        let existing = self.customers.get(&external_id);
+        let click_id = if input.click_id.is_empty() {
+            match existing
+                .map(|c| c.click_id.clone())
+                .filter(|c| !c.is_empty())
+            {
+                Some(stored) => stored,
+                None => {
+                    return Rejection::bad_request(
+                        "The `clickId` property was not provided in the request, and no existing customer with the provided `customerExternalId` was found.",
+                    )
+                    .into();
+                }
+            }
+        } else {
+            input.click_id.clone()
+        };
+
+        // Dub keys de-duplication on the event name lowercased with spaces as dashes, so
+        // "Sign Up" and "sign-up" are the same event; `deferred` skips it.
+        let key = (
+            external_id.clone(),
+            input.event_name.to_lowercase().replace(' ', "-"),
+        );
+        if input.mode != Mode::Deferred && !self.lead_keys.insert(key) {
+            let customer = match existing {
+                Some(c) => c.lead_json(),
+                None => json!({
+                    "name": fallback_name(&input.customer_name, &input.customer_email)
+                        .unwrap_or_else(|| "Mock Customer".to_owned()),
+                    "email": input.customer_email.as_deref().filter(|e| !e.is_empty()),
+                    "avatar": input.customer_avatar.as_deref().filter(|a| !a.is_empty()),
+                    "externalId": external_id,
+                }),
+            };
+            let reply = json!({ "click": { "id": click_id }, "link": null, "customer": customer });
+            return Reply::json(200, &reply);
+        }
+
+        let customer = customer_for(
+            &mut self.customers,
+            &mut self.next_customer,
+            &external_id,
+            &click_id,
+            (
+                &input.customer_name,
+                &input.customer_email,
+                &input.customer_avatar,
+            ),
+        );
+        if input.mode != Mode::Deferred {
+            customer.lead_events.push(input.event_name.clone());
+            for _ in 0..input.event_quantity.unwrap_or(1) {
+                self.leads.push(RecordedLead {
+                    customer_external_id: external_id.clone(),
+                    event_name: input.event_name.clone(),
+                    click_id: click_id.clone(),
+                    customer_id: customer.id.clone(),
+                    body: body.clone(),
+                });
+            }
+        }
+        let reply = json!({ "click": { "id": click_id }, "link": mock_link(), "customer": customer.lead_json() });
+        Reply::json(200, &reply)
+    }
+
+    fn track_sale(&mut self, input: SaleInput, body: &Value) -> Result<Reply, Rejection> {
+        let invoice_id = input.invoice_id.clone().filter(|i| !i.is_empty());
+        if let Some(cached) = invoice_id.as_ref().and_then(|i| self.invoices.get(i)) {
+            return Ok(Reply::with_body(200, "application/json", cached.clone()));
+        }
+        let external_id = input.customer_external_id.clone();
+        let nulls = json!({ "eventName": input.event_name, "customer": null, "sale": null });
+
+        if let Some(customer) = self.customers.get(&external_id) {
+            let has_lead = match &input.lead_event_name {
+                Some(name) => customer.lead_events.contains(name),
+                None => !customer.lead_events.is_empty(),
+            };
+            if !has_lead {
+                let name = input.lead_event_name.as_deref().unwrap_or("null");
+                return Err(Rejection {
+                    status: 404,
+                    code: "not_found",
+                    message: format!(
+                        "Lead event not found for externalId: {external_id} and leadEventName: {name}"
+                    ),
+                });
+            }
+        } else {
+            // Direct sale tracking: with a click, Dub creates the customer and records a lead
+            // for it before the sale; without one the sale is silently dropped.
+            let Some(click_id) = input.click_id.clone().filter(|c| !c.is_empty()) else {
+                return Ok(Reply::json(200, &nulls));
+            };
+            let lead_name = input
+                .lead_event_name
+                .clone()
+                .unwrap_or_else(|| "Direct sale tracking lead event".to_owned());
+            let customer = customer_for(
+                &mut self.customers,
+                &mut self.next_customer,
+                &external_id,
+                &click_id,
+                (
+                    &input.customer_name,
+                    &input.customer_email,
+                    &input.customer_avatar,
+                ),
+            );
+            customer.lead_events.push(lead_name.clone());
+            self.leads.push(RecordedLead {
+                customer_external_id: external_id.clone(),
+                event_name: lead_name,
+                click_id,
+                customer_id: customer.id.clone(),
+                body: body.clone(),
+            });
+        }
+
+        let customer = match self.customers.get(&external_id) {
+            Some(customer) if input.amount > 0 => customer,
+            _ => return Ok(Reply::json(200, &nulls)),
+        };
+        self.sales.push(RecordedSale {
+            customer_external_id: external_id.clone(),
+            customer_id: customer.id.clone(),
+            amount: input.amount,
+            currency: input.currency.clone(),
+            event_name: input.event_name.clone(),
+            payment_processor: input.payment_processor.clone(),
+            invoice_id: input.invoice_id.clone(),
+            body: body.clone(),
+        });
+        let response = json!({
+            "eventName": input.event_name,
+            "customer": customer.sale_json(),
+            "sale": {
+                "amount": input.amount,
+                "currency": input.currency,
+                "paymentProcessor": input.payment_processor,
+                "invoiceId": input.invoice_id,
+                "metadata": input.metadata,
+            },
+        });
+        let reply = Reply::json(200, &response);
+        if let Some(invoice_id) = invoice_id {
+            self.invoices.insert(invoice_id, reply.body.clone());
+        }
+        Ok(reply)
+    }
+}
+
+/// The customer with this external ID, created on first sight. Like Dub, an existing customer
+/// keeps its name, email and click. A free function so the caller can keep using the other
+/// fields of [`Dub`] while holding the customer.
+fn customer_for<'a>(
+    customers: &'a mut HashMap<String, Customer>,
+    counter: &mut u64,
+    external_id: &str,
+    click_id: &str,
+    details: (&Option<String>, &Option<String>, &Option<String>),
+) -> &'a mut Customer {
+    let (name, email, avatar) = details;
+    customers.entry(external_id.to_owned()).or_insert_with(|| {
+        *counter += 1;
+        let n = *counter;
+        Customer {
+            id: format!("cus_mock{n:016}"),
+            name: fallback_name(name, email).unwrap_or_else(|| format!("Mock Customer {n}")),
+            email: email.clone().filter(|e| !e.is_empty()),
+            avatar: avatar.clone().filter(|a| !a.is_empty()),
+            external_id: external_id.to_owned(),
+            click_id: click_id.to_owned(),
+            lead_events: Vec::new(),
+        }
+    })
+}
+
+/// Dub names a customer after the name given, else the email, else at random.
+fn fallback_name(name: &Option<String>, email: &Option<String>) -> Option<String> {
+    [name, email]
+        .into_iter()
+        .flatten()
+        .find(|s| !s.is_empty())
+        .cloned()
+}
+
+fn mock_link() -> Value {
+    json!({
+        "id": "link_mock0000000000000000001",
+        "domain": "dub.sh",
+        "key": "mock",
+        "shortLink": "https://dub.sh/mock",
+        "url": "https://example.com/",
+        "partnerId": null,
+        "programId": null,
+        "tenantId": null,
+        "externalId": null,
+    })
+}
+
+fn authorize(token: &str, headers: &[String]) -> Result<(), Rejection> {
+    if headers.is_empty() {
+        return Err(Rejection {
+            status: 401,
+            code: "unauthorized",
+            message: "Missing Authorization header.".to_owned(),
+        });
+    }
+    // A fetch `Headers` object joins repeated headers with ", ", and that is what Dub checks.
+    let header = headers.join(", ");
+    let Some(given) = header.strip_prefix("Bearer ") else {
+        return Err(Rejection::bad_request(MISCONFIGURED_AUTH));
+    };
+    if given != token {
+        return Err(Rejection {
+            status: 401,
+            code: "unauthorized",
+            message: "Unauthorized: Invalid API key.".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+impl From<Rejection> for Reply {
+    fn from(r: Rejection) -> Reply {
+        Reply::error(r.status, r.code, &r.message)
+    }
+}

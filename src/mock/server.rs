@@ -1,0 +1,276 @@
+//! Connections: accepting on 127.0.0.1, HTTP/1.1 through hyper, and the faults that need the
+//! socket itself (resets, truncated bodies, header text hyper refuses to send).
+
+use super::Shared;
+use super::fault::Fault;
+use super::records::ReceivedRequest;
+use super::reply::{RateLimit, Reply};
+use super::rules::Incoming;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Bytes, Incoming as Body};
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+/// Larger request bodies get 413 without being read.
+pub(crate) const MAX_BODY: usize = 1 << 20;
+/// How long a connection taken over from hyper may spend writing or draining.
+const RAW_IO_LIMIT: Duration = Duration::from_secs(5);
+
+/// Accepts connections until `shutdown` turns true or its sender is dropped, then closes them.
+pub(crate) async fn run(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    let mut stop = shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(connection(stream, shared.clone(), shutdown.clone()));
+                }
+                // Out of descriptors or similar: back off instead of spinning on the error.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    connections.shutdown().await;
+}
+
+/// Resolves once the server is told to stop or its handle is gone. The watch guard is dropped
+/// here, before any await of the caller, since it cannot cross threads.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// What a request's handler hands back to its connection instead of a response.
+#[derive(Debug)]
+enum Takeover {
+    /// Close with TCP RST.
+    Reset,
+    /// Write these bytes as they are, then close.
+    Write(Vec<u8>),
+}
+
+enum Outcome {
+    Respond(Reply),
+    Takeover(Takeover),
+}
+
+async fn connection(stream: TcpStream, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    // hyper owns the stream it serves; a second descriptor for the same socket lets a fault
+    // reset it or write raw bytes after hyper has been dropped mid-request.
+    let Some((stream, spare)) = with_spare_descriptor(stream) else {
+        return;
+    };
+    let (takeover_tx, mut takeover_rx) = mpsc::channel(1);
+    let service = {
+        let shutdown = shutdown.clone();
+        service_fn(move |req| respond(req, shared.clone(), takeover_tx.clone(), shutdown.clone()))
+    };
+    let mut conn = Box::pin(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+    let takeover = tokio::select! {
+        _ = conn.as_mut() => None,
+        Some(takeover) = takeover_rx.recv() => Some(takeover),
+        _ = stopped(&mut shutdown) => None,
+    };
+    // Closes hyper's descriptor; the socket stays open through `spare` until it is dropped.
+    drop(conn);
+    if let Some(takeover) = takeover {
+        let _ = tokio::time::timeout(RAW_IO_LIMIT, take_over(takeover, spare)).await;
+    }
+}
+
+fn with_spare_descriptor(stream: TcpStream) -> Option<(TcpStream, std::net::TcpStream)> {
+    let stream = stream.into_std().ok()?;
+    let spare = stream.try_clone().ok()?;
+    Some((TcpStream::from_std(stream).ok()?, spare))
+}
+
+async fn take_over(takeover: Takeover, spare: std::net::TcpStream) {
+    let Ok(mut socket) = TcpStream::from_std(spare) else {
+        return;
+    };
+    match takeover {
+        Takeover::Reset => {
+            // With SO_LINGER 0, close() discards the socket with RST instead of FIN.
+            // `set_zero_linger` needs tokio 1.50 while the crate allows 1.40; the deprecation
+            // is about non-zero lingers blocking on drop, which zero never does.
+            #[allow(deprecated)]
+            let _ = socket.set_linger(Some(Duration::ZERO));
+        }
+        Takeover::Write(bytes) => {
+            if socket.write_all(&bytes).await.is_ok() && socket.shutdown().await.is_ok() {
+                // Closing with unread input sends RST, which can destroy the bytes just written
+                // before the client reads them; wait for the client to close first.
+                let mut sink = [0u8; 1024];
+                while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {}
+            }
+        }
+    }
+}
+
+async fn respond(
+    req: Request<Body>,
+    shared: Arc<Shared>,
+    takeover: mpsc::Sender<Takeover>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = read_body(&parts.headers, body).await;
+    let request = ReceivedRequest {
+        method: parts.method.as_str().to_owned(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str().to_owned(), lossy(value)))
+            .collect(),
+        body: body.as_ref().map(Clone::clone).unwrap_or_default(),
+    };
+    let authorization = parts
+        .headers
+        .get_all(AUTHORIZATION)
+        .iter()
+        .map(lossy)
+        .collect();
+    let (fault, rate) = shared.arrive(request.clone());
+    // Processing runs in its own task so that a client hanging up (say, on a timeout during
+    // Fault::Delay) does not cancel it: like a real server, the mock finishes the work.
+    let work = tokio::spawn(async move {
+        let handle = || match &body {
+            Ok(bytes) => shared.handle(&Incoming {
+                method: &request.method,
+                path: &request.path,
+                authorization,
+                body: bytes,
+            }),
+            Err(BodyError::TooLarge) => Reply::status(413),
+            Err(BodyError::Unreadable) => {
+                Reply::error(400, "bad_request", "The request body could not be read.")
+            }
+        };
+        apply(fault, handle, rate, shutdown).await
+    });
+    let outcome = work
+        .await
+        .unwrap_or_else(|_| Outcome::Respond(Reply::status(500)));
+    let takeover_now = match outcome {
+        Outcome::Respond(reply) => match to_response(&reply) {
+            Some(response) => return Ok(response),
+            None => Takeover::Write(raw(&reply, reply.body.len())),
+        },
+        Outcome::Takeover(t) => t,
+    };
+    let _ = takeover.send(takeover_now).await;
+    // The connection task drops this future together with hyper's connection.
+    std::future::pending().await
+}
+
+/// Runs the fault, or the normal handling when there is none, and adds rate-limit headers.
+async fn apply(
+    fault: Option<Fault>,
+    handle: impl FnOnce() -> Reply,
+    rate: RateLimit,
+    mut shutdown: watch::Receiver<bool>,
+) -> Outcome {
+    let reply = match fault {
+        None => handle(),
+        Some(Fault::Status(status)) => Reply::status(status),
+        Some(Fault::RateLimited(retry_after)) => Reply::rate_limited(&retry_after),
+        Some(Fault::Delay(delay)) => {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => handle(),
+                // Shutting down: the request is dropped unprocessed.
+                _ = stopped(&mut shutdown) => return Outcome::Takeover(Takeover::Reset),
+            }
+        }
+        Some(Fault::ResetBeforeRecord) => return Outcome::Takeover(Takeover::Reset),
+        Some(Fault::ResetAfterRecord) => {
+            handle();
+            return Outcome::Takeover(Takeover::Reset);
+        }
+        Some(Fault::ErrorAfterRecord(status)) => {
+            handle();
+            Reply::status(status)
+        }
+        Some(Fault::TruncatedBody) => {
+            let mut reply = handle();
+            rate.apply(&mut reply);
+            // Announce the full length (at least one byte), send half of it.
+            let mut bytes = reply.to_http1(reply.body.len().max(1));
+            bytes.extend_from_slice(&reply.body[..reply.body.len() / 2]);
+            return Outcome::Takeover(Takeover::Write(bytes));
+        }
+        Some(Fault::NonJsonBody) => {
+            handle();
+            Reply::html(200)
+        }
+        Some(Fault::Html(status)) => Reply::html(status),
+    };
+    let mut reply = reply;
+    rate.apply(&mut reply);
+    Outcome::Respond(reply)
+}
+
+/// The reply as hyper sends it, or `None` for what hyper cannot send: a status outside
+/// 200..=999 or header text with control characters.
+fn to_response(reply: &Reply) -> Option<Response<Full<Bytes>>> {
+    let status = StatusCode::from_u16(reply.status)
+        .ok()
+        .filter(|s| !s.is_informational())?;
+    let mut builder = Response::builder().status(status);
+    for (name, value) in &reply.headers {
+        builder = builder.header(*name, HeaderValue::from_bytes(value.as_bytes()).ok()?);
+    }
+    builder
+        .body(Full::new(Bytes::from(reply.body.clone())))
+        .ok()
+}
+
+/// The reply as raw HTTP/1.1 bytes announcing `content_length` body bytes.
+fn raw(reply: &Reply, content_length: usize) -> Vec<u8> {
+    let mut bytes = reply.to_http1(content_length);
+    bytes.extend_from_slice(&reply.body);
+    bytes
+}
+
+enum BodyError {
+    TooLarge,
+    /// The client went away or sent a broken chunked body.
+    Unreadable,
+}
+
+async fn read_body(headers: &hyper::HeaderMap, body: Body) -> Result<Vec<u8>, BodyError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes().to_vec()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(BodyError::TooLarge),
+        Err(_) => Err(BodyError::Unreadable),
+    }
+}
+
+fn lossy(value: &HeaderValue) -> String {
+    String::from_utf8_lossy(value.as_bytes()).into_owned()
+}
