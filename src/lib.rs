@@ -167,3 +167,8 @@ pub use client::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_SERVER_URL, DEFAULT_TIMEOUT, D
 pub use error::{Error, ErrorKind, Result};
 pub use retry::{Jitter, RetryBudget, RetryConfig};
 pub use track::{Operation, Track, TrackCall};
+
+// The README's Rust examples compile as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -266,11 +266,13 @@ impl Shared {
 
     /// Records a request as it arrives and decides its fault and rate-limit headers, under
     /// one lock so that arrival order is fault order.
-    fn arrive(&self, request: ReceivedRequest) -> (Option<Fault>, RateLimit) {
+    fn arrive(&self, mut request: ReceivedRequest) -> (Option<Fault>, RateLimit) {
         let mut state = self.lock();
+        let fault = state.faults.next();
+        request.fault = fault.clone();
         state.requests.push(request);
         let rate = state.window.hit(reply::now_ms());
-        (state.faults.next(), rate)
+        (fault, rate)
     }
 
     fn handle(&self, request: &Incoming<'_>) -> Reply {

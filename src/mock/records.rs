@@ -60,6 +60,8 @@ pub struct ReceivedRequest {
     pub headers: Vec<(String, String)>,
     /// The body, or empty when it was larger than the mock accepts (1 MiB).
     pub body: Vec<u8>,
+    /// The fault this request got, scripted or random, if any.
+    pub fault: Option<super::Fault>,
 }
 
 impl ReceivedRequest {

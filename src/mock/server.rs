@@ -142,6 +142,7 @@ async fn respond(
             .map(|(name, value)| (name.as_str().to_owned(), lossy(value)))
             .collect(),
         body: body.as_ref().map(Clone::clone).unwrap_or_default(),
+        fault: None,
     };
     let authorization = parts
         .headers
