@@ -42,6 +42,9 @@ macro_rules! open_enum {
         }
 
         impl $name {
+            /// Every value this version of the crate knows, as Dub spells them.
+            pub(crate) const KNOWN: &'static [&'static str] = &[$($text),*];
+
             /// The value as Dub spells it.
             pub fn as_str(&self) -> &str {
                 match self {
@@ -161,6 +164,25 @@ macro_rules! string_setters {
     };
 }
 
+/// Generates the `metadata` setters, the same for both requests.
+macro_rules! metadata_setters {
+    () => {
+        /// Metadata stored with the event (at most 10,000 characters as JSON).
+        pub fn metadata(mut self, metadata: Map<String, Value>) -> Self {
+            self.metadata = Some(metadata);
+            self
+        }
+
+        /// Adds one metadata entry.
+        pub fn metadata_entry(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+            self.metadata
+                .get_or_insert_with(Map::new)
+                .insert(key.into(), value.into());
+            self
+        }
+    };
+}
+
 impl TrackLeadRequest {
     /// A lead for the click `click_id` (the `dub_id` cookie; `""` reuses the customer's stored
     /// click in the deferred flow), named `event_name`, for your customer `customer_external_id`.
@@ -203,19 +225,7 @@ impl TrackLeadRequest {
         self
     }
 
-    /// Metadata stored with the event (at most 10,000 characters as JSON).
-    pub fn metadata(mut self, metadata: Map<String, Value>) -> Self {
-        self.metadata = Some(metadata);
-        self
-    }
-
-    /// Adds one metadata entry.
-    pub fn metadata_entry(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
-        self.metadata
-            .get_or_insert_with(Map::new)
-            .insert(key.into(), value.into());
-        self
-    }
+    metadata_setters!();
 
     /// Whether Dub deduplicates this lead, so a retry cannot record it twice.
     pub(crate) fn is_idempotent(&self) -> bool {
@@ -278,19 +288,7 @@ impl TrackSaleRequest {
         customer_avatar,
     }
 
-    /// Metadata stored with the event (at most 10,000 characters as JSON).
-    pub fn metadata(mut self, metadata: Map<String, Value>) -> Self {
-        self.metadata = Some(metadata);
-        self
-    }
-
-    /// Adds one metadata entry.
-    pub fn metadata_entry(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
-        self.metadata
-            .get_or_insert_with(Map::new)
-            .insert(key.into(), value.into());
-        self
-    }
+    metadata_setters!();
 
     /// Whether Dub deduplicates this sale (it has a non-empty invoice id).
     pub(crate) fn is_idempotent(&self) -> bool {

@@ -6,6 +6,7 @@
 //! fields are checked here in the order of Dub's schemas so the same field is named. Lengths
 //! are counted in UTF-16 code units, as JavaScript's `String.length` does.
 
+use crate::models::{LeadMode, PaymentProcessor};
 use serde_json::{Map, Value};
 
 /// Why a request is refused: status, Dub error code, message.
@@ -70,19 +71,6 @@ pub(crate) struct SaleInput {
     pub customer_avatar: Option<String>,
 }
 
-const MODES: [&str; 3] = ["async", "wait", "deferred"];
-/// Dub's server list plus `lemonsqueezy`, which current official SDKs send (FACTS.md §1).
-pub(crate) const PAYMENT_PROCESSORS: [&str; 9] = [
-    "stripe",
-    "shopify",
-    "polar",
-    "paddle",
-    "apple",
-    "revenuecat",
-    "dub",
-    "custom",
-    "lemonsqueezy",
-];
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
 const METADATA_MAX: usize = 10_000;
 
@@ -101,7 +89,7 @@ pub(crate) fn lead(body: &Value) -> Result<LeadInput, Rejection> {
     max_len_opt("customerName", customer_name, 100)?;
     let customer_email = f.email("customerEmail")?;
     let customer_avatar = f.string("customerAvatar", Absent::Allowed)?;
-    let mode = match f.one_of("mode", &MODES)? {
+    let mode = match f.one_of("mode", LeadMode::KNOWN)? {
         Some("wait") => Mode::Wait,
         Some("deferred") => Mode::Deferred,
         _ => Mode::Async,
@@ -134,7 +122,7 @@ pub(crate) fn sale(body: &Value) -> Result<SaleInput, Rejection> {
         .unwrap_or("Purchase");
     max_len("eventName", event_name, 255)?;
     let payment_processor = f
-        .one_of("paymentProcessor", &PAYMENT_PROCESSORS)?
+        .one_of("paymentProcessor", PaymentProcessor::KNOWN)?
         .unwrap_or("custom");
     let invoice_id = f.string("invoiceId", Absent::Allowed)?;
     let metadata = f.metadata()?;
