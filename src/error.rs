@@ -101,9 +101,9 @@ pub struct Error {
     inner: Box<Inner>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Inner {
-    pub kind: Option<ErrorKind>,
+    pub kind: ErrorKind,
     pub operation: Option<&'static str>,
     pub status: Option<StatusCode>,
     pub headers: Option<HeaderMap>,
@@ -123,8 +123,20 @@ impl Error {
     pub(crate) fn new(kind: ErrorKind) -> Self {
         Self {
             inner: Box::new(Inner {
-                kind: Some(kind),
-                ..Inner::default()
+                kind,
+                operation: None,
+                status: None,
+                headers: None,
+                code: None,
+                message: None,
+                doc_url: None,
+                field: None,
+                raw_body: None,
+                body_truncated: false,
+                retry_after: None,
+                attempts: 0,
+                may_have_been_recorded: false,
+                source: None,
             }),
         }
     }
@@ -156,7 +168,7 @@ impl Error {
 
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
-        self.inner.kind.unwrap_or(ErrorKind::Transport)
+        self.inner.kind
     }
 
     /// The HTTP status of the last response, if one arrived (also for [`ErrorKind::Decode`]).
