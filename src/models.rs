@@ -43,7 +43,7 @@ macro_rules! open_enum {
 
         impl $name {
             /// Every value this version of the crate knows, as Dub spells them.
-            pub(crate) const KNOWN: &'static [&'static str] = &[$($text),*];
+            pub const KNOWN: &'static [&'static str] = &[$($text),*];
 
             /// The value as Dub spells it.
             pub fn as_str(&self) -> &str {
