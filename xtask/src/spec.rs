@@ -124,10 +124,10 @@ fn collect_refs(v: &Value, out: &mut BTreeSet<String>) {
     match v {
         Value::Mapping(m) => {
             for (k, val) in m {
-                if k.as_str() == Some("$ref") {
-                    if let Some(r) = val.as_str() {
-                        out.insert(r.to_owned());
-                    }
+                if k.as_str() == Some("$ref")
+                    && let Some(r) = val.as_str()
+                {
+                    out.insert(r.to_owned());
                 }
                 collect_refs(val, out);
             }
