@@ -388,7 +388,7 @@ async fn the_default_client_follows_no_redirect() {
 
 #[tokio::test]
 async fn a_redirect_following_client_never_takes_the_token_to_another_host() {
-    for status in [302, 307] {
+    for status in [301, 302, 303, 307, 308] {
         let other = Server::start([]).await;
         let server = redirector(status, &other).await;
         let dub = Dub::builder()
@@ -424,8 +424,8 @@ async fn a_redirect_following_client_never_takes_the_token_to_another_host() {
                 .all(|v| !v.to_str().unwrap_or_default().contains(TOKEN))),
             "HTTP {status}: token leaked in another header"
         );
-        if status == 307 {
-            // 307 keeps the method and body.
+        if status >= 307 {
+            // 307 and 308 keep the method and body.
             assert_eq!(got[0].method, "POST");
             assert_eq!(got[0].body, first.body);
         }

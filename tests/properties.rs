@@ -99,7 +99,7 @@ fn utf16_exact(units: usize, seed: u64) -> String {
 /// UTF-16 units, so both sides of the limit are hit often.
 fn edgy(max: usize) -> BoxedStrategy<String> {
     prop_oneof![
-        3 => ".{0,12}",
+        4 => ".{0,12}",
         1 => Just(String::new()),
         2 => (max.saturating_sub(2)..=max + 1, any::<u64>()).prop_map(|(n, s)| utf16_exact(n, s)),
     ]
@@ -161,13 +161,16 @@ fn arb_lead() -> impl Strategy<Value = TrackLeadRequest> {
         (".{0,12}", edgy(255), edgy(100)),
         (
             prop::option::of(edgy(100)),
-            prop::option::of(email_like()),
+            prop::option::weighted(0.3, email_like()),
             prop::option::of(".{0,20}"),
         ),
         (
             prop::option::of(prop::sample::select(lead_modes())),
-            prop::option::of(prop_oneof![-2i64..=103, any::<i64>()]),
-            prop::option::of(metadata()),
+            prop::option::weighted(
+                0.4,
+                prop_oneof![3 => 1i64..=100, 1 => -2i64..=103, 1 => any::<i64>()],
+            ),
+            prop::option::weighted(0.5, metadata()),
         ),
     )
         .prop_map(
@@ -189,7 +192,7 @@ fn arb_sale() -> impl Strategy<Value = TrackSaleRequest> {
     (
         (
             edgy(100),
-            prop_oneof![0i64..=10, MAX - 2..=MAX + 2, any::<i64>()],
+            prop_oneof![4 => 0i64..=10, 2 => MAX - 2..=MAX + 2, 1 => any::<i64>()],
             ".{0,5}",
             edgy(255),
         ),
@@ -201,9 +204,9 @@ fn arb_sale() -> impl Strategy<Value = TrackSaleRequest> {
         ),
         (
             prop::option::of(edgy(100)),
-            prop::option::of(email_like()),
+            prop::option::weighted(0.3, email_like()),
             prop::option::of(".{0,20}"),
-            prop::option::of(metadata()),
+            prop::option::weighted(0.5, metadata()),
         ),
     )
         .prop_map(
