@@ -60,7 +60,7 @@ impl Dub {
     }
 
     /// A client configured from the environment: `DUB_API_KEY` (required) and `DUB_BASE_URL`
-    /// (optional, for example a local [`MockDub`](crate::mock) or a proxy).
+    /// (optional, for example a local mock server or a proxy).
     ///
     /// ```no_run
     /// let dub = dub::Dub::from_env()?;

@@ -87,7 +87,8 @@ impl ErrorKind {
     }
 }
 
-/// Why a call failed. See the [module docs](self).
+/// Why a call failed: [`Error::kind`] says what happened, [`Error::is_retryable`] whether to
+/// try again, and [`Error::may_have_been_recorded`] whether Dub may have recorded the event.
 ///
 /// `Display` is one line with the status, the code and the message. Neither `Display` nor
 /// `Debug` ever contains the API token.
