@@ -142,23 +142,51 @@ fn unix_ms_in(d: Duration) -> String {
 
 #[tokio::test(start_paused = true)]
 async fn retry_after_in_every_form() {
-    let http_date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(4));
-    let cases: [(Reply, u128, u128); 6] = [
-        (status(429).header("retry-after-ms", "1500"), 1500, 1500),
-        (status(429).header("retry-after", "2"), 2000, 2000),
+    // Each reply is made just before its case: a timestamp made earlier would be stale by the
+    // wall-clock time the cases before it took (hundreds of ms on a loaded machine).
+    type Make = Box<dyn Fn() -> Reply>;
+    let cases: [(Make, u128, u128); 6] = [
+        (
+            Box::new(|| status(429).header("retry-after-ms", "1500")),
+            1500,
+            1500,
+        ),
+        (
+            Box::new(|| status(429).header("retry-after", "2")),
+            2000,
+            2000,
+        ),
         // An HTTP date has whole seconds, and wall-clock time passes while the test runs.
-        (status(429).header("retry-after", &http_date), 2900, 4000),
+        (
+            Box::new(|| {
+                let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(4));
+                status(429).header("retry-after", &date)
+            }),
+            2900,
+            4000,
+        ),
         // Dub's actual header: a Unix timestamp in milliseconds.
         (
-            status(429).header("retry-after", &unix_ms_in(Duration::from_millis(2500))),
+            Box::new(|| {
+                status(429).header("retry-after", &unix_ms_in(Duration::from_millis(2500)))
+            }),
             2300,
             2500,
         ),
         // Garbage and negative values fall back to the backoff.
-        (status(429).header("retry-after", "soon"), 500, 500),
-        (status(429).header("retry-after", "-4"), 500, 500),
+        (
+            Box::new(|| status(429).header("retry-after", "soon")),
+            500,
+            500,
+        ),
+        (
+            Box::new(|| status(429).header("retry-after", "-4")),
+            500,
+            500,
+        ),
     ];
-    for (reply, low, high) in cases {
+    for (make, low, high) in cases {
+        let reply = make();
         let shown = format!("{:?}", reply.headers);
         let server = Server::start([reply]).await;
         dub(&server, exact())
