@@ -184,8 +184,11 @@ fn chars(c: char, n: usize) -> String {
     std::iter::repeat_n(c, n).collect()
 }
 
-/// Emails at the edges of the spec's pattern (and of `format: email`, which Prism also
-/// checks): each valid, 100 characters long at most.
+/// Emails at the edges of the spec's pattern, each at most 100 characters.
+///
+/// Prism also enforces `format: email` (with ajv-formats' own expression), which is stricter
+/// than the spec's `pattern`, the rule Dub's server applies: `a-@b-.cd` matches the pattern, so
+/// the client sends it, but Prism answers 422. The matrix keeps to addresses both accept.
 fn emails() -> Vec<String> {
     vec![
         "ada@example.com".into(),
