@@ -296,6 +296,9 @@ async fn a_100_mb_success_body_is_cut_and_reported_as_recorded() {
 // ---------------------------------------------------------------------------------------------
 // A byte a second
 
+// Each byte comes sooner than the 1.5 s timeout, so only a timeout on the whole attempt (not
+// one on idle reads) can end these calls.
+
 #[tokio::test]
 async fn a_200_body_trickling_a_byte_a_second_times_out() {
     let body = lead_body().to_string();
