@@ -142,35 +142,54 @@ fn unix_ms_in(d: Duration) -> String {
 
 #[tokio::test(start_paused = true)]
 async fn retry_after_in_every_form() {
-    // Each header is made just before its server starts: the absolute forms are read against
-    // the wall clock, which keeps moving while tokio's clock is paused.
-    type Case = (fn() -> Reply, u128, u128);
-    let cases: [Case; 6] = [
-        (|| status(429).header("retry-after-ms", "1500"), 1500, 1500),
-        (|| status(429).header("retry-after", "2"), 2000, 2000),
-        // An HTTP date has whole seconds.
+    // Each reply is made just before its case: a timestamp made earlier would be stale by the
+    // wall-clock time the cases before it took (hundreds of ms on a loaded machine).
+    type Make = Box<dyn Fn() -> Reply>;
+    let cases: [(Make, u128, u128); 6] = [
         (
-            || {
-                status(429).header(
-                    "retry-after",
-                    &httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(4)),
-                )
-            },
-            2500,
+            Box::new(|| status(429).header("retry-after-ms", "1500")),
+            1500,
+            1500,
+        ),
+        (
+            Box::new(|| status(429).header("retry-after", "2")),
+            2000,
+            2000,
+        ),
+        // An HTTP date has whole seconds (so 3 to 4 s ahead), and the client reads it after some
+        // wall-clock time, up to a second on a loaded machine: anything from 2 s proves it was
+        // understood (a fallback would wait 500 ms).
+        (
+            Box::new(|| {
+                let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(4));
+                status(429).header("retry-after", &date)
+            }),
+            2000,
             4000,
         ),
-        // Dub's actual header: a Unix timestamp in milliseconds.
+        // Dub's actual header: a Unix timestamp in milliseconds (read as seconds, it would lie
+        // past the deadline and the call would not be retried; a fallback would wait 500 ms).
         (
-            || status(429).header("retry-after", &unix_ms_in(Duration::from_millis(2500))),
-            2000,
+            Box::new(|| {
+                status(429).header("retry-after", &unix_ms_in(Duration::from_millis(2500)))
+            }),
+            1500,
             2500,
         ),
         // Garbage and negative values fall back to the backoff.
-        (|| status(429).header("retry-after", "soon"), 500, 500),
-        (|| status(429).header("retry-after", "-4"), 500, 500),
+        (
+            Box::new(|| status(429).header("retry-after", "soon")),
+            500,
+            500,
+        ),
+        (
+            Box::new(|| status(429).header("retry-after", "-4")),
+            500,
+            500,
+        ),
     ];
-    for (reply, low, high) in cases {
-        let reply = reply();
+    for (make, low, high) in cases {
+        let reply = make();
         let shown = format!("{:?}", reply.headers);
         let server = Server::start([reply]).await;
         dub(&server, exact())

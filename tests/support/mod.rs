@@ -150,6 +150,11 @@ impl Server {
         self.url.clone()
     }
 
+    /// Appends a reply to the script.
+    pub fn push(&self, reply: Reply) {
+        self.state.lock().unwrap().script.push_back(reply);
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.state.lock().unwrap().received.clone()
     }
