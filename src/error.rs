@@ -271,6 +271,10 @@ impl fmt::Display for Error {
                 write!(f, "invalid request: {}", i.field.unwrap_or("request"))?
             }
             (ErrorKind::Decode, Some(s)) => write!(f, "undecodable response to HTTP {s}")?,
+            (ErrorKind::Timeout, Some(s)) => write!(f, "timed out reading the body of HTTP {s}")?,
+            (ErrorKind::Transport, Some(s)) => {
+                write!(f, "connection lost reading the body of HTTP {s}")?
+            }
             (_, Some(s)) => write!(f, "HTTP {s}")?,
             (ErrorKind::Timeout, None) => f.write_str("timed out")?,
             (ErrorKind::Connect, None) => f.write_str("could not connect")?,

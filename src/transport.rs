@@ -106,8 +106,8 @@ enum Outcome {
     /// No connection was made: nothing reached Dub.
     NotSent(reqwest::Error),
     /// The request may have reached Dub, and no whole response came back: a timeout, a reset,
-    /// a body cut short.
-    Ambiguous(reqwest::Error),
+    /// a body cut short (then with the status that began it).
+    Ambiguous(reqwest::Error, Option<StatusCode>),
 }
 
 /// A response whose body is in memory.
@@ -142,7 +142,7 @@ async fn attempt(http: &reqwest::Client, request: Request) -> Outcome {
     let mut response = match http.execute(request).await {
         Ok(r) => r,
         Err(e) if e.is_connect() => return Outcome::NotSent(e),
-        Err(e) => return Outcome::Ambiguous(e),
+        Err(e) => return Outcome::Ambiguous(e, None),
     };
     let status = response.status();
     let cap = if status.is_success() {
@@ -164,7 +164,7 @@ async fn attempt(http: &reqwest::Client, request: Request) -> Outcome {
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => break,
-            Err(e) => return Outcome::Ambiguous(e),
+            Err(e) => return Outcome::Ambiguous(e, Some(status)),
         }
     }
     Outcome::Response(Received {
@@ -242,15 +242,19 @@ async fn exchange(
                 }
                 (format!("HTTP {}", status.as_u16()), asked, RETRY_COST)
             }
-            Outcome::NotSent(e) | Outcome::Ambiguous(e) => {
+            Outcome::NotSent(e) | Outcome::Ambiguous(e, _) => {
                 let not_sent = matches!(outcome, Outcome::NotSent(_));
+                let began = match outcome {
+                    Outcome::Ambiguous(_, status) => status,
+                    _ => None,
+                };
                 let timed_out = e.is_timeout();
                 tracing::debug!(parent: &span, latency_ms, error = %e, "no whole response");
                 call.update(|rep| {
                     rep.attempts = attempt_no;
                     rep.may_have_been_recorded |= !not_sent;
                     rep.deadline_exceeded = timed_out && remaining.is_some_and(|r| r <= timeout);
-                    rep.status = None;
+                    rep.status = began;
                     rep.headers = None;
                     rep.retry_after = None;
                     rep.body = None;
@@ -320,6 +324,6 @@ fn finish(outcome: Outcome, budget: &RetryBudget, spent: u64) -> reqwest::Result
             }
             Ok(r.into_response())
         }
-        Outcome::NotSent(e) | Outcome::Ambiguous(e) => Err(e),
+        Outcome::NotSent(e) | Outcome::Ambiguous(e, _) => Err(e),
     }
 }
