@@ -64,6 +64,9 @@ struct Opts {
     rss_inflight: Vec<usize>,
     rss_reps: usize,
     svg: Option<String>,
+    /// Run the calls on tokio's current-thread runtime (steadier instruction counts under
+    /// callgrind) instead of the multi-threaded one.
+    current_thread: bool,
     // `rss` mode only.
     side: Option<Side>,
     url: Option<String>,
@@ -80,6 +83,7 @@ impl Opts {
             rss_inflight: vec![64, 256],
             rss_reps: 3,
             svg: None,
+            current_thread: false,
             side: None,
             url: None,
         };
@@ -108,6 +112,7 @@ impl Opts {
                         .collect()
                 }
                 "--svg" => o.svg = Some(value()),
+                "--current-thread" => o.current_thread = true,
                 "--side" => {
                     o.side = Some(match value().as_str() {
                         "sdk" => Side::Sdk,
@@ -128,7 +133,8 @@ fn usage(flag: &str) -> ! {
     eprintln!(
         "bad argument {flag:?}\n\
          usage: overhead [--quick] [--seq-calls N] [--conc-calls N] [--inflight N] [--rounds N]\n\
-         \x20               [--rss-calls N] [--rss-inflight N,N] [--rss-reps N] [--svg PATH]"
+         \x20               [--rss-calls N] [--rss-inflight N,N] [--rss-reps N] [--svg PATH]\n\
+         \x20               [--current-thread]"
     );
     std::process::exit(2)
 }
@@ -373,12 +379,14 @@ fn peak_rss_kb() -> u64 {
         .unwrap_or(0)
 }
 
-/// The runtime both sides run on, in every mode: tokio's default multi-threaded runtime.
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+/// The runtime both sides run on: tokio's default multi-threaded runtime unless asked.
+fn runtime(current_thread: bool) -> tokio::runtime::Runtime {
+    let mut builder = if current_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder.enable_all().build().expect("tokio runtime")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -393,7 +401,7 @@ fn server() {
         let _ = std::io::stdin().read_to_end(&mut Vec::new());
         std::process::exit(0);
     });
-    runtime().block_on(async move {
+    runtime(false).block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -494,7 +502,7 @@ impl Drop for ServerProcess {
 fn rss_child(o: &Opts) {
     let side = o.side.unwrap_or_else(|| usage("--side"));
     let url = o.url.clone().unwrap_or_else(|| usage("--url"));
-    let rt = runtime();
+    let rt = runtime(o.current_thread);
     let mut rate = 0.0;
     if side != Side::None {
         let caller = Arc::new(Caller::new(side, &url));
@@ -513,7 +521,7 @@ fn alternate(i: usize) -> Op {
 }
 
 /// Peak RSS (kB) and calls/s of one side in its own process.
-fn measure_rss(side: Side, url: &str, calls: usize, inflight: usize) -> (u64, f64) {
+fn measure_rss(o: &Opts, side: Side, url: &str, calls: usize, inflight: usize) -> (u64, f64) {
     let name = match side {
         Side::Sdk => "sdk",
         Side::Floor => "floor",
@@ -523,6 +531,7 @@ fn measure_rss(side: Side, url: &str, calls: usize, inflight: usize) -> (u64, f6
         .args(["rss", "--side", name, "--url", url])
         .args(["--rss-calls", &calls.to_string()])
         .args(["--inflight", &inflight.to_string()])
+        .args(o.current_thread.then_some("--current-thread"))
         .stderr(Stdio::inherit())
         .output()
         .expect("run the rss process");
@@ -568,14 +577,19 @@ fn orchestrate(o: &Opts) {
     let server = ServerProcess::start();
     let url = server.url.clone();
     println!("{}", machine());
+    let flavour = if o.current_thread {
+        "current-thread".to_owned()
+    } else {
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        format!("multi-thread, {workers} workers")
+    };
     println!(
-        "server: {url} (a separate process, hyper HTTP/1.1 keep-alive); runtime: tokio \
-         multi-thread, {} workers; {} alternating blocks per side (ABBA)\n",
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "server: {url} (a separate process, hyper HTTP/1.1 keep-alive); client runtime: tokio \
+         {flavour}; {} alternating blocks per side (ABBA)\n",
         o.rounds
     );
 
-    let rt = runtime();
+    let rt = runtime(o.current_thread);
     let sdk = Arc::new(Caller::new(Side::Sdk, &url));
     let floor = Arc::new(Caller::new(Side::Floor, &url));
     let mut scenarios = Vec::new();
@@ -635,7 +649,7 @@ fn orchestrate(o: &Opts) {
     let baseline_kb = if o.rss_inflight.is_empty() {
         0
     } else {
-        measure_rss(Side::None, &url, 0, 1).0
+        measure_rss(o, Side::None, &url, 0, 1).0
     };
     let mut rss = Vec::new();
     for &inflight in &o.rss_inflight {
@@ -647,7 +661,7 @@ fn orchestrate(o: &Opts) {
                 [Side::Floor, Side::Sdk]
             };
             for side in order {
-                let m = measure_rss(side, &url, o.rss_calls, inflight);
+                let m = measure_rss(o, side, &url, o.rss_calls, inflight);
                 if side == Side::Sdk {
                     &mut sdk
                 } else {
