@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 use progenitor_client::{ClientHooks, ClientInfo, OperationInfo};
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, USER_AGENT};
-use reqwest::{Request, Response, StatusCode};
+use reqwest::{Request, Response, ResponseBuilderExt, StatusCode};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -100,6 +100,10 @@ impl Call {
 }
 
 /// How one attempt ended, as far as retrying is concerned.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one lives per call; boxing the usual variant would allocate per attempt"
+)]
 enum Outcome {
     /// A whole response (its body read up to the cap).
     Response(Received),
@@ -114,6 +118,7 @@ enum Outcome {
 struct Received {
     status: StatusCode,
     version: reqwest::Version,
+    url: reqwest::Url,
     headers: HeaderMap,
     body: Bytes,
     truncated: bool,
@@ -122,7 +127,11 @@ struct Received {
 impl Received {
     /// Back into the `reqwest::Response` the generated code decodes.
     fn into_response(self) -> Response {
-        let mut out = http::Response::new(self.body);
+        // Given no URL, reqwest would parse a placeholder one for every response.
+        let mut out = http::Response::builder()
+            .url(self.url)
+            .body(self.body)
+            .expect("a builder given only an extension cannot fail");
         *out.status_mut() = self.status;
         *out.version_mut() = self.version;
         *out.headers_mut() = self.headers;
@@ -170,6 +179,7 @@ async fn attempt(http: &reqwest::Client, request: Request) -> Outcome {
     Outcome::Response(Received {
         status,
         version: response.version(),
+        url: response.url().clone(),
         headers: std::mem::take(response.headers_mut()),
         body: body.freeze(),
         truncated,
