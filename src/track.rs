@@ -1,5 +1,6 @@
 //! `dub.track()`: recording leads and sales, with per-call options.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
@@ -232,11 +233,11 @@ impl<R: Operation> TrackCall<R> {
         }
         self.request.validate().map_err(named)?;
         let base_url = match &self.server_url {
-            Some(url) => check_url(url, shared.allow_insecure_http).map_err(named)?,
-            None => shared.base_url.clone(),
+            Some(url) => Cow::Owned(check_url(url, shared.allow_insecure_http).map_err(named)?),
+            None => Cow::Borrowed(shared.base_url.as_str()),
         };
         let call = Call {
-            retry: self.retry.unwrap_or_else(|| shared.retry.clone()),
+            retry: self.retry,
             attempt_timeout: self.timeout.unwrap_or(shared.timeout),
             headers: self.headers,
             idempotent: self.request.idempotent(),

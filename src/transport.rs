@@ -47,7 +47,8 @@ pub(crate) struct Shared {
 pub(crate) struct Call {
     pub shared: Arc<Shared>,
     pub operation: &'static str,
-    pub retry: RetryConfig,
+    /// This call's retry policy, when it overrides the client's (see [`Call::policy`]).
+    pub retry: Option<RetryConfig>,
     pub attempt_timeout: Duration,
     pub headers: HeaderMap,
     /// Whether Dub deduplicates this call, making a retry after an ambiguous failure safe.
@@ -87,6 +88,11 @@ impl Clone for Call {
 }
 
 impl Call {
+    /// The retry policy in force: the call's own, else the client's.
+    pub(crate) fn policy(&self) -> &RetryConfig {
+        self.retry.as_ref().unwrap_or(&self.shared.retry)
+    }
+
     pub(crate) fn report(&self) -> Report {
         self.report
             .lock()
@@ -203,7 +209,7 @@ async fn exchange(
         headers.insert(name, value.clone());
     }
 
-    let policy = &call.retry;
+    let policy = call.policy();
     let budget = &call.shared.budget;
     let started = Instant::now();
     let deadline = policy.get_max_elapsed_time().map(|d| started + d);
