@@ -240,14 +240,21 @@ impl DubBuilder {
             self.server_url.as_deref().unwrap_or(DEFAULT_SERVER_URL),
             self.allow_insecure_http,
         )?;
-        let http = match self.http {
-            Some(client) => client,
-            None => reqwest::Client::builder()
-                .connect_timeout(self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT))
-                // An API call is never redirected; following one would resend the event.
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .map_err(|e| Error::config("the HTTP client could not be built").with_source(e))?,
+        let timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        let (http, client_timeout) = match self.http {
+            Some(client) => (client, None),
+            None => {
+                let client = reqwest::Client::builder()
+                    .connect_timeout(self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT))
+                    .timeout(timeout)
+                    // An API call is never redirected; following one would resend the event.
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .map_err(|e| {
+                        Error::config("the HTTP client could not be built").with_source(e)
+                    })?;
+                (client, Some(timeout))
+            }
         };
         Ok(Dub {
             inner: Ok(Arc::new(Shared {
@@ -257,7 +264,8 @@ impl DubBuilder {
                 default_headers,
                 budget: self.budget.unwrap_or_default(),
                 base_url,
-                timeout: self.timeout.unwrap_or(DEFAULT_TIMEOUT),
+                timeout,
+                client_timeout,
                 retry: self.retry.unwrap_or_default(),
                 allow_insecure_http: self.allow_insecure_http,
             })),

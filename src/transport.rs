@@ -38,6 +38,9 @@ pub(crate) struct Shared {
     pub budget: RetryBudget,
     pub base_url: String,
     pub timeout: Duration,
+    /// The timeout `http` applies to every request by itself (set when we built it), which a
+    /// request with the same timeout therefore need not carry.
+    pub client_timeout: Option<Duration>,
     pub retry: RetryConfig,
     pub allow_insecure_http: bool,
 }
@@ -224,7 +227,9 @@ async fn exchange(
             Some(r) => r,
             None => return http.execute(request).await,
         };
-        *this.timeout_mut() = Some(timeout);
+        if call.shared.client_timeout != Some(timeout) {
+            *this.timeout_mut() = Some(timeout);
+        }
         let span = tracing::debug_span!("dub.attempt", attempt = attempt_no);
         let sent_at = Instant::now();
         let outcome = attempt(http, this).instrument(span.clone()).await;
