@@ -149,15 +149,22 @@ impl Received {
 }
 
 impl ClientHooks<Call> for Generated {
-    async fn exec(&self, request: Request, _info: &OperationInfo) -> reqwest::Result<Response> {
-        exchange(self.client(), self.inner(), request).await
+    // Not `async fn`: handing over `exchange`'s future as it is keeps the request out of one
+    // more layer of the call's future, which is boxed and moved whole.
+    fn exec(
+        &self,
+        request: Request,
+        _info: &OperationInfo,
+    ) -> impl Future<Output = reqwest::Result<Response>> {
+        exchange(self.client(), self.inner(), request)
     }
 }
 
-/// One attempt: send, then read the body with a cap, so that an attempt only succeeds with a
-/// whole response and a hostile server cannot make the client buffer without bound.
-async fn attempt(http: &reqwest::Client, request: Request) -> Outcome {
-    let mut response = match http.execute(request).await {
+/// One attempt: await the request `sent`, then read the body with a cap, so that an attempt
+/// only succeeds with a whole response and a hostile server cannot make the client buffer
+/// without bound.
+async fn attempt(sent: impl Future<Output = reqwest::Result<Response>>) -> Outcome {
+    let mut response = match sent.await {
         Ok(r) => r,
         Err(e) if e.is_connect() => return Outcome::NotSent(e),
         Err(e) => return Outcome::Ambiguous(e, None),
@@ -222,17 +229,13 @@ async fn exchange(
         attempt_no += 1;
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let timeout = remaining.map_or(call.attempt_timeout, |r| r.min(call.attempt_timeout));
-        let mut this = match request.try_clone() {
-            // The JSON body is in memory, so the clone always succeeds.
-            Some(r) => r,
-            None => return http.execute(request).await,
+        // The JSON body is in memory, so the copy is always made.
+        let Some(sent) = send_copy(http, &request, call, timeout) else {
+            return http.execute(request).await;
         };
-        if call.shared.client_timeout != Some(timeout) {
-            *this.timeout_mut() = Some(timeout);
-        }
         let span = tracing::debug_span!("dub.attempt", attempt = attempt_no);
         let sent_at = Instant::now();
-        let outcome = attempt(http, this).instrument(span.clone()).await;
+        let outcome = attempt(sent).instrument(span.clone()).await;
         let latency_ms = sent_at.elapsed().as_millis() as u64;
 
         // Decide whether, and after how long, to try again.
@@ -334,6 +337,22 @@ async fn exchange(
         drop(outcome);
         tokio::time::sleep(delay).await;
     }
+}
+
+/// Sends a copy of `request` with the attempt's timeout, or `None` if it cannot be copied.
+/// A plain function, so that the copy takes no room in `exchange`'s future (a local moved
+/// before an `await` still does).
+fn send_copy(
+    http: &reqwest::Client,
+    request: &Request,
+    call: &Call,
+    timeout: Duration,
+) -> Option<impl Future<Output = reqwest::Result<Response>> + use<>> {
+    let mut copy = request.try_clone()?;
+    if call.shared.client_timeout != Some(timeout) {
+        *copy.timeout_mut() = Some(timeout);
+    }
+    Some(http.execute(copy))
 }
 
 /// Settles the retry budget and hands the last outcome to the generated code.
