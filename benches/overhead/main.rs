@@ -828,6 +828,7 @@ fn chart(scenarios: &[Scenario], rss: &[RssRow]) -> String {
                 .map(|s| (short(s), s.sdk.calls_per_s(), s.floor.calls_per_s()))
                 .collect(),
             decimals: 0,
+            rate: true,
         },
         svg::Panel {
             title: "Median latency (µs, lower is better)".into(),
@@ -836,6 +837,7 @@ fn chart(scenarios: &[Scenario], rss: &[RssRow]) -> String {
                 .map(|s| (short(s), s.sdk.quantile_us(0.5), s.floor.quantile_us(0.5)))
                 .collect(),
             decimals: 1,
+            rate: false,
         },
     ];
     if !rss.is_empty() {
@@ -852,6 +854,7 @@ fn chart(scenarios: &[Scenario], rss: &[RssRow]) -> String {
                 })
                 .collect(),
             decimals: 1,
+            rate: false,
         });
     }
     svg::render("dub SDK vs bare reqwest + serde_json", &panels)

@@ -1,5 +1,6 @@
 //! A small SVG bar chart, written by hand: one panel per measure, two bars (SDK and floor)
-//! per group, each group labelled with the SDK / floor ratio.
+//! per group, each group labelled with its SDK / floor ratio (of time or memory, so that above
+//! 1 always means the SDK costs more).
 
 use std::fmt::Write;
 
@@ -8,11 +9,13 @@ pub struct Panel {
     pub title: String,
     pub groups: Vec<(String, f64, f64)>,
     pub decimals: usize,
+    /// The values are rates (calls/s): the ratio shown is floor / SDK, time per call.
+    pub rate: bool,
 }
 
 const WIDTH: f64 = 760.0;
 const LABEL: f64 = 110.0;
-const RATIO: f64 = 90.0;
+const RATIO: f64 = 150.0;
 const BAR: f64 = 14.0;
 const GAP: f64 = 10.0;
 const TITLE: f64 = 28.0;
@@ -20,7 +23,7 @@ const SDK_COLOUR: &str = "#e4572e";
 const FLOOR_COLOUR: &str = "#4c78a8";
 
 pub fn render(title: &str, panels: &[Panel]) -> String {
-    let plot = WIDTH - LABEL - RATIO - 70.0;
+    let plot = WIDTH - LABEL - RATIO - 60.0;
     let mut body = String::new();
     let mut y = 56.0;
     for p in panels {
@@ -61,10 +64,14 @@ pub fn render(title: &str, panels: &[Panel]) -> String {
                     value
                 );
             }
-            let ratio = if *floor > 0.0 { sdk / floor } else { f64::NAN };
+            let label = if p.rate {
+                format!("SDK/floor time per call {:.3}", floor / sdk)
+            } else {
+                format!("SDK/floor {:.3}", sdk / floor)
+            };
             let _ = writeln!(
                 body,
-                r#"<text x="{:.1}" y="{:.1}" text-anchor="end" font-size="12">SDK/floor {ratio:.3}</text>"#,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="end" font-size="12">{label}</text>"#,
                 WIDTH - 10.0,
                 y + BAR + 4.0,
             );
