@@ -299,18 +299,10 @@ fn lead_matrix() -> Vec<(String, TrackLeadRequest)> {
 }
 
 fn processors() -> Vec<PaymentProcessor> {
-    use PaymentProcessor::*;
-    vec![
-        Stripe,
-        Shopify,
-        Polar,
-        Paddle,
-        Apple,
-        Revenuecat,
-        Dub,
-        Custom,
-        Lemonsqueezy,
-    ]
+    PaymentProcessor::KNOWN
+        .iter()
+        .map(|s| PaymentProcessor::from(*s))
+        .collect()
 }
 
 fn sale_matrix() -> Vec<(String, TrackSaleRequest)> {

@@ -142,18 +142,10 @@ fn lead_modes() -> Vec<LeadMode> {
 }
 
 fn processors() -> Vec<PaymentProcessor> {
-    use PaymentProcessor::*;
-    vec![
-        Stripe,
-        Shopify,
-        Polar,
-        Paddle,
-        Apple,
-        Revenuecat,
-        Dub,
-        Custom,
-        Lemonsqueezy,
-    ]
+    PaymentProcessor::KNOWN
+        .iter()
+        .map(|s| PaymentProcessor::from(*s))
+        .collect()
 }
 
 fn arb_lead() -> impl Strategy<Value = TrackLeadRequest> {
