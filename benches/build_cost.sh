@@ -119,32 +119,39 @@ EOF
 cp "$repo/Cargo.lock" "$work/with-dub/Cargo.lock"
 cp "$repo/Cargo.lock" "$work/with-reqwest/Cargo.lock"
 
-# cold NAME REP: a release build of consumer NAME in a fresh target dir; prints seconds.
+# cold NAME REP: a release build of consumer NAME in a fresh target dir; prints wall seconds
+# and CPU seconds (user + system, of cargo and every compiler it ran).
 cold() {
     local dir="$work/$1" target="$work/target-$1-$2"
-    local start end
+    local start end cpu
     start=$(now)
-    (cd "$dir" && CARGO_TARGET_DIR="$target" "$cargo" build --release) \
-        >"$work/log-$1-$2" 2>&1 || {
+    cpu=$( (
+        TIMEFORMAT='%U %S'
+        time (cd "$dir" && CARGO_TARGET_DIR="$target" "$cargo" build --release \
+            >"$work/log-$1-$2" 2>&1)
+    ) 2>&1) || {
         cat "$work/log-$1-$2" >&2
         exit 1
     }
     end=$(now)
-    secs "$start" "$end"
+    echo "$(secs "$start" "$end") $(awk -v u="${cpu% *}" -v s="${cpu#* }" 'BEGIN { printf "%.1f", u + s }')"
 }
 
-declare -A total
+declare -A total cputotal
 total[with-dub]=0
 total[with-reqwest]=0
+cputotal[with-dub]=0
+cputotal[with-reqwest]=0
 rows=""
 for rep in $(seq 1 "$reps"); do
     if ((rep % 2 == 1)); then order="with-dub with-reqwest"; else order="with-reqwest with-dub"; fi
     for name in $order; do
         echo "cold build $rep of $name..." >&2
-        s=$(cold "$name" "$rep")
+        read -r s cpu < <(cold "$name" "$rep")
         units=$(grep -c '^ *Compiling' "$work/log-$name-$rep" || true)
-        rows+="| $rep | $name | $s | $units |"$'\n'
+        rows+="| $rep | $name | $s | $cpu | $units |"$'\n'
         total[$name]=$(awk -v a="${total[$name]}" -v b="$s" 'BEGIN { print a + b }')
+        cputotal[$name]=$(awk -v a="${cputotal[$name]}" -v b="$cpu" 'BEGIN { print a + b }')
     done
 done
 
@@ -170,20 +177,23 @@ recompiled=$(grep -c '^ *Compiling' "$work/log-rebuild" || true)
 mean() { awk -v t="$1" -v n="$reps" 'BEGIN { printf "%.1f", t / n }'; }
 dub_mean=$(mean "${total[with-dub]}")
 reqwest_mean=$(mean "${total[with-reqwest]}")
+dub_cpu=$(mean "${cputotal[with-dub]}")
+reqwest_cpu=$(mean "${cputotal[with-reqwest]}")
 
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) CPUs;" \
     "$(rustc -V); cargo build --release, default jobs"
 echo
-echo "| rep | consumer | cold build s | crates built |"
-echo "|--:|---|--:|--:|"
+echo "| rep | consumer | cold build s | CPU s | crates built |"
+echo "|--:|---|--:|--:|--:|"
 printf '%s' "$rows"
 echo
-echo "| | seconds |"
-echo "|---|--:|"
-echo "| cold build, depends on dub (mean of $reps) | $dub_mean |"
-echo "| cold build, depends on reqwest + serde + tokio (mean of $reps) | $reqwest_mean |"
-echo "| **ratio dub / reqwest-only** | **$(awk -v a="$dub_mean" -v b="$reqwest_mean" 'BEGIN { printf "%.2f", a / b }')** |"
-echo "| rebuild after editing a comment in dub's src/lib.rs | $rebuild |"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+echo "| | wall s | CPU s |"
+echo "|---|--:|--:|"
+echo "| cold build, depends on dub (mean of $reps) | $dub_mean | $dub_cpu |"
+echo "| cold build, depends on reqwest + serde + tokio (mean of $reps) | $reqwest_mean | $reqwest_cpu |"
+echo "| **ratio dub / reqwest-only** | **$(ratio "$dub_mean" "$reqwest_mean")** | **$(ratio "$dub_cpu" "$reqwest_cpu")** |"
+echo "| rebuild after editing a comment in dub's src/lib.rs | $rebuild | |"
 echo
 echo "On that rebuild: $recompiled crate(s) compiled, dub's build script $script;"
 echo "generated.rs modified $before before and $after after."

@@ -822,7 +822,7 @@ fn chart(scenarios: &[Scenario], rss: &[RssRow]) -> String {
     };
     let mut panels = vec![
         svg::Panel {
-            title: "Throughput (calls/s, higher is better)".into(),
+            title: "Throughput (calls/s, higher is better; ratio of time per call)".into(),
             groups: scenarios
                 .iter()
                 .map(|s| (short(s), s.sdk.calls_per_s(), s.floor.calls_per_s()))

@@ -64,11 +64,8 @@ pub fn render(title: &str, panels: &[Panel]) -> String {
                     value
                 );
             }
-            let label = if p.rate {
-                format!("SDK/floor time per call {:.3}", floor / sdk)
-            } else {
-                format!("SDK/floor {:.3}", sdk / floor)
-            };
+            let ratio = if p.rate { floor / sdk } else { sdk / floor };
+            let label = format!("SDK/floor {ratio:.3}");
             let _ = writeln!(
                 body,
                 r#"<text x="{:.1}" y="{:.1}" text-anchor="end" font-size="12">{label}</text>"#,
