@@ -149,6 +149,7 @@
 #[cfg(feature = "blocking")]
 pub mod blocking;
 mod client;
+mod clock;
 mod error;
 #[cfg(feature = "mock")]
 pub mod mock;
