@@ -20,6 +20,12 @@
 //!    fallible and report errors without the field name. The keywords are removed from request
 //!    schemas here; `src/validate.rs` enforces the same rules before anything is sent, and
 //!    `tests/spec_constraints.rs` checks that it enforces every constraint the spec states.
+//!    One keyword stays: an integer's `minimum: 0` (the sale's `amount`), which typify turns
+//!    into `u64`, so a negative amount cannot be expressed at all.
+//! 5. **Generated structs are `#[non_exhaustive]`** (after generation, on the syntax tree): a
+//!    field Dub adds to a request or a response in a later release of the crate must not break
+//!    code that builds or destructures the old shape (smithy-rs's rule). Requests are built with
+//!    the hand-written builders in `src/models/builders.rs`, responses are read by field.
 
 use serde_json::{Map, Value, json};
 use std::path::PathBuf;
@@ -63,10 +69,30 @@ fn main() {
     let tokens = progenitor::Generator::new(&settings)
         .generate_tokens(&spec)
         .unwrap_or_else(|e| fail(&format!("progenitor: {e}")));
-    let file = syn::parse2(tokens).unwrap_or_else(|e| fail(&format!("generated code: {e}")));
+    let mut file: syn::File =
+        syn::parse2(tokens).unwrap_or_else(|e| fail(&format!("generated code: {e}")));
+    mark_non_exhaustive(&mut file);
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     std::fs::write(out.join("generated.rs"), prettyplease::unparse(&file))
         .unwrap_or_else(|e| fail(&format!("writing: {e}")));
+}
+
+/// Adds `#[non_exhaustive]` to every struct of the generated `types` module (step 5).
+fn mark_non_exhaustive(file: &mut syn::File) {
+    let types = file.items.iter_mut().find_map(|item| match item {
+        syn::Item::Mod(m) if m.ident == "types" => m.content.as_mut(),
+        _ => None,
+    });
+    let Some((_, items)) = types else {
+        fail("progenitor generated no `types` module")
+    };
+    for item in items {
+        if let syn::Item::Struct(s) = item
+            && matches!(s.fields, syn::Fields::Named(_))
+        {
+            s.attrs.push(syn::parse_quote!(#[non_exhaustive]));
+        }
+    }
 }
 
 fn fail(msg: &str) -> ! {
@@ -107,8 +133,12 @@ fn normalise(spec: &mut Value) -> Result<(), String> {
     for name in REQUEST_SCHEMAS {
         let schema = schemas.get_mut(name).ok_or(format!("no schema {name}"))?;
         walk(schema, &mut |obj| {
+            let unsigned =
+                obj.get("type") == Some(&json!("integer")) && obj.get("minimum") == Some(&json!(0));
             for k in CONSTRAINT_KEYWORDS {
-                obj.remove(k);
+                if !(unsigned && k == "minimum") {
+                    obj.remove(k);
+                }
             }
         });
     }

@@ -3,7 +3,8 @@
 //! With `DUB_API_KEY` unset it needs no account and no network: it starts the crate's local
 //! Dub server ([`dub::mock::MockDub`]) on 127.0.0.1 and walks through a lead, a sale, a repeated
 //! sale answered from the invoice cache, a rate-limited call that is retried, a failure the
-//! SDK refuses to retry because it could double-count revenue, and a validation error.
+//! SDK refuses to retry because it could double-count revenue, a validation error, and the
+//! background tracker carrying sales through an outage of Dub.
 //!
 //! With `DUB_API_KEY` set it talks to Dub (or `DUB_BASE_URL`): it tracks one lead for the
 //! click in `DUB_CLICK_ID` (empty: Dub looks up the customer's earlier click) and one sale.
@@ -11,7 +12,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use dub::mock::{Fault, MockDub, RetryAfter};
+use dub::mock::{Fault, MockDub, RandomFaults, RetryAfter};
 use dub::models::{PaymentProcessor, TrackLeadRequest, TrackSaleRequest};
 use dub::{Dub, ErrorKind};
 
@@ -53,9 +54,13 @@ async fn local() -> Result<()> {
     let lead = dub
         .track()
         .lead(
-            TrackLeadRequest::new("clk_quickstart", "Sign up", "user_42")
+            TrackLeadRequest::builder()
+                .click_id("clk_quickstart")
+                .event_name("Sign up")
+                .customer_external_id("user_42")
                 .customer_name("Ada Lovelace")
-                .customer_email("ada@example.com"),
+                .customer_email("ada@example.com")
+                .build(),
         )
         .await?;
     println!(
@@ -66,9 +71,12 @@ async fn local() -> Result<()> {
     );
 
     println!("\n2. They pay: track a sale, keyed by the invoice id.");
-    let sale = TrackSaleRequest::new("user_42", 4900)
+    let sale = TrackSaleRequest::builder()
+        .customer_external_id("user_42")
+        .amount(4900)
         .payment_processor(PaymentProcessor::Stripe)
-        .invoice_id("in_1001");
+        .invoice_id("in_1001")
+        .build();
     let first = dub.track().sale(sale.clone()).await?;
     let recorded = first.sale.as_ref().ok_or("the sale was not attributed")?;
     println!(
@@ -94,12 +102,23 @@ async fn local() -> Result<()> {
     let before = mock.request_count();
     let started = Instant::now();
     dub.track()
-        .sale(TrackSaleRequest::new("user_42", 1900).invoice_id("in_1002"))
+        .sale(
+            TrackSaleRequest::builder()
+                .customer_external_id("user_42")
+                .amount(1900)
+                .invoice_id("in_1002")
+                .build(),
+        )
         .await?;
+    let limiter = dub.rate_limiter().expect("a configured client");
     println!(
-        "   retried after {} ms as asked, then recorded: {} HTTP attempts for one call",
+        "   retried after {} ms, then recorded: {} HTTP attempts for one call",
         started.elapsed().as_millis(),
         mock.request_count() - before,
+    );
+    println!(
+        "   the whole client now paces itself: limit {:?}/min learned from the 429, {} 429 seen",
+        limiter.limit_per_minute, limiter.throttled
     );
 
     println!("\n5. Dub fails with a 500 after recording a sale that has no invoice id.");
@@ -107,7 +126,12 @@ async fn local() -> Result<()> {
     let before = mock.request_count();
     let err = dub
         .track()
-        .sale(TrackSaleRequest::new("user_42", 990))
+        .sale(
+            TrackSaleRequest::builder()
+                .customer_external_id("user_42")
+                .amount(990)
+                .build(),
+        )
         .await
         .expect_err("the fault makes this call fail");
     println!("   error: {err}");
@@ -125,8 +149,12 @@ async fn local() -> Result<()> {
     let err = dub
         .track()
         .lead(
-            TrackLeadRequest::new("clk_quickstart", "Sign up", "user_43")
-                .customer_email("ada@example"),
+            TrackLeadRequest::builder()
+                .click_id("clk_quickstart")
+                .event_name("Sign up")
+                .customer_external_id("user_43")
+                .customer_email("ada@example")
+                .build(),
         )
         .await
         .expect_err("the email is invalid");
@@ -137,6 +165,39 @@ async fn local() -> Result<()> {
         err.field().unwrap_or("?")
     );
     println!("   requests sent: {}", mock.request_count() - before);
+
+    println!("\n7. Dub is down (503s) while a burst of sales comes in: hand them to a tracker.");
+    mock.random_faults(RandomFaults::new(7, 1.0).kinds([Fault::Status(503)]));
+    let tracker = dub
+        .tracker()
+        .backoff(Duration::from_millis(100), Duration::from_millis(500))
+        .start()?;
+    let started = Instant::now();
+    let mut receipts = Vec::new();
+    for n in 0..5 {
+        let sale = TrackSaleRequest::builder()
+            .customer_external_id("user_42")
+            .amount(500)
+            .invoice_id(format!("in_20{n}"))
+            .build();
+        receipts.push(tracker.sale(sale).await?);
+    }
+    println!(
+        "   5 sales handed over in {} us, none waiting for Dub",
+        started.elapsed().as_micros()
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    mock.clear_faults();
+    println!("   Dub is back after 800 ms");
+    let mut delivered = 0;
+    for receipt in receipts {
+        delivered += usize::from(receipt.await.is_delivered());
+    }
+    let report = tracker.shutdown(Duration::from_secs(5)).await;
+    println!(
+        "   {delivered} of 5 delivered, in order, each recorded once; {} left undelivered",
+        report.undelivered.len()
+    );
 
     println!(
         "\nDone: the local server recorded {} lead(s) and {} sale(s).",
@@ -154,7 +215,13 @@ async fn live() -> Result<()> {
         std::env::var("DUB_CUSTOMER_ID").unwrap_or_else(|_| "dub-rust-quickstart".into());
     match dub
         .track()
-        .lead(TrackLeadRequest::new(click, "Sign up", customer.as_str()))
+        .lead(
+            TrackLeadRequest::builder()
+                .click_id(click)
+                .event_name("Sign up")
+                .customer_external_id(customer.as_str())
+                .build(),
+        )
         .await
     {
         Ok(lead) => println!("lead: {lead:?}"),
@@ -163,7 +230,13 @@ async fn live() -> Result<()> {
     let invoice = format!("dub-rust-quickstart-{}", std::process::id());
     let sale = dub
         .track()
-        .sale(TrackSaleRequest::new(customer, 100).invoice_id(invoice))
+        .sale(
+            TrackSaleRequest::builder()
+                .customer_external_id(customer)
+                .amount(100)
+                .invoice_id(invoice)
+                .build(),
+        )
         .await?;
     println!("sale: {sale:?}");
     Ok(())

@@ -8,17 +8,21 @@
 //! use dub::models::{PaymentProcessor, TrackSaleRequest};
 //!
 //! let dub = Dub::new("dub_xxx");
-//! let sale = dub
-//!     .track()
-//!     .sale(TrackSaleRequest::new("user_42", 996500)
-//!         .payment_processor(PaymentProcessor::Paddle)
-//!         .invoice_id("in_1"))
-//!     .send()?;
+//! let sale = TrackSaleRequest::builder()
+//!     .customer_external_id("user_42")
+//!     .amount(996500)
+//!     .payment_processor(PaymentProcessor::Paddle)
+//!     .invoice_id("in_1")
+//!     .build();
+//! let res = dub.track().sale(sale).send()?;
 //! # Ok::<(), dub::Error>(())
 //! ```
 //!
-//! Do not call it from async code: that returns an [`ErrorKind::Config`] error instead of
-//! blocking a runtime's thread. Use [`crate::Dub`] there.
+//! It works wherever blocking is allowed: plain threads, `tokio::task::spawn_blocking`,
+//! `tokio::task::block_in_place`, a thread that entered a runtime's handle. Called from async
+//! code itself (a task, or a runtime's `block_on`), where waiting would stall the runtime's
+//! worker thread, it returns an [`ErrorKind::Config`] error instead, and never panics. Use
+//! [`crate::Dub`] there.
 
 use std::fmt;
 use std::sync::Arc;
@@ -50,6 +54,8 @@ struct Runtime(Option<std::result::Result<tokio::runtime::Runtime, String>>);
 
 impl Runtime {
     fn new() -> Self {
+        // Multi-threaded with one worker, so that it is always driven: a connection it pooled
+        // never waits for a caller to poll it (see the note on `crate::Dub`).
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("dub-blocking")
@@ -59,18 +65,61 @@ impl Runtime {
         Self(Some(rt))
     }
 
-    fn block_on<F: std::future::Future>(&self, f: F) -> Result<F::Output> {
-        if tokio::runtime::Handle::try_current().is_ok() {
+    /// Runs `f` on the private runtime and waits for it on this thread. The wait is a plain
+    /// channel receive, not `Runtime::block_on`, so no runtime context of the caller's can make
+    /// it panic.
+    fn run<F>(&self, f: F) -> Result<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        if in_async_code() {
             return Err(Error::config(
-                "dub::blocking was called from async code; use dub::Dub there",
+                "dub::blocking was called from async code, where waiting would stall the \
+                 runtime's worker thread; use dub::Dub there (or call it in spawn_blocking)",
             ));
         }
-        match &self.0 {
-            Some(Ok(rt)) => Ok(rt.block_on(f)),
-            Some(Err(reason)) => Err(Error::config(reason.clone())),
-            None => Err(Error::config("the blocking client was shut down")),
+        let rt = match &self.0 {
+            Some(Ok(rt)) => rt,
+            Some(Err(reason)) => return Err(Error::config(reason.clone())),
+            None => return Err(Error::config("the blocking client was shut down")),
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        rt.spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        rx.recv().map_err(|_| {
+            Error::config("the blocking client's runtime stopped before the call finished")
+        })
+    }
+}
+
+/// Whether this thread is running async code: a task being polled, or the future of a
+/// runtime's `block_on`. tokio gives exactly that code a cooperative budget (128 units); plain
+/// threads, `spawn_blocking` and `block_in_place` run unconstrained. Taking units until tokio
+/// says the budget is spent tells the two apart; the units are all given back, since dropping
+/// each `RestoreOnPending` restores the budget as it was before it was taken.
+fn in_async_code() -> bool {
+    use std::task::{Context, Poll, Waker};
+    if tokio::runtime::Handle::try_current().is_err() {
+        return false;
+    }
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut taken = Vec::with_capacity(129);
+    let mut constrained = false;
+    for _ in 0..=128 {
+        match tokio::task::coop::poll_proceed(&mut cx) {
+            Poll::Ready(unit) => taken.push(unit),
+            Poll::Pending => {
+                constrained = true;
+                break;
+            }
         }
     }
+    while let Some(unit) = taken.pop() {
+        drop(unit);
+    }
+    constrained
 }
 
 impl Drop for Runtime {
@@ -132,8 +181,8 @@ impl DubBuilder {
         token(token: impl Into<String>);
         /// See [`crate::DubBuilder::server_url`].
         server_url(url: impl Into<String>);
-        /// See [`crate::DubBuilder::timeout`].
-        timeout(timeout: Duration);
+        /// See [`crate::DubBuilder::attempt_timeout`].
+        attempt_timeout(timeout: Duration);
         /// See [`crate::DubBuilder::connect_timeout`].
         connect_timeout(timeout: Duration);
         /// See [`crate::DubBuilder::retry_config`].
@@ -146,6 +195,8 @@ impl DubBuilder {
         default_header(name: impl Into<String>, value: impl Into<String>);
         /// See [`crate::DubBuilder::allow_insecure_http`].
         allow_insecure_http(allow: bool);
+        /// See [`crate::DubBuilder::rate_limit`].
+        rate_limit(rate_limit: crate::RateLimit);
     }
 
     /// Builds the client, or says which setting is unusable.
@@ -196,9 +247,9 @@ impl<R: Operation> TrackCall<'_, R> {
     }
 
     /// This call's per-attempt timeout instead of the client's.
-    pub fn timeout(self, timeout: Duration) -> Self {
+    pub fn attempt_timeout(self, timeout: Duration) -> Self {
         Self {
-            call: self.call.timeout(timeout),
+            call: self.call.attempt_timeout(timeout),
             ..self
         }
     }
@@ -223,6 +274,6 @@ impl<R: Operation> TrackCall<'_, R> {
     pub fn send(self) -> Result<R::Response> {
         self.dub
             .runtime
-            .block_on(std::future::IntoFuture::into_future(self.call))?
+            .run(std::future::IntoFuture::into_future(self.call))?
     }
 }

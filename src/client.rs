@@ -1,28 +1,49 @@
 //! The [`Dub`] client and its builder.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::error::{Error, Result};
+use crate::rate_limit::{Limiter, RateLimit, RateLimiterState};
 use crate::retry::{RetryBudget, RetryConfig};
 use crate::track::Track;
-use crate::transport::Shared;
+use crate::transport::{AttemptDeadlineLayer, CONNECT_FIRST, Shared};
 
 /// Dub's API.
 pub const DEFAULT_SERVER_URL: &str = "https://api.dub.co";
-/// The default per-attempt timeout.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default timeout of each attempt, from sending to the end of the response body.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default timeout for opening a connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const USER_AGENT: &str = concat!("dub-rust/", env!("CARGO_PKG_VERSION"));
 
+/// Headers the crate sets itself; a caller's value would break the request or its
+/// authentication, so [`DubBuilder::default_header`] and `TrackCall::header` refuse them.
+const RESERVED_HEADERS: [&str; 9] = [
+    "authorization",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "content-type",
+    "connection",
+    "user-agent",
+    "accept",
+    "api-version",
+];
+
 /// A client of Dub's conversion-tracking API.
 ///
-/// Cheap to clone: clones share one connection pool, configuration and retry budget. Make one
-/// per process and clone it where needed.
+/// Cheap to clone: clones share one connection pool, configuration, retry budget and rate
+/// limiter. Make one per process and clone it where needed.
+///
+/// A client's connections belong to the tokio runtime that opened them. Use a client from one
+/// runtime (or from runtimes that all keep running): a pooled connection of a runtime that is
+/// alive but not being driven, such as a `current_thread` runtime outside `block_on`, stalls a
+/// call made from another runtime until its timeout. `dub::blocking::Dub` runs its own
+/// always-driven runtime for this reason.
 ///
 /// ```no_run
 /// # async fn run() -> dub::Result<()> {
@@ -32,7 +53,13 @@ const USER_AGENT: &str = concat!("dub-rust/", env!("CARGO_PKG_VERSION"));
 /// let dub = Dub::new("dub_xxx");
 /// let lead = dub
 ///     .track()
-///     .lead(TrackLeadRequest::new("clk_123", "Sign up", "user_42").customer_email("ada@example.com"))
+///     .lead(
+///         TrackLeadRequest::builder()
+///             .click_id("clk_123")
+///             .event_name("Sign up")
+///             .customer_external_id("user_42")
+///             .build(),
+///     )
 ///     .await?;
 /// println!("attributed to click {}", lead.click.id);
 /// # Ok(()) }
@@ -60,34 +87,54 @@ impl Dub {
     }
 
     /// A client configured from the environment: `DUB_API_KEY` (required) and `DUB_BASE_URL`
-    /// (optional, for example a local `dub::mock::MockDub` or a proxy).
+    /// (optional, for example a local `dub::mock::MockDub`; empty means Dub's API).
     ///
     /// ```no_run
     /// let dub = dub::Dub::from_env()?;
     /// # Ok::<(), dub::Error>(())
     /// ```
     pub fn from_env() -> Result<Self> {
-        let token =
-            std::env::var("DUB_API_KEY").map_err(|_| Error::config("DUB_API_KEY is not set"))?;
+        Self::builder_from_env()?.build()
+    }
+
+    /// A builder holding what [`Dub::from_env`] reads, to change further settings.
+    pub fn builder_from_env() -> Result<DubBuilder> {
+        let token = match std::env::var("DUB_API_KEY") {
+            Ok(token) => token,
+            Err(std::env::VarError::NotPresent) => {
+                return Err(Error::config("DUB_API_KEY is not set"));
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(Error::config("DUB_API_KEY is set but is not valid Unicode"));
+            }
+        };
         let mut builder = Self::builder().token(token);
-        if let Ok(url) = std::env::var("DUB_BASE_URL") {
-            builder = builder.server_url(url);
+        match std::env::var("DUB_BASE_URL") {
+            Ok(url) if !url.trim().is_empty() => builder = builder.server_url(url),
+            Ok(_) | Err(std::env::VarError::NotPresent) => {}
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(Error::config(
+                    "DUB_BASE_URL is set but is not valid Unicode",
+                ));
+            }
         }
-        builder.build()
+        Ok(builder)
     }
 
     /// A builder for a client with non-default settings.
     ///
     /// ```
-    /// use dub::{Dub, RetryConfig};
+    /// use dub::{Dub, RateLimit, RetryConfig};
     /// use std::time::Duration;
     ///
     /// let dub = Dub::builder()
     ///     .token("dub_xxx")
     ///     .server_url("http://127.0.0.1:4010")
-    ///     .timeout(Duration::from_secs(10))
+    ///     .attempt_timeout(Duration::from_secs(5))
     ///     .retry_config(RetryConfig::none())
+    ///     .rate_limit(RateLimit::per_minute(1200))
     ///     .build()?;
+    /// assert_eq!(dub.server_url(), Some("http://127.0.0.1:4010"));
     /// # Ok::<(), dub::Error>(())
     /// ```
     pub fn builder() -> DubBuilder {
@@ -97,6 +144,58 @@ impl Dub {
     /// The track operations: [`Track::lead`] and [`Track::sale`].
     pub fn track(&self) -> Track {
         Track::new(self.clone())
+    }
+
+    /// The base URL calls go to; `None` if the client's configuration was refused.
+    pub fn server_url(&self) -> Option<&str> {
+        self.inner.as_ref().ok().map(|s| s.base_url.as_str())
+    }
+
+    /// The per-attempt timeout (`None` with a user's `reqwest::Client`, whose own applies).
+    pub fn attempt_timeout(&self) -> Option<Duration> {
+        self.inner.as_ref().ok().and_then(|s| s.attempt_timeout)
+    }
+
+    /// The timeout for opening a connection of the crate's own HTTP client.
+    pub fn connect_timeout(&self) -> Option<Duration> {
+        self.inner
+            .as_ref()
+            .ok()
+            .filter(|s| s.own_http)
+            .map(|s| s.connect_timeout)
+    }
+
+    /// The client's retry policy.
+    pub fn retry_config(&self) -> Option<&RetryConfig> {
+        self.inner.as_ref().ok().map(|s| &s.retry)
+    }
+
+    /// The client's retry budget (shared by its clones).
+    pub fn retry_budget(&self) -> Option<&RetryBudget> {
+        self.inner.as_ref().ok().map(|s| &s.budget)
+    }
+
+    /// How the client paces itself.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        self.inner.as_ref().ok().map(|s| s.limiter.config())
+    }
+
+    /// The rate limiter's current state: pace, limit, 429s seen. See [`crate::rate_limit`].
+    pub fn rate_limiter(&self) -> Option<RateLimiterState> {
+        self.inner.as_ref().ok().map(|s| s.limiter.state())
+    }
+
+    /// The `User-Agent` sent.
+    pub fn user_agent(&self) -> Option<&str> {
+        self.inner
+            .as_ref()
+            .ok()
+            .and_then(|s| s.user_agent.to_str().ok())
+    }
+
+    /// Whether plain `http://` is accepted for hosts other than loopback.
+    pub fn allow_insecure_http(&self) -> bool {
+        self.inner.as_ref().is_ok_and(|s| s.allow_insecure_http)
     }
 
     pub(crate) fn shared(&self) -> Result<&Arc<Shared>> {
@@ -112,8 +211,9 @@ impl fmt::Debug for Dub {
         match &self.inner {
             Ok(s) => d
                 .field("server_url", &s.base_url)
-                .field("timeout", &s.timeout)
+                .field("attempt_timeout", &s.attempt_timeout)
                 .field("retry", &s.retry)
+                .field("rate_limit", &s.limiter.config())
                 .field("token", &"<redacted>"),
             Err(reason) => d.field("config_error", reason),
         };
@@ -126,10 +226,11 @@ impl fmt::Debug for Dub {
 pub struct DubBuilder {
     token: Option<String>,
     server_url: Option<String>,
-    timeout: Option<Duration>,
+    attempt_timeout: Option<Duration>,
     connect_timeout: Option<Duration>,
     retry: Option<RetryConfig>,
     budget: Option<RetryBudget>,
+    rate_limit: Option<RateLimit>,
     user_agent_suffix: Option<String>,
     headers: Vec<(String, String)>,
     http: Option<reqwest::Client>,
@@ -140,31 +241,38 @@ impl fmt::Debug for DubBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DubBuilder")
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("server_url", &self.server_url)
-            .field("timeout", &self.timeout)
+            .field("server_url", &self.server_url.as_deref().map(redact_url))
+            .field("attempt_timeout", &self.attempt_timeout)
             .field("retry", &self.retry)
+            .field("rate_limit", &self.rate_limit)
             .finish_non_exhaustive()
     }
 }
 
 impl DubBuilder {
-    /// The API key (`dub_...`), sent as `Authorization: Bearer <token>`. Required.
+    /// The API key (`dub_...`), sent as `Authorization: Bearer <token>`. Required. Surrounding
+    /// whitespace (a newline read from a file) is removed.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self
     }
 
     /// The API's base URL (default `https://api.dub.co`). Plain `http://` is accepted only
-    /// for loopback hosts unless [`allow_insecure_http`](Self::allow_insecure_http) is set.
+    /// for loopback hosts unless [`allow_insecure_http`](Self::allow_insecure_http) is set;
+    /// plain `http://` to loopback never goes through a proxy. A URL with a user name or
+    /// password is refused.
     pub fn server_url(mut self, url: impl Into<String>) -> Self {
         self.server_url = Some(url.into());
         self
     }
 
-    /// The timeout of each attempt, from connecting to the end of the response body (default
-    /// 10 s). The whole call is bounded by [`RetryConfig::max_elapsed_time`].
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
+    /// The timeout of each attempt, from sending to the end of the response body, opening the
+    /// connection included (default 10 s). It is not the whole call's deadline: that is
+    /// [`RetryConfig::max_elapsed_time`], which also bounds each attempt. With
+    /// [`http_client`](Self::http_client) and no `attempt_timeout`, the given client's own
+    /// timeout applies instead.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = Some(timeout);
         self
     }
 
@@ -188,21 +296,35 @@ impl DubBuilder {
         self
     }
 
+    /// How the client paces itself under Dub's rate limit (default
+    /// [`RateLimit::adaptive`]); see [`crate::rate_limit`].
+    pub fn rate_limit(mut self, rate_limit: RateLimit) -> Self {
+        self.rate_limit = Some(rate_limit);
+        self
+    }
+
     /// Appended to the `User-Agent` header, after `dub-rust/<version>`.
     pub fn user_agent_suffix(mut self, suffix: impl Into<String>) -> Self {
         self.user_agent_suffix = Some(suffix.into());
         self
     }
 
-    /// A header sent with every request.
+    /// A header sent with every request. The headers the crate sets itself
+    /// (`Authorization`, `Content-Type`, `Content-Length`, `Transfer-Encoding`, `Host`,
+    /// `Connection`, `User-Agent`, `Accept`, `api-version`) are refused by [`build`](Self::build).
     pub fn default_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
         self
     }
 
-    /// Send requests through an existing `reqwest::Client` (its pool, proxy and TLS settings).
-    /// Its redirect policy then applies too; reqwest drops `Authorization` on a redirect to
-    /// another host.
+    /// Send requests through an existing `reqwest::Client` (its pool, proxy, TLS, timeout and
+    /// redirect settings). Then [`connect_timeout`](Self::connect_timeout) does not apply, its
+    /// own timeout bounds each attempt unless [`attempt_timeout`](Self::attempt_timeout) is set
+    /// (the call's deadline is then checked between attempts), its retry
+    /// setting stays (reqwest retries refused HTTP/2 streams by itself, unseen by
+    /// [`Error::attempts`](crate::Error::attempts)), and an attempt that times out while its
+    /// connection is still opening counts as possibly sent, since the crate cannot see inside
+    /// it. reqwest drops `Authorization` on a redirect to another host.
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
         self.http = Some(client);
         self
@@ -218,7 +340,8 @@ impl DubBuilder {
     /// Builds the client, or says which setting is unusable.
     pub fn build(self) -> Result<Dub> {
         let token = self.token.unwrap_or_default();
-        if token.trim().is_empty() {
+        let token = token.trim();
+        if token.is_empty() {
             return Err(Error::config("the API token is empty"));
         }
         let mut auth = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
@@ -240,31 +363,33 @@ impl DubBuilder {
             self.server_url.as_deref().unwrap_or(DEFAULT_SERVER_URL),
             self.allow_insecure_http,
         )?;
-        let timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT);
-        let (http, client_timeout) = match self.http {
-            Some(client) => (client, None),
+        let connect_timeout = self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let (http, own_http, attempt_timeout, client_timeout) = match self.http {
+            Some(client) => (client, false, self.attempt_timeout, None),
             None => {
-                let client = reqwest::Client::builder()
-                    .connect_timeout(self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT))
-                    .timeout(timeout)
-                    // An API call is never redirected; following one would resend the event.
-                    .redirect(reqwest::redirect::Policy::none())
-                    .build()
-                    .map_err(|e| {
+                let timeout = self.attempt_timeout.unwrap_or(DEFAULT_ATTEMPT_TIMEOUT);
+                // The request's own timeout fires just after the connector's (see transport).
+                let client_timeout = timeout.saturating_add(CONNECT_FIRST);
+                let client =
+                    own_client(connect_timeout, Some(client_timeout), false).map_err(|e| {
                         Error::config("the HTTP client could not be built").with_source(e)
                     })?;
-                (client, Some(timeout))
+                (client, true, Some(timeout), Some(client_timeout))
             }
         };
         Ok(Dub {
             inner: Ok(Arc::new(Shared {
                 http,
+                own_http,
+                direct: OnceLock::new(),
+                connect_timeout,
                 auth,
                 user_agent,
                 default_headers,
                 budget: self.budget.unwrap_or_default(),
+                limiter: Limiter::new(self.rate_limit.unwrap_or_default()),
                 base_url,
-                timeout,
+                attempt_timeout,
                 client_timeout,
                 retry: self.retry.unwrap_or_default(),
                 allow_insecure_http: self.allow_insecure_http,
@@ -273,31 +398,104 @@ impl DubBuilder {
     }
 }
 
-/// Parses a header, naming the culprit if it cannot be sent.
+/// The crate's own reqwest client: no redirects (an API POST must not be resent elsewhere), no
+/// retries of its own (this crate's loop is the only one, and counts every attempt), the
+/// attempt deadline on connecting, and with `direct`, no proxy.
+pub(crate) fn own_client(
+    connect_timeout: Duration,
+    timeout: Option<Duration>,
+    direct: bool,
+) -> reqwest::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .retry(reqwest::retry::never())
+        .connector_layer(AttemptDeadlineLayer);
+    if let Some(timeout) = timeout {
+        builder = builder.timeout(timeout);
+    }
+    if direct {
+        builder = builder.no_proxy();
+    }
+    builder.build()
+}
+
+/// Parses a header, naming the culprit if it cannot be sent or belongs to the crate.
 pub(crate) fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue)> {
     let n = HeaderName::try_from(name)
         .map_err(|_| Error::config(format!("{name:?} is not a valid header name")))?;
+    if RESERVED_HEADERS.contains(&n.as_str()) {
+        return Err(Error::config(format!(
+            "the header {name} is set by the crate and cannot be overridden"
+        )));
+    }
     let v = HeaderValue::try_from(value)
         .map_err(|_| Error::config(format!("the value of header {name} is not valid")))?;
     Ok((n, v))
 }
 
-/// Checks a server URL and returns it without a trailing slash.
-pub(crate) fn check_url(url: &str, allow_insecure_http: bool) -> Result<String> {
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|e| Error::config(format!("server URL {url:?} is not a URL: {e}")))?;
-    let loopback = match parsed.host() {
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         None => false,
-    };
+    }
+}
+
+/// Whether requests to `base_url` (already checked) go in clear text to this machine.
+pub(crate) fn is_plain_http_loopback(base_url: &str) -> bool {
+    base_url.starts_with("http://") && url::Url::parse(base_url).is_ok_and(|u| is_loopback(&u))
+}
+
+/// A URL for messages: without user info, which may hold a password.
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<not a URL>".to_owned(),
+    }
+}
+
+/// Whether this build can speak TLS (feature `rustls` or `native-tls`).
+const TLS: bool = cfg!(any(feature = "rustls", feature = "native-tls"));
+
+/// Checks a server URL and returns it without a trailing slash.
+pub(crate) fn check_url(url: &str, allow_insecure_http: bool) -> Result<String> {
+    check_url_with(url, allow_insecure_http, TLS)
+}
+
+fn check_url_with(url: &str, allow_insecure_http: bool, tls: bool) -> Result<String> {
+    let parsed = url::Url::parse(url.trim()).map_err(|e| {
+        Error::config(format!(
+            "server URL {:?} is not a URL: {e}",
+            url.chars().take(200).collect::<String>()
+        ))
+    })?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(Error::config(format!(
+            "server URL {} must not contain a user name or password; the API token is the \
+             only credential sent",
+            redact_url(url.trim())
+        )));
+    }
+    let shown = parsed.as_str();
     match parsed.scheme() {
+        "https" if !tls => {
+            return Err(Error::config(
+                "this build of dub has no TLS backend, so https cannot be used: enable the \
+                 `rustls` (default) or `native-tls` feature of the dub crate",
+            ));
+        }
         "https" => {}
-        "http" if loopback || allow_insecure_http => {}
+        "http" if is_loopback(&parsed) || allow_insecure_http => {}
         "http" => {
             return Err(Error::config(format!(
-                "server URL {url:?} is plain http to a host that is not loopback; the token \
+                "server URL {shown:?} is plain http to a host that is not loopback; the token \
                  would travel unencrypted (use https, or allow_insecure_http(true))"
             )));
         }
@@ -309,8 +507,59 @@ pub(crate) fn check_url(url: &str, allow_insecure_http: bool) -> Result<String> 
     }
     if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(Error::config(format!(
-            "server URL {url:?} must not have a query or fragment"
+            "server URL {shown:?} must not have a query or fragment"
         )));
     }
-    Ok(url.trim_end_matches('/').to_owned())
+    Ok(shown.trim_end_matches('/').to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_without_a_tls_backend_says_which_feature_to_enable() {
+        let e = check_url_with("https://api.dub.co", false, false).unwrap_err();
+        let message = e.message().unwrap();
+        assert!(
+            message.contains("`rustls`") && message.contains("`native-tls`"),
+            "{message}"
+        );
+        // Plain http to this machine (a local MockDub) needs no TLS.
+        assert!(check_url_with("http://127.0.0.1:1", false, false).is_ok());
+    }
+
+    #[test]
+    fn urls_are_trimmed_as_urls_and_user_info_is_refused_unechoed() {
+        assert_eq!(
+            check_url("http://127.0.0.1:9/\n", false).unwrap(),
+            "http://127.0.0.1:9"
+        );
+        assert_eq!(
+            check_url("http://127.0.0.1:9/api/ ", false).unwrap(),
+            "http://127.0.0.1:9/api"
+        );
+        let e = check_url("https://ada:s3cret@api.dub.co", false).unwrap_err();
+        let shown = format!("{e} {e:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("ada"),
+            "{shown}"
+        );
+        assert!(shown.contains("user name or password"), "{shown}");
+    }
+
+    #[test]
+    fn headers_the_crate_owns_are_refused_by_name() {
+        for name in [
+            "Authorization",
+            "content-length",
+            "Transfer-Encoding",
+            "Host",
+            "Content-Type",
+        ] {
+            let e = header(name, "x").unwrap_err();
+            assert!(e.message().unwrap().contains(name), "{e}");
+        }
+        assert!(header("x-request-id", "abc").is_ok());
+    }
 }

@@ -2,28 +2,24 @@
 //!
 //! Dub speaks in absolute times (`Retry-After` and `X-RateLimit-Reset` are Unix milliseconds, and
 //! its rate-limit windows are aligned to the epoch), but everything that waits in this crate waits
-//! on tokio's clock. Reading "now" as one process-wide anchor plus tokio's elapsed time keeps the
-//! two in step: in production tokio's clock is the monotonic clock, so this is the wall clock as it
-//! was at the anchor plus real elapsed time; in a test on tokio's paused clock, the client and
-//! `MockDub` on that runtime both see the same virtual epoch, so an epoch-millisecond `Retry-After`
-//! means the same wait to both of them.
+//! on tokio's clock. "Now" is therefore the wall clock shifted by however far tokio's clock is
+//! from the monotonic clock: in production they are the same clock, so this is exactly
+//! `SystemTime::now()`; in a test on tokio's paused clock, the wall clock moves with virtual
+//! time, so the client and `MockDub` on that runtime see the same virtual epoch, and an
+//! epoch-millisecond `Retry-After` means the same wait to both of them.
 
-use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The wall clock and the monotonic clock read together, once per process.
-fn anchor() -> &'static (SystemTime, std::time::Instant) {
-    static ANCHOR: OnceLock<(SystemTime, std::time::Instant)> = OnceLock::new();
-    ANCHOR.get_or_init(|| (SystemTime::now(), std::time::Instant::now()))
-}
-
-/// Now, as wall-clock time, advanced by tokio's clock.
+/// Now, as wall-clock time, advanced (or held back) with tokio's clock.
 pub(crate) fn now() -> SystemTime {
-    let (wall, mono) = anchor();
-    let elapsed = tokio::time::Instant::now()
-        .into_std()
-        .saturating_duration_since(*mono);
-    wall.checked_add(elapsed).unwrap_or(*wall)
+    let wall = SystemTime::now();
+    let real = std::time::Instant::now();
+    let tokio = tokio::time::Instant::now().into_std();
+    if tokio >= real {
+        wall.checked_add(tokio - real).unwrap_or(wall)
+    } else {
+        wall.checked_sub(real - tokio).unwrap_or(wall)
+    }
 }
 
 /// Now, in milliseconds since the Unix epoch (0 before 1970, saturating far in the future).
@@ -48,7 +44,18 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(3600)).await;
         let after = now_ms();
         // An hour of virtual time passed in no real time at all.
-        assert!((3_600_000..3_600_500).contains(&(after - before)), "{}", after - before);
+        assert!(
+            (3_600_000..3_600_500).contains(&(after - before)),
+            "{}",
+            after - before
+        );
+    }
+
+    #[tokio::test]
+    async fn is_the_wall_clock_on_a_running_clock() {
+        let ours = to_ms(now());
+        let wall = to_ms(SystemTime::now());
+        assert!(ours.abs_diff(wall) < 50, "{ours} {wall}");
     }
 
     #[test]

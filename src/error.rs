@@ -19,15 +19,16 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// The first nine are the statuses Dub documents, matched by HTTP status (not by the body's
 /// `code`, which the server extends: a 403 may carry `exceeded_limit`). Any other HTTP status is
-/// [`ErrorKind::Other`]. The rest describe failures with no usable HTTP response.
+/// [`ErrorKind::UnexpectedStatus`]. The rest describe failures with no usable HTTP response.
+/// Each variant says what to do about it.
 ///
 /// ```
 /// # fn handle(err: dub::Error) {
 /// use dub::ErrorKind;
 /// match err.kind() {
 ///     ErrorKind::RateLimitExceeded => { /* back off: err.retry_after() */ }
-///     ErrorKind::Validation => { /* fix the input: err.message() names the field */ }
-///     ErrorKind::Other(status) => eprintln!("unexpected HTTP {status}"),
+///     ErrorKind::Validation => { /* fix the input: err.field() names it */ }
+///     _ if err.may_have_been_recorded() => { /* reconcile before sending again */ }
 ///     _ => eprintln!("{err}"),
 /// }
 /// # }
@@ -35,37 +36,59 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
-    /// 400: the request was malformed (for example a bad Authorization header).
+    /// 400: the request was malformed (for example an `Authorization` header without
+    /// `Bearer `). What to do: read [`Error::message`]; this is a bug to fix, not to retry.
     BadRequest,
-    /// 401: the API key is missing, invalid or expired.
+    /// 401: the API key is missing, invalid or expired. What to do: check `DUB_API_KEY`
+    /// (a key from the right workspace, not revoked).
     Unauthorized,
-    /// 403: the key is valid but not allowed (plan, role, or an exceeded limit).
+    /// 403: the key is valid but not allowed: the plan cannot track conversions (business plan
+    /// or higher), the key lacks the scope, or `code()` is `exceeded_limit` (a plan limit, not
+    /// the rate limit). What to do: fix the plan or key; retrying will not help.
     Forbidden,
-    /// 404: the resource was not found.
+    /// 404: not found. For a sale right after its customer's lead this is usually Dub's
+    /// "Lead event not found" race, retried automatically; if it persists, the customer has no
+    /// lead: track the lead first (or send the sale with `click_id` for direct sale tracking).
     NotFound,
-    /// 409: the request conflicts with the server's state.
+    /// 409: the request conflicts with the server's state (`code()` may be
+    /// `invite_pending`). What to do: read [`Error::message`].
     Conflict,
-    /// 410: an invite expired.
+    /// 410: an invite expired. What to do: re-invite; not something a track call causes.
     InviteExpired,
-    /// 422: the request was well-formed JSON but broke a rule of the API.
+    /// 422: well-formed JSON that breaks a rule of the API; [`Error::message`] names the field.
+    /// What to do: fix the request (this crate's validation catches most of these first).
     UnprocessableEntity,
-    /// 429: too many requests; see [`Error::retry_after`].
+    /// 429: too many requests for the API key's plan. What to do: nothing was recorded; send it
+    /// again after [`Error::retry_after`]. The client paces itself after a 429; give it the
+    /// key's limit with [`RateLimit::per_minute`](crate::RateLimit::per_minute), or queue events
+    /// with the background tracker.
     RateLimitExceeded,
-    /// 500: the server failed.
+    /// 500: Dub failed. What to do: check [`Error::may_have_been_recorded`] before sending a
+    /// sale without an invoice id again; retry later.
     InternalServerError,
-    /// Any other HTTP status, for example a proxy's 502.
-    Other(u16),
-    /// The attempt, or the whole call's deadline, ran out.
+    /// Any other HTTP status, for example a proxy's 502 (read it with [`Error::status`]). A
+    /// later release may give some of these statuses kinds of their own, so treat this as a
+    /// catch-all after the kinds you handle. What to do: as for a 500.
+    UnexpectedStatus,
+    /// The attempt, or the whole call's deadline, ran out. What to do: the event may have been
+    /// recorded unless [`Error::may_have_been_recorded`] says otherwise; raise
+    /// `attempt_timeout` or `max_elapsed_time` if Dub is merely slow.
     Timeout,
-    /// No connection could be made (refused, DNS, TLS handshake). Nothing was sent.
+    /// No connection could be made (refused, DNS, TLS handshake, proxy). Nothing was sent.
+    /// What to do: check the server URL, the network and proxies; sending again is safe.
     Connect,
     /// The connection failed after the request was sent, or the response could not be read.
+    /// What to do: as for a timeout.
     Transport,
-    /// A response arrived but its body is not what the API documents.
+    /// A response arrived but its body is not what the API documents. A 2xx was recorded all
+    /// the same. What to do: do not send it again; look at [`Error::raw_body`] (a proxy's HTML
+    /// page?).
     Decode,
     /// The request broke a rule of the API; it was not sent. [`Error::field`] names the field.
+    /// What to do: fix the input.
     Validation,
-    /// The client was misconfigured (empty token, unusable URL or header).
+    /// The client was misconfigured (empty token, unusable URL or header, no TLS backend).
+    /// Nothing was sent. What to do: fix the setting the message names.
     Config,
 }
 
@@ -82,7 +105,7 @@ impl ErrorKind {
             422 => Self::UnprocessableEntity,
             429 => Self::RateLimitExceeded,
             500 => Self::InternalServerError,
-            other => Self::Other(other),
+            _ => Self::UnexpectedStatus,
         }
     }
 }
@@ -96,12 +119,13 @@ impl ErrorKind {
 /// ([`may_have_been_recorded`](Error::may_have_been_recorded)).
 ///
 /// `Display` is one line with the status, the code and the message. Neither `Display` nor
-/// `Debug` ever contains the API token.
+/// `Debug` ever contains the API token. Cheap to clone (the underlying cause is shared).
+#[derive(Clone)]
 pub struct Error {
     inner: Box<Inner>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Inner {
     pub kind: ErrorKind,
     pub operation: Option<&'static str>,
@@ -116,7 +140,7 @@ pub(crate) struct Inner {
     pub retry_after: Option<Duration>,
     pub attempts: u32,
     pub may_have_been_recorded: bool,
-    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    pub source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl Error {
@@ -148,10 +172,57 @@ impl Error {
         e
     }
 
+    /// The rate limiter had no turn for the call before its deadline; nothing was sent.
+    pub(crate) fn not_started(wait: Duration) -> Self {
+        let mut e = Self::new(ErrorKind::RateLimitExceeded);
+        e.inner.message = Some(format!(
+            "not sent: the client's rate limiter has no turn for this call before its deadline \
+             (the next is in {} ms)",
+            wait.as_millis()
+        ));
+        e.inner.retry_after = Some(wait);
+        e
+    }
+
+    /// A tracker's delivery cut off by its shutdown deadline while in flight.
+    pub(crate) fn cut_off() -> Self {
+        let mut e = Self::new(ErrorKind::Timeout);
+        e.inner.message = Some(
+            "the tracker's shutdown deadline cut this delivery off while it was in flight"
+                .to_owned(),
+        );
+        e.inner.may_have_been_recorded = true;
+        e
+    }
+
     pub(crate) fn config(message: impl Into<String>) -> Self {
         let mut e = Self::new(ErrorKind::Config);
         e.inner.message = Some(message.into());
         e
+    }
+
+    /// Adds what the caller knows to the message.
+    pub(crate) fn with_context(mut self, context: String) -> Self {
+        self.inner.message = Some(match self.inner.message.take() {
+            Some(m) => format!("{m}; {context}"),
+            None => context,
+        });
+        self
+    }
+
+    /// The error's essentials as JSON, for a record that outlives the process.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        let i = &self.inner;
+        serde_json::json!({
+            "kind": format!("{:?}", i.kind),
+            "operation": i.operation,
+            "status": i.status.map(|s| s.as_u16()),
+            "code": i.code,
+            "message": i.message,
+            "field": i.field,
+            "attempts": i.attempts,
+            "may_have_been_recorded": i.may_have_been_recorded,
+        })
     }
 
     pub(crate) fn inner_mut(&mut self) -> &mut Inner {
@@ -162,7 +233,7 @@ impl Error {
         mut self,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        self.inner.source = Some(Box::new(source));
+        self.inner.source = Some(std::sync::Arc::new(source));
         self
     }
 
@@ -249,7 +320,9 @@ impl Error {
             | ErrorKind::Timeout
             | ErrorKind::Connect
             | ErrorKind::Transport => true,
-            ErrorKind::Other(s) => matches!(s, 408 | 502 | 503 | 504),
+            ErrorKind::UnexpectedStatus => self
+                .status()
+                .is_some_and(|s| matches!(s.as_u16(), 408 | 502 | 503 | 504)),
             _ => false,
         }
     }
@@ -279,14 +352,15 @@ impl fmt::Display for Error {
             (ErrorKind::Timeout, None) => f.write_str("timed out")?,
             (ErrorKind::Connect, None) => f.write_str("could not connect")?,
             (ErrorKind::Config, None) => f.write_str("invalid configuration")?,
+            (ErrorKind::RateLimitExceeded, None) => f.write_str("rate limited")?,
             (_, None) => f.write_str("transport error")?,
         }
         if let Some(code) = &i.code {
-            write!(f, " {code}")?;
+            write!(f, " {}", OneLine(code))?;
         }
         match (&i.message, &i.source) {
-            (Some(m), _) => write!(f, ": {m}")?,
-            (None, Some(s)) => write!(f, ": {s}")?,
+            (Some(m), _) => write!(f, ": {}", OneLine(m))?,
+            (None, Some(s)) => write!(f, ": {}", OneLine(&s.to_string()))?,
             (None, None) => {}
         }
         if i.attempts > 1 {
@@ -297,6 +371,85 @@ impl fmt::Display for Error {
         }
         Ok(())
     }
+}
+
+/// Text from a server or a library, shown on one line: control characters (newlines, ANSI
+/// escapes) are written escaped, and very long text is cut.
+struct OneLine<'a>(&'a str);
+
+impl fmt::Display for OneLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const MAX_CHARS: usize = 500;
+        for (n, c) in self.0.chars().enumerate() {
+            if n == MAX_CHARS {
+                return f.write_str("…");
+            }
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                fmt::Write::write_char(f, c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What went wrong underneath a reqwest error, in words: "connection refused", the DNS or TLS
+/// failure, a proxy. reqwest's own text ("error sending request for url (...)") says none of it.
+pub(crate) fn describe_cause(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut parts: Vec<String> = Vec::new();
+    let mut io_kind = None;
+    let mut source = e.source();
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            io_kind = Some(io.kind());
+        }
+        let text = cause.to_string();
+        // hyper-util's "client error (Connect)" and similar wrappers name no cause.
+        let generic = text.starts_with("client error (") || text.is_empty();
+        if !generic && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    let summary = match io_kind {
+        Some(std::io::ErrorKind::ConnectionRefused) => Some("connection refused"),
+        Some(std::io::ErrorKind::ConnectionReset) => Some("connection reset"),
+        Some(std::io::ErrorKind::ConnectionAborted) => Some("connection aborted"),
+        Some(std::io::ErrorKind::TimedOut) => Some("timed out"),
+        Some(std::io::ErrorKind::UnexpectedEof) => Some("connection closed early"),
+        _ => None,
+    };
+    let detail = parts.join(": ");
+    let proxy = detail.contains("proxy") || detail.contains("tunnel");
+    let mut out = String::new();
+    if let Some(s) = summary {
+        out.push_str(s);
+    }
+    if proxy && !out.contains("proxy") {
+        out.push_str(if out.is_empty() {
+            "via a proxy"
+        } else {
+            " (via a proxy)"
+        });
+    }
+    if !detail.is_empty() {
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&detail);
+    }
+    if out.is_empty() {
+        out = if e.is_timeout() {
+            "timed out".into()
+        } else if e.is_body() || e.is_decode() {
+            "the response body could not be read".into()
+        } else {
+            "the request failed".into()
+        };
+    }
+    out
 }
 
 impl fmt::Debug for Error {

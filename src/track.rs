@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use progenitor_client::{ClientInfo, Error as RawError, ResponseValue};
@@ -37,11 +37,24 @@ impl Track {
     /// Await the returned [`TrackCall`], optionally after setting per-call options. A lead
     /// (unless `deferred`) is deduplicated by Dub, so it is retried after ambiguous failures.
     ///
+    /// The response's `link` is `None` when Dub already had this lead (same customer and
+    /// event name): it recorded nothing new. That also happens when an earlier attempt of the
+    /// same call was recorded but its response was lost, so `link: None` after a retry still
+    /// means the lead is recorded, once.
+    ///
     /// ```no_run
     /// # async fn run(dub: dub::Dub) -> dub::Result<()> {
     /// use dub::models::TrackLeadRequest;
-    /// let res = dub.track().lead(TrackLeadRequest::new("clk_123", "Sign up", "user_42")).await?;
-    /// assert!(res.link.is_some(), "a new lead comes back with its link");
+    /// let lead = TrackLeadRequest::builder()
+    ///     .click_id("clk_123")
+    ///     .event_name("Sign up")
+    ///     .customer_external_id("user_42")
+    ///     .build();
+    /// let res = dub.track().lead(lead).await?;
+    /// match res.link {
+    ///     Some(link) => println!("new lead via {}", link.short_link),
+    ///     None => println!("Dub already had this lead"),
+    /// }
     /// # Ok(()) }
     /// ```
     pub fn lead(&self, request: TrackLeadRequest) -> TrackCall<TrackLeadRequest> {
@@ -50,9 +63,10 @@ impl Track {
 
     /// Records a sale: revenue tied to a customer.
     ///
-    /// Give the sale an [`invoice_id`](TrackSaleRequest::invoice_id): Dub records one sale per
-    /// invoice id, which is what makes retrying it safe. Without one, a sale is not retried
-    /// after a failure that may have reached Dub (see [`crate::retry`]).
+    /// Give the sale an invoice id
+    /// ([`TrackSaleRequestBuilder::invoice_id`](crate::models::TrackSaleRequestBuilder::invoice_id)):
+    /// Dub records one sale per invoice id, which is what makes retrying it safe. Without one, a
+    /// sale is not retried after a failure that may have reached Dub (see [`crate::retry`]).
     ///
     /// ```no_run
     /// # async fn run(dub: dub::Dub) -> dub::Result<()> {
@@ -60,14 +74,18 @@ impl Track {
     /// use dub::RetryConfig;
     /// use std::time::Duration;
     ///
-    /// let sale = dub
+    /// let sale = TrackSaleRequest::builder()
+    ///     .customer_external_id("user_42")
+    ///     .amount(996500)
+    ///     .payment_processor(PaymentProcessor::Paddle)
+    ///     .invoice_id("in_1")
+    ///     .currency("usd")
+    ///     .build();
+    /// let res = dub
     ///     .track()
-    ///     .sale(TrackSaleRequest::new("user_42", 996500)
-    ///         .payment_processor(PaymentProcessor::Paddle)
-    ///         .invoice_id("in_1")
-    ///         .currency("usd"))
+    ///     .sale(sale)
     ///     .retries(RetryConfig::none())
-    ///     .timeout(Duration::from_secs(5))
+    ///     .attempt_timeout(Duration::from_secs(5))
     ///     .await?;
     /// # Ok(()) }
     /// ```
@@ -78,14 +96,15 @@ impl Track {
 
 /// One pending call with its per-call options. Nothing is sent until it is awaited.
 ///
-/// The options mirror the Python SDK's per-call arguments: `retries`, `timeout_ms`,
-/// `server_url` and `http_headers`.
+/// The options mirror the Python SDK's per-call arguments: `retries`, `timeout_ms` (here
+/// [`attempt_timeout`](TrackCall::attempt_timeout); the whole call's deadline is the retry
+/// policy's `max_elapsed_time`), `server_url` and `http_headers`.
 #[must_use = "a TrackCall does nothing until it is awaited"]
 pub struct TrackCall<R> {
     dub: Dub,
     request: R,
     retry: Option<RetryConfig>,
-    timeout: Option<Duration>,
+    attempt_timeout: Option<Duration>,
     server_url: Option<String>,
     headers: HeaderMap,
     bad_option: Option<Error>,
@@ -96,7 +115,7 @@ impl<R: fmt::Debug> fmt::Debug for TrackCall<R> {
         f.debug_struct("TrackCall")
             .field("request", &self.request)
             .field("retry", &self.retry)
-            .field("timeout", &self.timeout)
+            .field("attempt_timeout", &self.attempt_timeout)
             .field("server_url", &self.server_url)
             .finish_non_exhaustive()
     }
@@ -108,7 +127,7 @@ impl<R> TrackCall<R> {
             dub,
             request,
             retry: None,
-            timeout: None,
+            attempt_timeout: None,
             server_url: None,
             headers: HeaderMap::new(),
             bad_option: None,
@@ -121,9 +140,10 @@ impl<R> TrackCall<R> {
         self
     }
 
-    /// This call's per-attempt timeout instead of the client's.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
+    /// This call's per-attempt timeout instead of the client's (see
+    /// [`DubBuilder::attempt_timeout`](crate::DubBuilder::attempt_timeout)).
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = Some(timeout);
         self
     }
 
@@ -134,8 +154,9 @@ impl<R> TrackCall<R> {
         self
     }
 
-    /// An extra header for this call. An invalid name or value fails the call with
-    /// [`ErrorKind::Config`] before anything is sent.
+    /// An extra header for this call. An invalid name or value, or a header the crate sets
+    /// itself (`Authorization`, `Content-Type`, ...), fails the call with [`ErrorKind::Config`]
+    /// before anything is sent.
     pub fn header(mut self, name: impl AsRef<str>, value: impl AsRef<str>) -> Self {
         match header(name.as_ref(), value.as_ref()) {
             Ok((n, v)) => {
@@ -158,7 +179,9 @@ pub trait Operation: Send + Sync + 'static + sealed::Sealed {
     #[doc(hidden)]
     fn validate(&self) -> Result<()>;
     #[doc(hidden)]
-    fn idempotent(&self) -> bool;
+    fn deduplicated(&self) -> bool;
+    #[doc(hidden)]
+    const SALE: bool;
     #[doc(hidden)]
     fn send<'a>(
         &'a self,
@@ -175,11 +198,12 @@ mod sealed {
 impl Operation for TrackLeadRequest {
     type Response = TrackLeadResponse;
     const NAME: &'static str = "track.lead";
+    const SALE: bool = false;
     fn validate(&self) -> Result<()> {
         validate::lead(self)
     }
-    fn idempotent(&self) -> bool {
-        self.is_idempotent()
+    fn deduplicated(&self) -> bool {
+        self.is_deduplicated()
     }
     fn send<'a>(
         &'a self,
@@ -192,11 +216,12 @@ impl Operation for TrackLeadRequest {
 impl Operation for TrackSaleRequest {
     type Response = TrackSaleResponse;
     const NAME: &'static str = "track.sale";
+    const SALE: bool = true;
     fn validate(&self) -> Result<()> {
         validate::sale(self)
     }
-    fn idempotent(&self) -> bool {
-        self.is_idempotent()
+    fn deduplicated(&self) -> bool {
+        self.is_deduplicated()
     }
     fn send<'a>(
         &'a self,
@@ -223,6 +248,7 @@ impl<R: Operation> IntoFuture for TrackCall<R> {
 
 impl<R: Operation> TrackCall<R> {
     async fn run(self) -> Result<R::Response> {
+        let started = tokio::time::Instant::now();
         let named = |mut e: Error| {
             e.inner_mut().operation = Some(R::NAME);
             e
@@ -238,14 +264,32 @@ impl<R: Operation> TrackCall<R> {
         };
         let call = Call {
             retry: self.retry,
-            attempt_timeout: self.timeout.unwrap_or(shared.timeout),
+            attempt_timeout: self.attempt_timeout.or(shared.attempt_timeout),
             headers: self.headers,
-            idempotent: self.request.idempotent(),
+            deduplicated: self.request.deduplicated(),
+            sale: R::SALE,
             operation: R::NAME,
+            started,
+            first_turn: Mutex::new(None),
             report: Mutex::new(Report::default()),
             shared: shared.clone(),
         };
-        let client = Generated::new_with_client(&base_url, shared.http.clone(), call);
+        // The first turn is taken here rather than in the exchange, so that a call the rate
+        // limiter cannot start in time fails without the generated code making a request.
+        match shared.limiter.acquire(call.deadline()).await {
+            Ok(turn) => {
+                *call
+                    .first_turn
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(turn)
+            }
+            Err(earliest) => {
+                let wait = earliest.saturating_duration_since(tokio::time::Instant::now());
+                return Err(named(Error::not_started(wait)));
+            }
+        }
+        let http = shared.client_for(&base_url).clone();
+        let client = Generated::new_with_client(&base_url, http, call);
         let result = self.request.send(&client).await;
         let report = client.inner().report();
         let span = tracing::Span::current();
@@ -299,18 +343,23 @@ fn from_raw(raw: RawError<ErrorBody>, report: Report) -> Error {
         RawError::CommunicationError(cause)
         | RawError::ResponseBodyError(cause)
         | RawError::InvalidUpgrade(cause) => {
-            let kind = if cause.is_timeout() {
-                ErrorKind::Timeout
-            } else if cause.is_connect() {
+            // A connection that timed out while opening is a connect error: nothing was sent.
+            let kind = if cause.is_connect() {
                 ErrorKind::Connect
+            } else if cause.is_timeout() {
+                ErrorKind::Timeout
             } else {
                 ErrorKind::Transport
             };
             let mut e = Error::new(kind);
-            if report.deadline_exceeded {
-                e.inner_mut().message =
-                    Some("the call's deadline (max_elapsed_time) passed".into());
-            }
+            e.inner_mut().message = Some(if report.deadline_exceeded {
+                format!(
+                    "the call's deadline (max_elapsed_time) passed: {}",
+                    crate::error::describe_cause(&cause)
+                )
+            } else {
+                crate::error::describe_cause(&cause)
+            });
             (e.with_source(cause), None)
         }
         RawError::InvalidRequest(message) | RawError::Custom(message) => {
@@ -322,7 +371,7 @@ fn from_raw(raw: RawError<ErrorBody>, report: Report) -> Error {
     let i = err.inner_mut();
     i.status = report.status;
     i.headers = report.headers;
-    i.retry_after = report.retry_after;
+    i.retry_after = report.retry_after.or(report.limiter_wait);
     i.attempts = report.attempts;
     i.body_truncated = report.body_truncated;
     // A 2xx that failed to decode was recorded all the same.

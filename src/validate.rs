@@ -12,7 +12,7 @@ use crate::models::{TrackLeadRequest, TrackSaleRequest};
 use serde_json::{Map, Value};
 
 /// The largest integer JavaScript represents exactly: the spec's maximum `amount`.
-pub(crate) const MAX_AMOUNT: i64 = (1 << 53) - 1;
+pub(crate) const MAX_AMOUNT: u64 = (1 << 53) - 1;
 /// Most characters of `metadata` serialised as JSON.
 pub(crate) const MAX_METADATA_CHARS: usize = 10_000;
 
@@ -25,9 +25,10 @@ fn length(s: &str) -> usize {
 fn len_between(field: &'static str, value: &str, min: usize, max: usize) -> Check {
     let n = length(value);
     if n < min {
+        let unit = if min == 1 { "character" } else { "characters" };
         return Err(Error::validation(
             field,
-            format!("must be at least {min} characters long"),
+            format!("must be at least {min} {unit} long"),
         ));
     }
     if n > max {
@@ -56,8 +57,49 @@ fn email(field: &'static str, value: &Option<String>) -> Check {
     Ok(())
 }
 
+/// A required text Dub trims before checking it: whitespace alone is as good as empty.
+fn trimmed_len_between(field: &'static str, value: &str, max: usize) -> Check {
+    len_between(field, value, 1, max)?;
+    if value.chars().all(char::is_whitespace) {
+        return Err(Error::validation(
+            field,
+            "must not be only whitespace (Dub trims it, leaving it empty)",
+        ));
+    }
+    Ok(())
+}
+
+/// How deeply `metadata` may nest: a level takes at least two characters (`[]`), so anything
+/// deeper breaks the 10,000-character rule anyway. Checked without recursion before serialising,
+/// so that no value a caller builds can exhaust the stack here.
+const MAX_METADATA_DEPTH: usize = MAX_METADATA_CHARS / 2;
+
+fn depth_exceeds(map: &Map<String, Value>, limit: usize) -> bool {
+    let mut stack: Vec<(&Value, usize)> = map.values().map(|v| (v, 1)).collect();
+    while let Some((value, depth)) = stack.pop() {
+        if depth > limit {
+            return true;
+        }
+        match value {
+            Value::Array(items) => stack.extend(items.iter().map(|v| (v, depth + 1))),
+            Value::Object(fields) => stack.extend(fields.values().map(|v| (v, depth + 1))),
+            _ => {}
+        }
+    }
+    false
+}
+
 fn metadata(value: &Option<Map<String, Value>>) -> Check {
     let Some(m) = value else { return Ok(()) };
+    if depth_exceeds(m, MAX_METADATA_DEPTH) {
+        return Err(Error::validation(
+            "metadata",
+            format!(
+                "must be at most {MAX_METADATA_CHARS} characters as JSON (it nests more than \
+                 {MAX_METADATA_DEPTH} levels deep)"
+            ),
+        ));
+    }
     let text = serde_json::to_string(m)
         .map_err(|e| Error::validation("metadata", format!("cannot be serialised: {e}")))?;
     let n = length(&text);
@@ -72,8 +114,8 @@ fn metadata(value: &Option<Map<String, Value>>) -> Check {
 
 /// Checks a lead request against the spec's constraints.
 pub(crate) fn lead(r: &TrackLeadRequest) -> Check {
-    len_between("eventName", &r.event_name, 1, 255)?;
-    len_between("customerExternalId", &r.customer_external_id, 1, 100)?;
+    trimmed_len_between("eventName", &r.event_name, 255)?;
+    trimmed_len_between("customerExternalId", &r.customer_external_id, 100)?;
     opt_len("customerName", &r.customer_name, 100)?;
     email("customerEmail", &r.customer_email)?;
     if let Some(q) = r.event_quantity
@@ -89,8 +131,9 @@ pub(crate) fn lead(r: &TrackLeadRequest) -> Check {
 
 /// Checks a sale request against the spec's constraints.
 pub(crate) fn sale(r: &TrackSaleRequest) -> Check {
+    // Dub's sale route does not trim the customer id (its lead route does).
     len_between("customerExternalId", &r.customer_external_id, 1, 100)?;
-    if !(0..=MAX_AMOUNT).contains(&r.amount) {
+    if r.amount > MAX_AMOUNT {
         return Err(Error::validation(
             "amount",
             format!("must be from 0 to {MAX_AMOUNT} (got {})", r.amount),

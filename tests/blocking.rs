@@ -20,11 +20,11 @@ fn client(server: &Server) -> Dub {
     Dub::builder()
         .token(TOKEN)
         .server_url(server.url())
-        .timeout(Duration::from_secs(5))
+        .attempt_timeout(Duration::from_secs(5))
         .retry_config(
             RetryConfig::default()
-                .jitter(Jitter::None)
-                .initial_interval(Duration::from_millis(10)),
+                .with_jitter(Jitter::None)
+                .with_initial_interval(Duration::from_millis(10)),
         )
         .build()
         .unwrap()
@@ -36,16 +36,25 @@ fn lead_and_sale() {
     let dub = client(&server);
     let lead = dub
         .track()
-        .lead(TrackLeadRequest::new("clk_123", "Sign up", "user_42"))
+        .lead(
+            TrackLeadRequest::builder()
+                .click_id("clk_123")
+                .event_name("Sign up")
+                .customer_external_id("user_42")
+                .build(),
+        )
         .send()
         .unwrap();
     assert_eq!(lead.click.id, "clk_123");
     let sale = dub
         .track()
         .sale(
-            TrackSaleRequest::new("user_42", 996500)
+            TrackSaleRequest::builder()
+                .customer_external_id("user_42")
+                .amount(996500)
                 .payment_processor(PaymentProcessor::Paddle)
-                .invoice_id("in_1"),
+                .invoice_id("in_1")
+                .build(),
         )
         .header("x-request-id", "r-9")
         .send()
@@ -70,7 +79,13 @@ fn errors_are_the_same() {
     let dub = client(&server);
     let e = dub
         .track()
-        .lead(TrackLeadRequest::new("c", "e", "u"))
+        .lead(
+            TrackLeadRequest::builder()
+                .click_id("c")
+                .event_name("e")
+                .customer_external_id("u")
+                .build(),
+        )
         .send()
         .unwrap_err();
     assert_eq!(
@@ -79,20 +94,38 @@ fn errors_are_the_same() {
     );
     let e = dub
         .track()
-        .sale(TrackSaleRequest::new("u", 1))
+        .sale(
+            TrackSaleRequest::builder()
+                .customer_external_id("u")
+                .amount(1)
+                .build(),
+        )
         .send()
         .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Other(502));
+    assert_eq!(e.kind(), ErrorKind::UnexpectedStatus);
     assert!(e.may_have_been_recorded());
     // A lead is deduplicated by Dub, so the 503 is retried.
     dub.track()
-        .lead(TrackLeadRequest::new("c", "e", "u"))
+        .lead(
+            TrackLeadRequest::builder()
+                .click_id("c")
+                .event_name("e")
+                .customer_external_id("u")
+                .build(),
+        )
         .send()
         .unwrap();
     assert_eq!(server.count(), 4);
     let e = dub
         .track()
-        .lead(TrackLeadRequest::new("c", "e", "u").customer_email("nope"))
+        .lead(
+            TrackLeadRequest::builder()
+                .click_id("c")
+                .event_name("e")
+                .customer_external_id("u")
+                .customer_email("nope")
+                .build(),
+        )
         .send()
         .unwrap_err();
     assert_eq!(
@@ -104,8 +137,14 @@ fn errors_are_the_same() {
     let (_rt2, slow_server) = server_with(slow);
     let e = client(&slow_server)
         .track()
-        .lead(TrackLeadRequest::new("c", "e", "u"))
-        .timeout(Duration::from_millis(200))
+        .lead(
+            TrackLeadRequest::builder()
+                .click_id("c")
+                .event_name("e")
+                .customer_external_id("u")
+                .build(),
+        )
+        .attempt_timeout(Duration::from_millis(200))
         .retries(RetryConfig::none())
         .send()
         .unwrap_err();
@@ -122,7 +161,13 @@ async fn refuses_to_block_async_code_and_drops_safely() {
     let dub = Dub::new(TOKEN);
     let e = dub
         .track()
-        .lead(TrackLeadRequest::new("c", "e", "u"))
+        .lead(
+            TrackLeadRequest::builder()
+                .click_id("c")
+                .event_name("e")
+                .customer_external_id("u")
+                .build(),
+        )
         .send()
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config);

@@ -96,7 +96,11 @@ fn only_spec_edits_rerun_code_generation() {
     );
     assert!(compiled);
 
-    edit(krate.join("src/lib.rs"), "//!", "//! (edited)\n//!");
+    edit(
+        krate.join("src/lib.rs"),
+        "#![warn(missing_docs)]",
+        "// (edited)\n#![warn(missing_docs)]",
+    );
     assert_eq!(
         build(&dir),
         (false, true),

@@ -155,7 +155,7 @@ impl Prism {
             .token(TOKEN)
             .server_url(&self.url)
             .retry_config(RetryConfig::none())
-            .timeout(Duration::from_secs(30))
+            .attempt_timeout(Duration::from_secs(30))
             .build()
             .unwrap()
     }
@@ -225,74 +225,132 @@ fn metadata_at_limit() -> Map<String, Value> {
 
 fn lead_matrix() -> Vec<(String, TrackLeadRequest)> {
     let all = |mode: LeadMode| {
-        TrackLeadRequest::new("clk_123", "Sign up", "user_42")
+        TrackLeadRequest::builder()
+            .click_id("clk_123")
+            .event_name("Sign up")
+            .customer_external_id("user_42")
             .customer_name("Ada Lovelace")
             .customer_email("ada@example.com")
             .customer_avatar("https://example.com/ada.png")
             .mode(mode)
             .event_quantity(3)
             .metadata(nested_metadata())
+            .build()
     };
     let mut m: Vec<(String, TrackLeadRequest)> = vec![
         (
             "required only".into(),
-            TrackLeadRequest::new("clk_1", "Sign up", "user_42"),
+            TrackLeadRequest::builder()
+                .click_id("clk_1")
+                .event_name("Sign up")
+                .customer_external_id("user_42")
+                .build(),
         ),
         (
             "deferred with empty clickId".into(),
-            TrackLeadRequest::new("", "Sign up", "user_42").mode(LeadMode::Deferred),
+            TrackLeadRequest::builder()
+                .click_id("")
+                .event_name("Sign up")
+                .customer_external_id("user_42")
+                .mode(LeadMode::Deferred)
+                .build(),
         ),
         ("all fields, async".into(), all(LeadMode::Async)),
         ("all fields, wait".into(), all(LeadMode::Wait)),
         ("all fields, deferred".into(), all(LeadMode::Deferred)),
         (
             "eventQuantity 1".into(),
-            TrackLeadRequest::new("c", "e", "u").event_quantity(1),
+            TrackLeadRequest::builder()
+                .click_id("c")
+                .event_name("e")
+                .customer_external_id("u")
+                .event_quantity(1)
+                .build(),
         ),
         (
             "eventQuantity 100".into(),
-            TrackLeadRequest::new("c", "e", "u").event_quantity(100),
+            TrackLeadRequest::builder()
+                .click_id("c")
+                .event_name("e")
+                .customer_external_id("u")
+                .event_quantity(100)
+                .build(),
         ),
         (
             "one-character eventName and customerExternalId".into(),
-            TrackLeadRequest::new("c", "e", "u"),
+            TrackLeadRequest::builder()
+                .click_id("c")
+                .event_name("e")
+                .customer_external_id("u")
+                .build(),
         ),
         (
             "255-character eventName, 100-character customerExternalId and customerName".into(),
-            TrackLeadRequest::new("c", chars('e', 255), chars('u', 100))
-                .customer_name(chars('n', 100)),
+            TrackLeadRequest::builder()
+                .click_id("c")
+                .event_name(chars('e', 255))
+                .customer_external_id(chars('u', 100))
+                .customer_name(chars('n', 100))
+                .build(),
         ),
         (
             "limits in astral characters (2 UTF-16 units each)".into(),
-            TrackLeadRequest::new("😀", chars('😀', 127), chars('😀', 50))
-                .customer_name(chars('😀', 50)),
+            TrackLeadRequest::builder()
+                .click_id("😀")
+                .event_name(chars('😀', 127))
+                .customer_external_id(chars('😀', 50))
+                .customer_name(chars('😀', 50))
+                .build(),
         ),
         (
             "Unicode everywhere".into(),
-            TrackLeadRequest::new("clk_ü😀", "注册 ✅", "用户-42")
+            TrackLeadRequest::builder()
+                .click_id("clk_ü😀")
+                .event_name("注册 ✅")
+                .customer_external_id("用户-42")
                 .customer_name("Zoë Ölçer 😀")
                 .customer_avatar("https://example.com/ü.png")
-                .metadata_entry("语言", "中文"),
+                .metadata_entry("语言", "中文")
+                .build(),
         ),
         (
             "empty customerName and metadata".into(),
-            TrackLeadRequest::new("c", "e", "u")
+            TrackLeadRequest::builder()
+                .click_id("c")
+                .event_name("e")
+                .customer_external_id("u")
                 .customer_name("")
-                .metadata(Map::new()),
+                .metadata(Map::new())
+                .build(),
         ),
         (
             "metadata of exactly 10,000 characters".into(),
-            TrackLeadRequest::new("c", "e", "u").metadata(metadata_at_limit()),
+            TrackLeadRequest::builder()
+                .click_id("c")
+                .event_name("e")
+                .customer_external_id("u")
+                .metadata(metadata_at_limit())
+                .build(),
         ),
         (
             "nested metadata".into(),
-            TrackLeadRequest::new("c", "e", "u").metadata(nested_metadata()),
+            TrackLeadRequest::builder()
+                .click_id("c")
+                .event_name("e")
+                .customer_external_id("u")
+                .metadata(nested_metadata())
+                .build(),
         ),
     ];
     for email in emails() {
         m.push((
             format!("email {email}"),
-            TrackLeadRequest::new("c", "e", "u").customer_email(email),
+            TrackLeadRequest::builder()
+                .click_id("c")
+                .event_name("e")
+                .customer_external_id("u")
+                .customer_email(email)
+                .build(),
         ));
     }
     m
@@ -309,50 +367,79 @@ fn sale_matrix() -> Vec<(String, TrackSaleRequest)> {
     let mut m: Vec<(String, TrackSaleRequest)> = vec![
         (
             "required only, amount 0".into(),
-            TrackSaleRequest::new("user_42", 0),
+            TrackSaleRequest::builder()
+                .customer_external_id("user_42")
+                .amount(0)
+                .build(),
         ),
         (
             "amount 2^53 - 1".into(),
-            TrackSaleRequest::new("user_42", (1 << 53) - 1),
+            TrackSaleRequest::builder()
+                .customer_external_id("user_42")
+                .amount((1 << 53) - 1)
+                .build(),
         ),
         (
             "zero-decimal currency".into(),
-            TrackSaleRequest::new("u", 1580).currency("jpy"),
+            TrackSaleRequest::builder()
+                .customer_external_id("u")
+                .amount(1580)
+                .currency("jpy")
+                .build(),
         ),
         (
             "empty eventName".into(),
-            TrackSaleRequest::new("u", 1).event_name(""),
+            TrackSaleRequest::builder()
+                .customer_external_id("u")
+                .amount(1)
+                .event_name("")
+                .build(),
         ),
         (
             "255-character eventName, 100-character customer fields".into(),
-            TrackSaleRequest::new(chars('u', 100), 1)
+            TrackSaleRequest::builder()
+                .customer_external_id(chars('u', 100))
+                .amount(1)
                 .event_name(chars('e', 255))
-                .customer_name(chars('n', 100)),
+                .customer_name(chars('n', 100))
+                .build(),
         ),
         (
             "limits in astral characters".into(),
-            TrackSaleRequest::new(chars('😀', 50), 1)
+            TrackSaleRequest::builder()
+                .customer_external_id(chars('😀', 50))
+                .amount(1)
                 .event_name(chars('😀', 127))
-                .customer_name(chars('😀', 50)),
+                .customer_name(chars('😀', 50))
+                .build(),
         ),
         (
             "Unicode everywhere".into(),
-            TrackSaleRequest::new("用户-42", 999)
+            TrackSaleRequest::builder()
+                .customer_external_id("用户-42")
+                .amount(999)
                 .currency("eur")
                 .event_name("Paiement reçu ✅")
                 .invoice_id("inv_ü_😀")
                 .lead_event_name("注册")
-                .customer_name("Zoë"),
+                .customer_name("Zoë")
+                .build(),
         ),
         (
             "metadata of exactly 10,000 characters".into(),
-            TrackSaleRequest::new("u", 1).metadata(metadata_at_limit()),
+            TrackSaleRequest::builder()
+                .customer_external_id("u")
+                .amount(1)
+                .metadata(metadata_at_limit())
+                .build(),
         ),
     ];
     for p in processors() {
         m.push((
             format!("all fields, paymentProcessor {p}"),
-            TrackSaleRequest::new("user_42", 996_500)
+            TrackSaleRequest::builder()
+                .customer_external_id("user_42")
+                .amount(996_500)
                 .currency("usd")
                 .event_name("Invoice paid")
                 .payment_processor(p)
@@ -362,13 +449,18 @@ fn sale_matrix() -> Vec<(String, TrackSaleRequest)> {
                 .customer_name("Ada")
                 .customer_email("ada@example.com")
                 .customer_avatar("https://example.com/a.png")
-                .metadata(nested_metadata()),
+                .metadata(nested_metadata())
+                .build(),
         ));
     }
     for email in emails() {
         m.push((
             format!("email {email}"),
-            TrackSaleRequest::new("u", 1).customer_email(email),
+            TrackSaleRequest::builder()
+                .customer_external_id("u")
+                .amount(1)
+                .customer_email(email)
+                .build(),
         ));
     }
     m
@@ -439,14 +531,27 @@ async fn every_request_passes_prisms_validation_and_every_error_status_maps() {
     // caller send on purpose) come back as 422 naming the field.
     let err = dub
         .track()
-        .lead(TrackLeadRequest::new("c", "e", "u").mode(LeadMode::from("eventually")))
+        .lead(
+            TrackLeadRequest::builder()
+                .click_id("c")
+                .event_name("e")
+                .customer_external_id("u")
+                .mode(LeadMode::from("eventually"))
+                .build(),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::UnprocessableEntity);
     assert!(violations(&err).contains("mode"), "{}", violations(&err));
     let err = dub
         .track()
-        .sale(TrackSaleRequest::new("u", 1).payment_processor(PaymentProcessor::from("venmo")))
+        .sale(
+            TrackSaleRequest::builder()
+                .customer_external_id("u")
+                .amount(1)
+                .payment_processor(PaymentProcessor::from("venmo"))
+                .build(),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::UnprocessableEntity);
@@ -463,13 +568,25 @@ async fn every_request_passes_prisms_validation_and_every_error_status_maps() {
         let prefer = format!("code={status}");
         let results = [
             dub.track()
-                .lead(TrackLeadRequest::new("c", "e", "u"))
+                .lead(
+                    TrackLeadRequest::builder()
+                        .click_id("c")
+                        .event_name("e")
+                        .customer_external_id("u")
+                        .build(),
+                )
                 .header("Prefer", &prefer)
                 .retries(RetryConfig::none())
                 .await
                 .map(drop),
             dub.track()
-                .sale(TrackSaleRequest::new("u", 1).invoice_id("in_1"))
+                .sale(
+                    TrackSaleRequest::builder()
+                        .customer_external_id("u")
+                        .amount(1)
+                        .invoice_id("in_1")
+                        .build(),
+                )
                 .header("Prefer", &prefer)
                 .retries(RetryConfig::none())
                 .await
@@ -566,12 +683,23 @@ async fn every_dynamically_generated_response_decodes() {
             let prefer = format!("code={status}");
             for result in [
                 dub.track()
-                    .lead(TrackLeadRequest::new("c", "e", "u"))
+                    .lead(
+                        TrackLeadRequest::builder()
+                            .click_id("c")
+                            .event_name("e")
+                            .customer_external_id("u")
+                            .build(),
+                    )
                     .header("Prefer", &prefer)
                     .await
                     .map(drop),
                 dub.track()
-                    .sale(TrackSaleRequest::new("u", 1))
+                    .sale(
+                        TrackSaleRequest::builder()
+                            .customer_external_id("u")
+                            .amount(1)
+                            .build(),
+                    )
                     .header("Prefer", &prefer)
                     .await
                     .map(drop),

@@ -2,13 +2,20 @@
 
 mod support;
 
-use dub::models::{LeadMode, TrackLeadRequest, TrackSaleRequest};
+use dub::models::{LeadMode, Set, TrackLeadRequest, TrackLeadRequestBuilder, TrackSaleRequest};
 use dub::{Dub, ErrorKind};
 use serde_json::json;
 use support::{Reply, Server, TOKEN, client, refused_url};
 
+fn lead_builder() -> TrackLeadRequestBuilder<Set, Set, Set> {
+    TrackLeadRequest::builder()
+        .click_id("clk_1")
+        .event_name("Sign up")
+        .customer_external_id("user_42")
+}
+
 fn lead() -> TrackLeadRequest {
-    TrackLeadRequest::new("clk_1", "Sign up", "user_42")
+    lead_builder().build()
 }
 
 #[tokio::test]
@@ -61,10 +68,15 @@ async fn undocumented_502_with_html_keeps_status_and_excerpt() {
     let server = Server::start([Reply::raw(502, html).header("content-type", "text/html")]).await;
     let err = client(&server)
         .track()
-        .sale(TrackSaleRequest::new("u", 5))
+        .sale(
+            TrackSaleRequest::builder()
+                .customer_external_id("u")
+                .amount(5)
+                .build(),
+        )
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Other(502));
+    assert_eq!(err.kind(), ErrorKind::UnexpectedStatus);
     assert_eq!(err.status().unwrap().as_u16(), 502);
     assert_eq!(err.code(), None);
     assert_eq!(err.raw_body(), Some(html.as_bytes()));
@@ -117,22 +129,58 @@ async fn validation_fails_before_sending() {
     let dub = client(&server);
     let long = |n| "x".repeat(n);
     let leads = [
-        (lead().customer_email("not-an-email"), "customerEmail"),
         (
-            lead().customer_email(format!("{}@example.com", long(95))),
+            lead_builder().customer_email("not-an-email").build(),
             "customerEmail",
         ),
-        (lead().customer_name(long(101)), "customerName"),
-        (lead().event_quantity(0), "eventQuantity"),
-        (lead().event_quantity(101), "eventQuantity"),
-        (TrackLeadRequest::new("c", "", "u"), "eventName"),
-        (TrackLeadRequest::new("c", long(256), "u"), "eventName"),
-        (TrackLeadRequest::new("c", "e", ""), "customerExternalId"),
         (
-            TrackLeadRequest::new("c", "e", long(101)),
+            lead_builder()
+                .customer_email(format!("{}@example.com", long(95)))
+                .build(),
+            "customerEmail",
+        ),
+        (
+            lead_builder().customer_name(long(101)).build(),
+            "customerName",
+        ),
+        (lead_builder().event_quantity(0).build(), "eventQuantity"),
+        (lead_builder().event_quantity(101).build(), "eventQuantity"),
+        (
+            TrackLeadRequest::builder()
+                .click_id("c")
+                .event_name("")
+                .customer_external_id("u")
+                .build(),
+            "eventName",
+        ),
+        (
+            TrackLeadRequest::builder()
+                .click_id("c")
+                .event_name(long(256))
+                .customer_external_id("u")
+                .build(),
+            "eventName",
+        ),
+        (
+            TrackLeadRequest::builder()
+                .click_id("c")
+                .event_name("e")
+                .customer_external_id("")
+                .build(),
             "customerExternalId",
         ),
-        (lead().metadata_entry("blob", long(10_000)), "metadata"),
+        (
+            TrackLeadRequest::builder()
+                .click_id("c")
+                .event_name("e")
+                .customer_external_id(long(101))
+                .build(),
+            "customerExternalId",
+        ),
+        (
+            lead_builder().metadata_entry("blob", long(10_000)).build(),
+            "metadata",
+        ),
     ];
     for (req, field) in leads {
         let err = dub.track().lead(req).await.unwrap_err();
@@ -143,15 +191,41 @@ async fn validation_fails_before_sending() {
         assert_eq!(err.attempts(), 0);
     }
     let sales = [
-        (TrackSaleRequest::new("u", 1 << 53), "amount"),
-        (TrackSaleRequest::new("u", u64::MAX), "amount"),
-        (TrackSaleRequest::new("", 1), "customerExternalId"),
         (
-            TrackSaleRequest::new("u", 1).event_name(long(256)),
+            TrackSaleRequest::builder()
+                .customer_external_id("u")
+                .amount(1 << 53)
+                .build(),
+            "amount",
+        ),
+        (
+            TrackSaleRequest::builder()
+                .customer_external_id("u")
+                .amount(u64::MAX)
+                .build(),
+            "amount",
+        ),
+        (
+            TrackSaleRequest::builder()
+                .customer_external_id("")
+                .amount(1)
+                .build(),
+            "customerExternalId",
+        ),
+        (
+            TrackSaleRequest::builder()
+                .customer_external_id("u")
+                .amount(1)
+                .event_name(long(256))
+                .build(),
             "eventName",
         ),
         (
-            TrackSaleRequest::new("u", 1).customer_email("a@b"),
+            TrackSaleRequest::builder()
+                .customer_external_id("u")
+                .amount(1)
+                .customer_email("a@b")
+                .build(),
             "customerEmail",
         ),
     ];
@@ -164,16 +238,34 @@ async fn validation_fails_before_sending() {
     }
     // Limits themselves are accepted; lengths count UTF-16 units like the server.
     dub.track()
-        .lead(TrackLeadRequest::new("c", long(255), long(100)).event_quantity(100))
+        .lead(
+            TrackLeadRequest::builder()
+                .click_id("c")
+                .event_name(long(255))
+                .customer_external_id(long(100))
+                .event_quantity(100)
+                .build(),
+        )
         .await
         .unwrap();
     dub.track()
-        .sale(TrackSaleRequest::new("u", (1 << 53) - 1))
+        .sale(
+            TrackSaleRequest::builder()
+                .customer_external_id("u")
+                .amount((1 << 53) - 1)
+                .build(),
+        )
         .await
         .unwrap();
     let err = dub
         .track()
-        .lead(TrackLeadRequest::new("c", "e", "😀".repeat(51)))
+        .lead(
+            TrackLeadRequest::builder()
+                .click_id("c")
+                .event_name("e")
+                .customer_external_id("😀".repeat(51))
+                .build(),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.field(), Some("customerExternalId"));
@@ -254,7 +346,7 @@ async fn per_call_server_url_and_timeout() {
     let err = dub
         .track()
         .lead(lead())
-        .timeout(std::time::Duration::from_millis(100))
+        .attempt_timeout(std::time::Duration::from_millis(100))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout);
@@ -272,7 +364,12 @@ async fn connection_refused_is_connect_and_not_recorded() {
         .unwrap();
     let err = dub
         .track()
-        .sale(TrackSaleRequest::new("u", 1))
+        .sale(
+            TrackSaleRequest::builder()
+                .customer_external_id("u")
+                .amount(1)
+                .build(),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Connect);
@@ -294,11 +391,16 @@ async fn the_token_never_shows() {
     let errors = [
         dub.track().lead(lead()).await.unwrap_err(),
         dub.track()
-            .lead(lead().mode(LeadMode::Wait).customer_email("bad"))
+            .lead(
+                lead_builder()
+                    .mode(LeadMode::Wait)
+                    .customer_email("bad")
+                    .build(),
+            )
             .await
             .unwrap_err(),
         Dub::builder()
-            .token(format!("{TOKEN}\n"))
+            .token(format!("{TOKEN}\n{TOKEN}"))
             .build()
             .unwrap_err(),
         Dub::builder()

@@ -23,7 +23,11 @@ const MB: u64 = 1024 * 1024;
 const KIB64: usize = 64 * 1024;
 
 fn lead() -> TrackLeadRequest {
-    TrackLeadRequest::new("clk_1", "Sign up", "user_42")
+    TrackLeadRequest::builder()
+        .click_id("clk_1")
+        .event_name("Sign up")
+        .customer_external_id("user_42")
+        .build()
 }
 
 /// A loopback server that runs `behave` on each connection after reading its request, and
@@ -131,7 +135,7 @@ fn client(url: &str, timeout: Duration) -> Dub {
     Dub::builder()
         .token(TOKEN)
         .server_url(url)
-        .timeout(timeout)
+        .attempt_timeout(timeout)
         .retry_config(RetryConfig::none())
         .build()
         .unwrap()
@@ -279,7 +283,12 @@ async fn a_100_mb_success_body_is_cut_and_reported_as_recorded() {
     .await;
     let err = client(&server.url, Duration::from_secs(2))
         .track()
-        .sale(TrackSaleRequest::new("u", 5))
+        .sale(
+            TrackSaleRequest::builder()
+                .customer_external_id("u")
+                .amount(5)
+                .build(),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Decode, "{err:?}");
@@ -382,7 +391,7 @@ async fn the_default_client_follows_no_redirect() {
             .lead(lead())
             .await
             .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Other(status), "{err:?}");
+        assert_eq!(err.kind(), ErrorKind::UnexpectedStatus, "{err:?}");
         assert_eq!(err.status().unwrap().as_u16(), status);
         assert!(!err.may_have_been_recorded());
         assert_eq!(server.count(), 1);

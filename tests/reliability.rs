@@ -79,7 +79,9 @@ fn client(mock: &MockDub, retry: RetryConfig) -> Dub {
     Dub::builder()
         .token(mock.token())
         .server_url(mock.url())
-        .timeout(TIMEOUT)
+        .attempt_timeout(TIMEOUT)
+        // Random 429 faults carry no real limit; pacing is tests/rate_limits.rs's subject.
+        .rate_limit(dub::RateLimit::off())
         .retry_config(retry)
         .retry_budget(RetryBudget::unlimited())
         .build()
@@ -88,11 +90,11 @@ fn client(mock: &MockDub, retry: RetryConfig) -> Dub {
 
 fn fast_retries() -> RetryConfig {
     RetryConfig::default()
-        .max_attempts(MAX_ATTEMPTS)
-        .initial_interval(Duration::from_millis(20))
-        .max_interval(Duration::from_millis(200))
-        .max_elapsed_time(Duration::from_secs(20))
-        .jitter(Jitter::Full)
+        .with_max_attempts(MAX_ATTEMPTS)
+        .with_initial_interval(Duration::from_millis(20))
+        .with_max_interval(Duration::from_millis(200))
+        .with_max_elapsed_time(Duration::from_secs(20))
+        .with_jitter(Jitter::Full)
 }
 
 /// Runs `calls` with `IN_FLIGHT` at a time and returns their results in order.
@@ -116,11 +118,13 @@ async fn nothing_lost_nothing_duplicated() {
     // Customers exist before the storm, so every sale is attributable.
     for c in 0..10 {
         dub.track()
-            .lead(TrackLeadRequest::new(
-                format!("clk_{c}"),
-                "Sign up",
-                format!("cust-{c}"),
-            ))
+            .lead(
+                TrackLeadRequest::builder()
+                    .click_id(format!("clk_{c}"))
+                    .event_name("Sign up")
+                    .customer_external_id(format!("cust-{c}"))
+                    .build(),
+            )
             .await
             .unwrap();
     }
@@ -145,7 +149,11 @@ async fn nothing_lost_nothing_duplicated() {
     let leads = (0..2000).map(|i| {
         let dub = dub.clone();
         async move {
-            let req = TrackLeadRequest::new(format!("clk_{i}"), "Sign up", format!("lead-{i}"));
+            let req = TrackLeadRequest::builder()
+                .click_id(format!("clk_{i}"))
+                .event_name("Sign up")
+                .customer_external_id(format!("lead-{i}"))
+                .build();
             dub.track().lead(req).await.map(drop)
         }
     });
@@ -153,8 +161,11 @@ async fn nothing_lost_nothing_duplicated() {
     let sales = (0..2000).map(|i| {
         let dub = dub.clone();
         async move {
-            let req = TrackSaleRequest::new(format!("cust-{}", i % 10), 100 + i)
-                .invoice_id(format!("inv-{i}"));
+            let req = TrackSaleRequest::builder()
+                .customer_external_id(format!("cust-{}", i % 10))
+                .amount(100 + i)
+                .invoice_id(format!("inv-{i}"))
+                .build();
             dub.track().sale(req).await.map(drop)
         }
     });
@@ -227,8 +238,11 @@ async fn nothing_lost_nothing_duplicated() {
     let bare = (0..500).map(|i| {
         let dub = dub.clone();
         async move {
-            let req = TrackSaleRequest::new(format!("cust-{}", i % 10), 7)
-                .metadata_entry("call", format!("bare-{i}"));
+            let req = TrackSaleRequest::builder()
+                .customer_external_id(format!("cust-{}", i % 10))
+                .amount(7)
+                .metadata_entry("call", format!("bare-{i}"))
+                .build();
             dub.track().sale(req).await.map(drop)
         }
     });

@@ -6,23 +6,30 @@ mod support;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dub::models::{LeadMode, TrackLeadRequest, TrackSaleRequest};
-use dub::{Dub, ErrorKind, Jitter, RetryBudget, RetryConfig};
+use dub::{Dub, ErrorKind, Jitter, RateLimit, RetryBudget, RetryConfig};
 use support::{Reply, Server, TOKEN, refused_url};
 use tokio::time::Instant;
 
 fn lead() -> TrackLeadRequest {
-    TrackLeadRequest::new("clk_1", "Sign up", "user_42")
+    TrackLeadRequest::builder()
+        .click_id("clk_1")
+        .event_name("Sign up")
+        .customer_external_id("user_42")
+        .build()
 }
 
 fn exact() -> RetryConfig {
-    RetryConfig::default().jitter(Jitter::None)
+    RetryConfig::default().with_jitter(Jitter::None)
 }
 
+/// A client whose waits are exactly the policy's. The rate limiter is off: with it on, a 429's
+/// wait is the limiter's, for the whole client (tests/rate_limits.rs).
 fn dub(server: &Server, retry: RetryConfig) -> Dub {
     Dub::builder()
         .token(TOKEN)
         .server_url(server.url())
-        .timeout(Duration::from_secs(3600))
+        .rate_limit(RateLimit::off())
+        .attempt_timeout(Duration::from_secs(3600))
         .retry_config(retry)
         .retry_budget(RetryBudget::unlimited())
         .build()
@@ -44,11 +51,11 @@ async fn backoff_schedule_is_exact() {
 async fn delays_are_capped_at_max_interval() {
     let server = Server::start([status(503), status(503), status(503)]).await;
     let retry = exact()
-        .max_attempts(4)
-        .initial_interval(Duration::from_secs(1))
-        .exponent(10.0)
-        .max_interval(Duration::from_secs(3))
-        .max_elapsed_time(None);
+        .with_max_attempts(4)
+        .with_initial_interval(Duration::from_secs(1))
+        .with_exponent(10.0)
+        .with_max_interval(Duration::from_secs(3))
+        .with_max_elapsed_time(None);
     dub(&server, retry).track().lead(lead()).await.unwrap();
     assert_eq!(server.arrivals_ms(), [0, 1000, 4000, 7000]);
 }
@@ -63,8 +70,8 @@ async fn jitter_stays_in_bounds() {
         for _ in 0..30 {
             let server = Server::start([status(503), status(503)]).await;
             let retry = RetryConfig::default()
-                .initial_interval(Duration::from_secs(1))
-                .jitter(jitter);
+                .with_initial_interval(Duration::from_secs(1))
+                .with_jitter(jitter);
             dub(&server, retry).track().lead(lead()).await.unwrap();
             let t = server.arrivals_ms();
             let (g1, g2) = (t[1] - t[0], t[2] - t[1]);
@@ -90,15 +97,15 @@ async fn jitter_stays_in_bounds() {
 async fn max_elapsed_time_bounds_the_call() {
     let server = Server::start(std::iter::repeat_n(status(503), 100)).await;
     let retry = exact()
-        .max_attempts(100)
-        .initial_interval(Duration::from_secs(1))
-        .exponent(1.0)
-        .max_elapsed_time(Duration::from_millis(3500));
+        .with_max_attempts(100)
+        .with_initial_interval(Duration::from_secs(1))
+        .with_exponent(1.0)
+        .with_max_elapsed_time(Duration::from_millis(3500));
     let started = Instant::now();
     let err = dub(&server, retry).track().lead(lead()).await.unwrap_err();
     assert_eq!(server.arrivals_ms(), [0, 1000, 2000, 3000]);
     assert_eq!(err.attempts(), 4);
-    assert_eq!(err.kind(), ErrorKind::Other(503));
+    assert_eq!(err.kind(), ErrorKind::UnexpectedStatus);
     assert!(started.elapsed() <= Duration::from_millis(3500));
 }
 
@@ -107,11 +114,17 @@ async fn attempt_timeouts_are_cut_to_the_deadline() {
     let server =
         Server::start([Reply::json(200, support::lead_body()).delay(Duration::from_secs(60))])
             .await;
-    let retry = exact().max_elapsed_time(Duration::from_secs(2));
+    let retry = exact().with_max_elapsed_time(Duration::from_secs(2));
     let started = Instant::now();
     let err = dub(&server, retry).track().lead(lead()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout);
-    assert_eq!(started.elapsed(), Duration::from_secs(2));
+    // reqwest's timer fires a few milliseconds after the attempt's deadline, so that a
+    // connection still opening at the deadline is reported as never sent (transport/connect.rs).
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took <= Duration::from_millis(2_010),
+        "{took:?}"
+    );
     assert!(err.message().unwrap().contains("deadline"), "{err}");
 }
 
@@ -132,8 +145,19 @@ async fn per_call_policy_overrides_the_client() {
     assert_eq!((server.count(), err.attempts()), (1, 1));
 }
 
+/// The wall clock as the client reads it (see `src/clock.rs`): on tokio's paused clock it moves
+/// with virtual time, so absolute times in headers are made from it, not from `SystemTime`.
+fn wall_now() -> SystemTime {
+    let real = std::time::Instant::now();
+    let virtual_now = tokio::time::Instant::now().into_std();
+    match virtual_now.checked_duration_since(real) {
+        Some(ahead) => SystemTime::now() + ahead,
+        None => SystemTime::now() - real.duration_since(virtual_now),
+    }
+}
+
 fn unix_ms_in(d: Duration) -> String {
-    (SystemTime::now() + d)
+    (wall_now() + d)
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis()
@@ -161,7 +185,7 @@ async fn retry_after_in_every_form() {
         // understood (a fallback would wait 500 ms).
         (
             Box::new(|| {
-                let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(4));
+                let date = httpdate::fmt_http_date(wall_now() + Duration::from_secs(4));
                 status(429).header("retry-after", &date)
             }),
             2000,
@@ -194,7 +218,12 @@ async fn retry_after_in_every_form() {
         let server = Server::start([reply]).await;
         dub(&server, exact())
             .track()
-            .sale(TrackSaleRequest::new("u", 1))
+            .sale(
+                TrackSaleRequest::builder()
+                    .customer_external_id("u")
+                    .amount(1)
+                    .build(),
+            )
             .await
             .unwrap();
         let gap = server.arrivals_ms()[1];
@@ -203,11 +232,19 @@ async fn retry_after_in_every_form() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn retry_after_is_capped_at_max_interval() {
+async fn retry_after_is_waited_as_asked_within_the_deadline_and_capped_without_one() {
+    // Beyond max_interval, within the deadline: the server's wait, not a refusal-bound retry.
     let server = Server::start([status(429).header("retry-after", "20")]).await;
     let retry = exact()
-        .max_interval(Duration::from_secs(5))
-        .max_elapsed_time(Duration::from_secs(60));
+        .with_max_interval(Duration::from_secs(5))
+        .with_max_elapsed_time(Duration::from_secs(60));
+    dub(&server, retry).track().lead(lead()).await.unwrap();
+    assert_eq!(server.arrivals_ms(), [0, 20_000]);
+    // No deadline: capped at max_interval.
+    let server = Server::start([status(429).header("retry-after", "20")]).await;
+    let retry = exact()
+        .with_max_interval(Duration::from_secs(5))
+        .with_max_elapsed_time(None);
     dub(&server, retry).track().lead(lead()).await.unwrap();
     assert_eq!(server.arrivals_ms(), [0, 5000]);
 }
@@ -239,7 +276,12 @@ async fn sale_without_invoice_is_not_retried_after_a_500() {
     let server = Server::start([status(500)]).await;
     let err = dub(&server, exact())
         .track()
-        .sale(TrackSaleRequest::new("u", 100))
+        .sale(
+            TrackSaleRequest::builder()
+                .customer_external_id("u")
+                .amount(100)
+                .build(),
+        )
         .await
         .unwrap_err();
     assert_eq!(server.count(), 1);
@@ -253,7 +295,13 @@ async fn sale_with_invoice_is_retried_and_succeeds() {
     let server = Server::start([status(500), status(502)]).await;
     let sale = dub(&server, exact())
         .track()
-        .sale(TrackSaleRequest::new("u", 100).invoice_id("in_1"))
+        .sale(
+            TrackSaleRequest::builder()
+                .customer_external_id("u")
+                .amount(100)
+                .invoice_id("in_1")
+                .build(),
+        )
         .await
         .unwrap();
     assert_eq!(sale.event_name, "Purchase");
@@ -268,14 +316,20 @@ async fn sale_with_invoice_is_retried_and_succeeds() {
 #[tokio::test(start_paused = true)]
 async fn ambiguous_retries_only_when_opted_in() {
     let server = Server::start([status(500)]).await;
-    dub(&server, exact().retry_ambiguous(true))
+    dub(&server, exact().with_retry_ambiguous(true))
         .track()
-        .sale(TrackSaleRequest::new("u", 100))
+        .sale(
+            TrackSaleRequest::builder()
+                .customer_external_id("u")
+                .amount(100)
+                .build(),
+        )
         .await
         .unwrap();
     assert_eq!(server.count(), 2);
     let server = Server::start([status(503)]).await;
-    let deferred = lead().mode(LeadMode::Deferred);
+    let mut deferred = lead();
+    deferred.mode = Some(LeadMode::Deferred);
     let err = dub(&server, exact())
         .track()
         .lead(deferred)
@@ -291,13 +345,18 @@ async fn timeouts_follow_the_safety_rule() {
     let client = Dub::builder()
         .token(TOKEN)
         .server_url(server.url())
-        .timeout(Duration::from_secs(1))
+        .attempt_timeout(Duration::from_secs(1))
         .retry_config(exact())
         .build()
         .unwrap();
     let err = client
         .track()
-        .sale(TrackSaleRequest::new("u", 1))
+        .sale(
+            TrackSaleRequest::builder()
+                .customer_external_id("u")
+                .amount(1)
+                .build(),
+        )
         .await
         .unwrap_err();
     assert_eq!(
@@ -308,16 +367,23 @@ async fn timeouts_follow_the_safety_rule() {
     let client = Dub::builder()
         .token(TOKEN)
         .server_url(server.url())
-        .timeout(Duration::from_secs(1))
+        .attempt_timeout(Duration::from_secs(1))
         .retry_config(exact())
         .build()
         .unwrap();
     client
         .track()
-        .sale(TrackSaleRequest::new("u", 1).invoice_id("in_9"))
+        .sale(
+            TrackSaleRequest::builder()
+                .customer_external_id("u")
+                .amount(1)
+                .invoice_id("in_9")
+                .build(),
+        )
         .await
         .unwrap();
-    assert_eq!(server.arrivals_ms(), [0, 1500]);
+    // A 1 s attempt (ended 5 ms late by design, see transport/connect.rs), then 500 ms.
+    assert_eq!(server.arrivals_ms(), [0, 1505]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -332,7 +398,12 @@ async fn connection_refused_is_retried() {
     let started = Instant::now();
     let err = client
         .track()
-        .sale(TrackSaleRequest::new("u", 1))
+        .sale(
+            TrackSaleRequest::builder()
+                .customer_external_id("u")
+                .amount(1)
+                .build(),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Connect);
@@ -345,7 +416,7 @@ async fn connection_refused_is_retried() {
 async fn client_errors_are_never_retried() {
     for s in [400, 401, 403, 404, 409, 410, 422] {
         let server = Server::start([status(s)]).await;
-        let err = dub(&server, exact().retry_ambiguous(true))
+        let err = dub(&server, exact().with_retry_ambiguous(true))
             .track()
             .lead(lead())
             .await
@@ -361,7 +432,7 @@ async fn the_retry_budget_limits_retries_across_calls() {
     let client = Dub::builder()
         .token(TOKEN)
         .server_url(server.url())
-        .retry_config(exact().max_attempts(5))
+        .retry_config(exact().with_max_attempts(5))
         .retry_budget(RetryBudget::new(10))
         .build()
         .unwrap();

@@ -20,23 +20,66 @@ enum Req {
 fn with(schema: &str, field: &str, value: Value) -> Req {
     let s = || value.as_str().unwrap().to_owned();
     let n = || value.as_i64().unwrap();
-    let lead = TrackLeadRequest::new("clk_1", "Sign up", "user_42");
-    let sale = TrackSaleRequest::new("user_42", 100);
+    let mut lead = TrackLeadRequest::builder()
+        .click_id("clk_1")
+        .event_name("Sign up")
+        .customer_external_id("user_42")
+        .build();
+    let mut sale = TrackSaleRequest::builder()
+        .customer_external_id("user_42")
+        .amount(100)
+        .build();
     match (schema, field) {
-        ("TrackLeadRequest", "eventName") => {
-            Req::Lead(TrackLeadRequest::new("clk_1", s(), "user_42"))
+        ("TrackLeadRequest", "eventName") => Req::Lead(
+            TrackLeadRequest::builder()
+                .click_id("clk_1")
+                .event_name(s())
+                .customer_external_id("user_42")
+                .build(),
+        ),
+        ("TrackLeadRequest", "customerExternalId") => Req::Lead(
+            TrackLeadRequest::builder()
+                .click_id("clk_1")
+                .event_name("Sign up")
+                .customer_external_id(s())
+                .build(),
+        ),
+        ("TrackLeadRequest", "customerName") => {
+            lead.customer_name = Some(s());
+            Req::Lead(lead)
         }
-        ("TrackLeadRequest", "customerExternalId") => {
-            Req::Lead(TrackLeadRequest::new("clk_1", "Sign up", s()))
+        ("TrackLeadRequest", "customerEmail") => {
+            lead.customer_email = Some(s());
+            Req::Lead(lead)
         }
-        ("TrackLeadRequest", "customerName") => Req::Lead(lead.customer_name(s())),
-        ("TrackLeadRequest", "customerEmail") => Req::Lead(lead.customer_email(s())),
-        ("TrackLeadRequest", "eventQuantity") => Req::Lead(lead.event_quantity(n())),
-        ("TrackSaleRequest", "customerExternalId") => Req::Sale(TrackSaleRequest::new(s(), 100)),
-        ("TrackSaleRequest", "amount") => Req::Sale(TrackSaleRequest::new("user_42", n() as u64)),
-        ("TrackSaleRequest", "eventName") => Req::Sale(sale.event_name(s())),
-        ("TrackSaleRequest", "customerName") => Req::Sale(sale.customer_name(s())),
-        ("TrackSaleRequest", "customerEmail") => Req::Sale(sale.customer_email(s())),
+        ("TrackLeadRequest", "eventQuantity") => {
+            lead.event_quantity = Some(n());
+            Req::Lead(lead)
+        }
+        ("TrackSaleRequest", "customerExternalId") => Req::Sale(
+            TrackSaleRequest::builder()
+                .customer_external_id(s())
+                .amount(100)
+                .build(),
+        ),
+        ("TrackSaleRequest", "amount") => Req::Sale(
+            TrackSaleRequest::builder()
+                .customer_external_id("user_42")
+                .amount(n() as u64)
+                .build(),
+        ),
+        ("TrackSaleRequest", "eventName") => {
+            sale.event_name = s();
+            Req::Sale(sale)
+        }
+        ("TrackSaleRequest", "customerName") => {
+            sale.customer_name = Some(s());
+            Req::Sale(sale)
+        }
+        ("TrackSaleRequest", "customerEmail") => {
+            sale.customer_email = Some(s());
+            Req::Sale(sale)
+        }
         _ => panic!(
             "openapi.yaml constrains {schema}.{field}: teach src/validate.rs and this test about it"
         ),

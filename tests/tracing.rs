@@ -37,12 +37,18 @@ async fn each_retry_is_traced_without_the_token() {
     Dub::builder()
         .token(TOKEN)
         .server_url(server.url())
-        .timeout(Duration::from_secs(60))
-        .retry_config(RetryConfig::default().jitter(Jitter::None))
+        .attempt_timeout(Duration::from_secs(60))
+        .retry_config(RetryConfig::default().with_jitter(Jitter::None))
         .build()
         .unwrap()
         .track()
-        .lead(TrackLeadRequest::new("clk_1", "Sign up", "user_42"))
+        .lead(
+            TrackLeadRequest::builder()
+                .click_id("clk_1")
+                .event_name("Sign up")
+                .customer_external_id("user_42")
+                .build(),
+        )
         .await
         .unwrap();
     let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();

@@ -20,13 +20,17 @@ async fn lead_request_is_exact() {
     let dub = client(&server);
     dub.track()
         .lead(
-            TrackLeadRequest::new("clk_123", "Sign up", "user_42")
+            TrackLeadRequest::builder()
+                .click_id("clk_123")
+                .event_name("Sign up")
+                .customer_external_id("user_42")
                 .customer_name("Ada Lovelace")
                 .customer_email("ada@example.com")
                 .customer_avatar("https://example.com/ada.png")
                 .mode(LeadMode::Wait)
                 .event_quantity(3)
-                .metadata_entry("plan", "pro"),
+                .metadata_entry("plan", "pro")
+                .build(),
         )
         .await
         .unwrap();
@@ -58,7 +62,13 @@ async fn minimal_lead_sends_only_required_fields() {
     let server = Server::start([]).await;
     client(&server)
         .track()
-        .lead(TrackLeadRequest::new("", "Sign up", "user_42"))
+        .lead(
+            TrackLeadRequest::builder()
+                .click_id("")
+                .event_name("Sign up")
+                .customer_external_id("user_42")
+                .build(),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -79,7 +89,9 @@ async fn sale_request_is_exact() {
         .unwrap();
     dub.track()
         .sale(
-            TrackSaleRequest::new("user_42", 996500)
+            TrackSaleRequest::builder()
+                .customer_external_id("user_42")
+                .amount(996500)
                 .payment_processor(PaymentProcessor::Paddle)
                 .invoice_id("in_1")
                 .currency("eur")
@@ -94,7 +106,8 @@ async fn sale_request_is_exact() {
                         .as_object()
                         .unwrap()
                         .clone(),
-                ),
+                )
+                .build(),
         )
         .header("x-request-id", "r1")
         .await
@@ -126,7 +139,12 @@ async fn minimal_sale_sends_spec_defaults() {
     let server = Server::start([]).await;
     client(&server)
         .track()
-        .sale(TrackSaleRequest::new("user_42", 0))
+        .sale(
+            TrackSaleRequest::builder()
+                .customer_external_id("user_42")
+                .amount(0)
+                .build(),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -180,7 +198,13 @@ async fn example_200_bodies_from_the_spec_decode() {
         let dub = client(&server);
         let l = dub
             .track()
-            .lead(TrackLeadRequest::new("c", "e", "u"))
+            .lead(
+                TrackLeadRequest::builder()
+                    .click_id("c")
+                    .event_name("e")
+                    .customer_external_id("u")
+                    .build(),
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -190,7 +214,12 @@ async fn example_200_bodies_from_the_spec_decode() {
         );
         let s = dub
             .track()
-            .sale(TrackSaleRequest::new("u", 1))
+            .sale(
+                TrackSaleRequest::builder()
+                    .customer_external_id("u")
+                    .amount(1)
+                    .build(),
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -223,7 +252,13 @@ async fn the_nine_documented_error_bodies_decode() {
         let server = Server::start([Reply::json(status, body.clone())]).await;
         let err = client(&server)
             .track()
-            .lead(TrackLeadRequest::new("c", "e", "u"))
+            .lead(
+                TrackLeadRequest::builder()
+                    .click_id("c")
+                    .event_name("e")
+                    .customer_external_id("u")
+                    .build(),
+            )
             .await
             .unwrap_err();
         assert_eq!(err.kind(), kind, "{status}");
@@ -246,13 +281,24 @@ async fn unknown_fields_and_values_decode() {
     let dub = client(&server);
     let l = dub
         .track()
-        .lead(TrackLeadRequest::new("c", "e", "u"))
+        .lead(
+            TrackLeadRequest::builder()
+                .click_id("c")
+                .event_name("e")
+                .customer_external_id("u")
+                .build(),
+        )
         .await
         .unwrap();
     assert_eq!(l.click.id, "clk_123");
     let s = dub
         .track()
-        .sale(TrackSaleRequest::new("u", 1))
+        .sale(
+            TrackSaleRequest::builder()
+                .customer_external_id("u")
+                .amount(1)
+                .build(),
+        )
         .await
         .unwrap();
     assert_eq!(s.sale.unwrap().payment_processor, "mollie");
@@ -272,7 +318,12 @@ async fn error_codes_outside_the_spec_decode() {
     let dub = client(&server);
     let e = dub
         .track()
-        .sale(TrackSaleRequest::new("u", 1))
+        .sale(
+            TrackSaleRequest::builder()
+                .customer_external_id("u")
+                .amount(1)
+                .build(),
+        )
         .retries(RetryConfig::none())
         .await
         .unwrap_err();
@@ -282,7 +333,12 @@ async fn error_codes_outside_the_spec_decode() {
     );
     let e = dub
         .track()
-        .sale(TrackSaleRequest::new("u", 1))
+        .sale(
+            TrackSaleRequest::builder()
+                .customer_external_id("u")
+                .amount(1)
+                .build(),
+        )
         .await
         .unwrap_err();
     assert_eq!(
@@ -294,7 +350,14 @@ async fn error_codes_outside_the_spec_decode() {
 #[test]
 fn open_enums_round_trip_unknown_values() {
     let p: PaymentProcessor = serde_json::from_value(json!("mollie")).unwrap();
-    assert_eq!(p, PaymentProcessor::Other("mollie".into()));
+    assert_eq!(p, PaymentProcessor::from("mollie"));
+    assert_eq!(p.as_str(), "mollie");
+    assert!(!p.is_known());
+    // A known value is its variant however it was made: no second spelling of "stripe".
+    assert_eq!(
+        PaymentProcessor::from("stripe".to_owned()),
+        PaymentProcessor::Stripe
+    );
     assert_eq!(serde_json::to_value(&p).unwrap(), json!("mollie"));
     assert_eq!(
         PaymentProcessor::from("lemonsqueezy"),

@@ -160,16 +160,23 @@ enum Op {
 
 /// The request both sides send (the floor serializes the very same struct).
 fn lead_request() -> TrackLeadRequest {
-    TrackLeadRequest::new("clk_123", "Sign up", "user_42")
+    TrackLeadRequest::builder()
+        .click_id("clk_123")
+        .event_name("Sign up")
+        .customer_external_id("user_42")
         .customer_name("Ada")
         .customer_email("ada@example.com")
+        .build()
 }
 
 fn sale_request() -> TrackSaleRequest {
-    TrackSaleRequest::new("user_42", 996_500)
+    TrackSaleRequest::builder()
+        .customer_external_id("user_42")
+        .amount(996_500)
         .payment_processor(PaymentProcessor::Paddle)
         .invoice_id("in_1")
         .currency("usd")
+        .build()
 }
 
 /// The SDK as an application would use it, with default settings (retries on).

@@ -25,7 +25,8 @@ pub struct Correction {
     pub apply: fn(&mut Mapping) -> bool,
 }
 
-/// What the real server accepts as `paymentProcessor` (FACTS.md §1), in the order we list it.
+/// What Dub's server accepts as `paymentProcessor` (its request schema, read in November 2026),
+/// plus `lemonsqueezy`, which the latest official SDKs send; in the order we list them.
 pub const PAYMENT_PROCESSORS: [&str; 9] = [
     "stripe",
     "shopify",

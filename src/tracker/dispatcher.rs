@@ -1,0 +1,463 @@
+//! The tracker's task: claims events whose turn has come, delivers them through the client,
+//! and decides what each result means (delivered, failed, uncertain, or again later).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::event::{Event, EventId};
+use super::outcome::{EventOutcome, Outcome, Response, ShutdownReport};
+use super::store::{Claimed, Store, Terminal};
+use super::{Core, Stopping};
+use crate::{Error, ErrorKind};
+
+/// How long a sale may keep meeting Dub's "Lead event not found" before it is given up: the
+/// race lasts seconds; beyond this the customer has no lead.
+const LEAD_RACE_WINDOW: Duration = Duration::from_secs(600);
+/// The first and the longest pause after deliveries fail with outage errors.
+const OUTAGE_PAUSE: Duration = Duration::from_secs(1);
+const MAX_OUTAGE_PAUSE: Duration = Duration::from_secs(60);
+/// How often the counts are traced while there is work.
+const TRACE_EVERY: Duration = Duration::from_secs(10);
+
+/// One delivery's result; `None` when the shutdown deadline cut it off.
+struct Delivery {
+    claimed: Claimed,
+    result: Option<Result<Response, Error>>,
+}
+
+/// Deliveries failing with outage errors pause everyone; one probe at a time then tests the
+/// water, so an outage costs a trickle of requests instead of every queued event's retries.
+#[derive(Debug, Default)]
+struct Outage {
+    failures: u32,
+    until: Option<Instant>,
+}
+
+impl Outage {
+    fn failed(&mut self, now: Instant) {
+        self.failures = self.failures.saturating_add(1);
+        let doubling = 1u32
+            .checked_shl(self.failures.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        let pause = OUTAGE_PAUSE.saturating_mul(doubling).min(MAX_OUTAGE_PAUSE);
+        self.until = now.checked_add(pause);
+        if self.failures == 1 {
+            tracing::warn!("dub tracker: deliveries are failing; pausing and probing");
+        }
+    }
+
+    fn cleared(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(failures = self.failures, "dub tracker: deliveries resumed");
+        }
+        *self = Outage::default();
+    }
+
+    /// How many deliveries may start now, out of `free` slots with `in_flight` running.
+    fn allowed(&self, now: Instant, free: usize, in_flight: usize) -> usize {
+        match self.until {
+            None => free,
+            Some(until) if now < until => 0,
+            // The pause is over: one probe, alone.
+            Some(_) => usize::from(in_flight == 0 && free > 0),
+        }
+    }
+}
+
+pub(super) async fn run(core: Arc<Core>) {
+    let mut tasks: JoinSet<Delivery> = JoinSet::new();
+    let mut outage = Outage::default();
+    let mut shutdown = core.shutdown.subscribe();
+    let mut traced = Instant::now();
+    loop {
+        let stopping = *shutdown.borrow_and_update();
+        let now = Instant::now();
+        let past_deadline = stopping.is_some_and(|s| now >= s.claim_until);
+        if !past_deadline {
+            let free = core.config.max_in_flight.saturating_sub(tasks.len());
+            let allowed = outage.allowed(now, free, tasks.len());
+            if allowed > 0 {
+                match claim(&core, allowed).await {
+                    Ok(batch) => {
+                        for claimed in batch {
+                            let shutdown = core.shutdown.subscribe();
+                            tasks.spawn(deliver(core.clone(), claimed, shutdown));
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "dub tracker: cannot read the queue"),
+                }
+            }
+        }
+        if tasks.is_empty() && (past_deadline || (stopping.is_some() && is_drained(&core))) {
+            break;
+        }
+        if now.saturating_duration_since(traced) >= TRACE_EVERY {
+            traced = now;
+            let s = core.stats();
+            if s.queued + s.in_flight > 0 {
+                tracing::info!(
+                    queued = s.queued,
+                    in_flight = s.in_flight,
+                    delivered = s.delivered,
+                    failed = s.failed,
+                    uncertain = s.uncertain,
+                    oldest_age_s = s.oldest_age.map(|a| a.as_secs()),
+                    "dub tracker"
+                );
+            }
+        }
+        // A due event matters only when one could be started: otherwise the loop would wake
+        // at once, again and again, while it waits for a slot or the end of an outage pause.
+        let free = core.config.max_in_flight.saturating_sub(tasks.len());
+        let could_claim = !past_deadline && outage.allowed(now, free, tasks.len()) > 0;
+        let wake_at = next_wake(
+            &core,
+            &outage,
+            stopping.map(|s| s.claim_until),
+            could_claim,
+            traced,
+            now,
+        );
+        tokio::select! {
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Ok(delivery) = done {
+                    settle(&core, &mut outage, delivery).await;
+                }
+            }
+            _ = core.wake.notified() => {}
+            _ = tokio::time::sleep_until(wake_at) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+fn is_drained(core: &Core) -> bool {
+    let (queued, in_flight, _) = core.store.counts();
+    queued + in_flight == 0
+}
+
+/// The next moment the loop has something to do without being woken.
+fn next_wake(
+    core: &Core,
+    outage: &Outage,
+    deadline: Option<Instant>,
+    could_claim: bool,
+    traced: Instant,
+    now: Instant,
+) -> Instant {
+    let mut at = traced + TRACE_EVERY;
+    if let Some(due) = core.store.next_due().filter(|_| could_claim) {
+        let wait = due.saturating_sub(crate::clock::now_ms());
+        at = at.min(now + Duration::from_millis(wait));
+    }
+    if let Some(until) = outage.until.filter(|&u| u > now) {
+        at = at.min(until);
+    }
+    if let Some(d) = deadline {
+        at = at.min(d);
+    }
+    at.max(now)
+}
+
+async fn claim(core: &Arc<Core>, max: usize) -> Result<Vec<Claimed>, String> {
+    let now_ms = crate::clock::now_ms();
+    if core.store.is_durable() {
+        let core = core.clone();
+        tokio::task::spawn_blocking(move || core.store.claim(max, now_ms))
+            .await
+            .map_err(|e| e.to_string())?
+    } else {
+        core.store.claim(max, now_ms)
+    }
+}
+
+async fn deliver(
+    core: Arc<Core>,
+    claimed: Claimed,
+    mut shutdown: tokio::sync::watch::Receiver<Option<Stopping>>,
+) -> Delivery {
+    let mut policy = core.config.call_policy.clone();
+    if let Some(at) = shutdown.borrow().and_then(|s| s.cut_at) {
+        // Started after shutdown began: every attempt ends by the deadline.
+        let left = at.saturating_duration_since(Instant::now());
+        let bound = policy.max_elapsed_time().map_or(left, |m| m.min(left));
+        policy = policy.with_max_elapsed_time(bound);
+    }
+    let track = core.dub.track();
+    let call = async {
+        match claimed.event.clone() {
+            Event::Lead(r) => track.lead(r).retries(policy).await.map(Response::Lead),
+            Event::Sale(r) => track.sale(r).retries(policy).await.map(Response::Sale),
+        }
+    };
+    // A delivery that began before shutdown is cut off at its deadline.
+    let cut = async {
+        loop {
+            let cut_at = shutdown.borrow_and_update().and_then(|s| s.cut_at);
+            if let Some(at) = cut_at {
+                tokio::time::sleep_until(at).await;
+                return;
+            }
+            if shutdown.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let result = tokio::select! {
+        result = call => Some(result),
+        () = cut => None,
+    };
+    Delivery { claimed, result }
+}
+
+/// What a failed delivery means for the event.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one lives per delivery, on the stack"
+)]
+enum Next {
+    Terminal(Outcome),
+    Retry { outage: bool, race: bool },
+}
+
+fn judge(core: &Core, claimed: &Claimed, e: Error, age: Duration) -> Next {
+    let maybe_sent = claimed.maybe_sent || e.may_have_been_recorded();
+    let lead_race = matches!(claimed.event, Event::Sale(_))
+        && e.kind() == ErrorKind::NotFound
+        && e.message()
+            .is_some_and(|m| m.starts_with("Lead event not found"));
+    // A 2xx Dub answered with a body this crate could not read: recorded all the same.
+    if e.kind() == ErrorKind::Decode && e.status().is_some_and(|s| s.is_success()) {
+        let body = e
+            .raw_body()
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .unwrap_or(serde_json::Value::Null);
+        return Next::Terminal(Outcome::Delivered(Response::Raw(body)));
+    }
+    let refused = match e.kind() {
+        ErrorKind::NotFound => !lead_race || age >= LEAD_RACE_WINDOW,
+        ErrorKind::RateLimitExceeded => false,
+        ErrorKind::UnexpectedStatus => e.status().is_some_and(|s| s.is_client_error()),
+        ErrorKind::BadRequest
+        | ErrorKind::Unauthorized
+        | ErrorKind::Forbidden
+        | ErrorKind::Conflict
+        | ErrorKind::InviteExpired
+        | ErrorKind::UnprocessableEntity
+        | ErrorKind::Validation
+        | ErrorKind::Config
+        | ErrorKind::Decode => true,
+        _ => false,
+    };
+    if refused {
+        // Refused now; but an earlier delivery may have been the one that counted.
+        return Next::Terminal(if claimed.maybe_sent {
+            Outcome::Uncertain(e)
+        } else {
+            Outcome::Failed(e)
+        });
+    }
+    if e.may_have_been_recorded() && !claimed.event.is_deduplicated() {
+        return Next::Terminal(Outcome::Uncertain(e));
+    }
+    if age >= core.config.max_age {
+        let e = e.with_context(format!(
+            "given up after {} s undelivered (the tracker's max_age)",
+            age.as_secs()
+        ));
+        return Next::Terminal(if maybe_sent {
+            Outcome::Uncertain(e)
+        } else {
+            Outcome::Failed(e)
+        });
+    }
+    let outage = matches!(
+        e.kind(),
+        ErrorKind::Connect
+            | ErrorKind::Timeout
+            | ErrorKind::Transport
+            | ErrorKind::InternalServerError
+            | ErrorKind::UnexpectedStatus
+    );
+    Next::Retry {
+        outage,
+        race: lead_race,
+    }
+}
+
+async fn settle(core: &Arc<Core>, outage: &mut Outage, d: Delivery) {
+    let now_ms = crate::clock::now_ms();
+    let age = Duration::from_millis(now_ms.saturating_sub(d.claimed.created_ms));
+    let deliveries = d.claimed.attempts.saturating_add(1);
+    let next = match d.result {
+        None if d.claimed.event.is_deduplicated() => {
+            // Cut off at the shutdown deadline: Dub would deduplicate a second delivery, so the
+            // event simply stays queued.
+            let id = d.claimed.id;
+            if let Err(e) = store_op(core, move |s| s.reschedule(id, 0, deliveries, true)).await {
+                tracing::error!(error = %e, "dub tracker: cannot requeue an event");
+            }
+            return;
+        }
+        None => Next::Terminal(Outcome::Uncertain(Error::cut_off())),
+        Some(Ok(response)) => {
+            outage.cleared();
+            Next::Terminal(Outcome::Delivered(response))
+        }
+        Some(Err(e)) => {
+            let maybe_sent = e.may_have_been_recorded();
+            match judge(core, &d.claimed, e, age) {
+                Next::Retry { outage: down, race } => {
+                    if down {
+                        outage.failed(Instant::now());
+                    } else {
+                        outage.cleared();
+                    }
+                    let wait = if race {
+                        core.config.initial_backoff
+                    } else {
+                        backoff(core, deliveries)
+                    };
+                    let due =
+                        now_ms.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+                    core.counters.retried.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(id = %d.claimed.id, wait_ms = wait.as_millis() as u64, "dub tracker: will retry");
+                    let id = d.claimed.id;
+                    if let Err(e) =
+                        store_op(core, move |s| s.reschedule(id, due, deliveries, maybe_sent)).await
+                    {
+                        tracing::error!(error = %e, "dub tracker: cannot reschedule an event");
+                    }
+                    return;
+                }
+                Next::Terminal(outcome) => {
+                    if !matches!(outcome, Outcome::Uncertain(_)) {
+                        outage.cleared();
+                    }
+                    Next::Terminal(outcome)
+                }
+            }
+        }
+    };
+    let Next::Terminal(outcome) = next else {
+        return;
+    };
+    let terminal = match &outcome {
+        Outcome::Delivered(_) => Terminal::Delivered,
+        Outcome::Failed(_) => Terminal::Failed,
+        _ => Terminal::Uncertain,
+    };
+    let stored = stored_outcome(&outcome);
+    let id = d.claimed.id;
+    if let Err(e) = store_op(core, move |s| s.finish(vec![(id, terminal, stored)])).await {
+        tracing::error!(error = %e, "dub tracker: cannot record an outcome");
+    }
+    let counter = match terminal {
+        Terminal::Delivered => &core.counters.delivered,
+        Terminal::Failed => &core.counters.failed,
+        Terminal::Uncertain => &core.counters.uncertain,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(id = %id, outcome = outcome.as_str(), "dub tracker: event settled");
+    announce(
+        core,
+        EventOutcome {
+            id,
+            key: d.claimed.key,
+            event: d.claimed.event,
+            outcome,
+            attempts: deliveries,
+            age,
+        },
+    );
+}
+
+/// Tells the outcome callback and the event's receipts.
+pub(super) fn announce(core: &Core, outcome: EventOutcome) {
+    if let Some(callback) = &core.on_outcome {
+        let call = std::panic::AssertUnwindSafe(|| callback(&outcome));
+        if std::panic::catch_unwind(call).is_err() {
+            tracing::error!(id = %outcome.id, "dub tracker: the outcome callback panicked");
+        }
+    }
+    let waiting = core.receipts().remove(&outcome.id);
+    for tx in waiting.into_iter().flatten() {
+        tx.send(outcome.outcome.clone());
+    }
+}
+
+fn backoff(core: &Core, deliveries: u32) -> Duration {
+    let doubling = 1u32
+        .checked_shl(deliveries.saturating_sub(1))
+        .unwrap_or(u32::MAX);
+    let d = core
+        .config
+        .initial_backoff
+        .saturating_mul(doubling)
+        .min(core.config.max_backoff);
+    // Equal jitter: spread retries of events that failed together.
+    let half = d / 2;
+    half.saturating_add(
+        Duration::try_from_secs_f64(half.as_secs_f64() * fastrand::f64()).unwrap_or(half),
+    )
+}
+
+async fn store_op<T: Send + 'static>(
+    core: &Arc<Core>,
+    op: impl FnOnce(&Store) -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    if core.store.is_durable() {
+        let core = core.clone();
+        tokio::task::spawn_blocking(move || op(&core.store))
+            .await
+            .map_err(|e| e.to_string())?
+    } else {
+        op(&core.store)
+    }
+}
+
+/// What a spool keeps of an outcome: Dub's response, or the error's essentials, as JSON.
+fn stored_outcome(outcome: &Outcome) -> Vec<u8> {
+    let value = match outcome {
+        Outcome::Delivered(Response::Lead(r)) => serde_json::to_value(r).ok(),
+        Outcome::Delivered(Response::Sale(r)) => serde_json::to_value(r).ok(),
+        Outcome::Delivered(Response::Raw(v)) => Some(v.clone()),
+        Outcome::Failed(e) | Outcome::Uncertain(e) => Some(e.to_json()),
+        Outcome::NotDelivered => None,
+    };
+    value
+        .and_then(|v| serde_json::to_vec(&v).ok())
+        .unwrap_or_default()
+}
+
+/// The report of a stopped tracker: what is left comes back (memory) or stays (spool), and
+/// receipts of what is left resolve to `NotDelivered`.
+pub(super) fn report(core: &Core) -> ShutdownReport {
+    let mut report = ShutdownReport::default();
+    match &core.store {
+        Store::Memory(queue) => {
+            report.undelivered = queue.drain();
+        }
+    }
+    let left: Vec<EventId> = report.undelivered.iter().map(|(id, _)| *id).collect();
+    let mut receipts = core.receipts();
+    for id in left {
+        for tx in receipts.remove(&id).into_iter().flatten() {
+            tx.send(Outcome::NotDelivered);
+        }
+    }
+    // Spool events keep their receipts' senders until now; they resolve NotDelivered too.
+    for (_, senders) in receipts.drain() {
+        for tx in senders {
+            tx.send(Outcome::NotDelivered);
+        }
+    }
+    drop(receipts);
+    report.stats = core.stats();
+    report.drained = report.undelivered.is_empty() && report.left_in_spool == 0;
+    report
+}

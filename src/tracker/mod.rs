@@ -1,0 +1,512 @@
+//! A background tracker: hand leads and sales over without waiting for Dub, and have them
+//! delivered through outages, rate limits and (with a spool) restarts.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use dub::Dub;
+//! use dub::models::TrackLeadRequest;
+//! use std::time::Duration;
+//!
+//! let dub = Dub::from_env()?;
+//! let tracker = dub.tracker().capacity(50_000).start()?;
+//!
+//! // In a request handler: returns as soon as the event is queued.
+//! let lead = TrackLeadRequest::builder()
+//!     .click_id("clk_123")
+//!     .event_name("Sign up")
+//!     .customer_external_id("user_42")
+//!     .build();
+//! let receipt = tracker.lead(lead).await?;
+//! // Await the receipt only where confirmation matters (an importer committing an offset).
+//! let outcome = receipt.await;
+//! assert!(outcome.is_delivered());
+//!
+//! // At exit: deliver what can be delivered in 10 s; the rest comes back in the report.
+//! let report = tracker.shutdown(Duration::from_secs(10)).await;
+//! assert!(report.undelivered.is_empty());
+//! # Ok(()) }
+//! ```
+//!
+//! # What it promises
+//!
+//! - **Hand-over never waits on the network.** [`Tracker::lead`], [`Tracker::sale`] and
+//!   [`Tracker::send`] return once the event is queued: in memory at once; with a spool once it
+//!   is committed to disk (many events share one commit). The queue is bounded
+//!   ([`TrackerBuilder::capacity`]): when it is full the hand-over fails at once with the event
+//!   in the error, never a silent drop, never an unbounded wait. Events are validated at
+//!   hand-over, so a bad one is refused there, naming the field.
+//! - **Dub's order where Dub needs it.** A customer's events (by `customerExternalId`) are sent
+//!   one at a time in hand-over order, so a lead precedes that customer's sales; different
+//!   customers are sent concurrently ([`TrackerBuilder::max_in_flight`]), paced by the client's
+//!   [rate limiter](crate::rate_limit), so a burst drains at the key's limit.
+//! - **Retried until delivered, within the safety rule.** An event that certainly did not reach
+//!   Dub, or that Dub deduplicates (a lead that is not `deferred`, a sale with an invoice id), is
+//!   retried with capped backoff for as long as [`TrackerBuilder::max_age`] allows (6 hours by
+//!   default), through outages: when deliveries fail with outage errors the tracker pauses and
+//!   probes with one event at a time instead of retrying everything. An event whose outcome is
+//!   unknown and that Dub does not deduplicate is never resent: it ends [`Outcome::Uncertain`].
+//!   An event Dub refuses (a 4xx other than 429 and the lead race) ends [`Outcome::Failed`] with
+//!   Dub's error.
+//! - **Outcomes are observable**: per event by awaiting its [`Receipt`]; for all events through
+//!   [`TrackerBuilder::on_outcome`]; as counts through [`Tracker::stats`] (also traced every 10 s
+//!   while there is work).
+//! - **Shutdown loses nothing.** [`Tracker::shutdown`] stops taking events, delivers what it can
+//!   before the deadline (each attempt bounded by it), and returns what is left
+//!   ([`ShutdownReport::undelivered`]) or leaves it in the spool. Dropping the last handle without
+//!   shutdown logs how many events were not delivered.
+
+mod dispatcher;
+mod event;
+mod memory;
+mod outcome;
+mod slot;
+mod store;
+
+pub use event::{Event, EventId};
+pub use outcome::{
+    EventOutcome, HandOver, HandOverError, HandOverErrorKind, HandOverFuture, Outcome, Receipt,
+    ReceiptFuture, Response, ShutdownReport, Stats,
+};
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use crate::models::{TrackLeadRequest, TrackSaleRequest};
+use crate::{Dub, Error, RetryConfig};
+use memory::MemoryQueue;
+use store::Store;
+
+/// Called with every event's terminal outcome, on the tracker's task: keep it quick.
+pub type OutcomeCallback = Arc<dyn Fn(&EventOutcome) + Send + Sync>;
+
+impl Dub {
+    /// A builder for a background [`Tracker`] that delivers through this client (its retry
+    /// budget and rate limiter included).
+    pub fn tracker(&self) -> TrackerBuilder {
+        TrackerBuilder {
+            dub: self.clone(),
+            config: Config::default(),
+            on_outcome: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Config {
+    capacity: usize,
+    max_in_flight: usize,
+    max_age: Duration,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    call_policy: RetryConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            capacity: 10_000,
+            max_in_flight: 32,
+            max_age: Duration::from_secs(6 * 3600),
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            call_policy: RetryConfig::default(),
+        }
+    }
+}
+
+/// Configures and starts a [`Tracker`]; from [`Dub::tracker`].
+#[must_use = "a tracker builder does nothing until started"]
+pub struct TrackerBuilder {
+    dub: Dub,
+    config: Config,
+    on_outcome: Option<OutcomeCallback>,
+}
+
+impl fmt::Debug for TrackerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrackerBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TrackerBuilder {
+    /// The most undelivered events (queued, waiting for a retry, or in flight) the tracker
+    /// holds; a hand-over beyond it fails with [`HandOverErrorKind::Full`] (default 10,000).
+    /// This bounds the tracker's memory.
+    pub fn capacity(mut self, events: usize) -> Self {
+        self.config.capacity = events.max(1);
+        self
+    }
+
+    /// The most events sent at the same time, each of a different customer (default 32).
+    pub fn max_in_flight(mut self, events: usize) -> Self {
+        self.config.max_in_flight = events.max(1);
+        self
+    }
+
+    /// How long an event may go undelivered before the tracker gives up on it (default 6 h):
+    /// it then ends [`Outcome::Failed`], or [`Outcome::Uncertain`] if an attempt may have
+    /// reached Dub.
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.config.max_age = age;
+        self
+    }
+
+    /// The wait before an event's first retry and the longest wait between its retries
+    /// (default 1 s and 5 min, doubling, jittered).
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.config.initial_backoff = initial;
+        self.config.max_backoff = max.max(initial);
+        self
+    }
+
+    /// The retry policy of each delivery call (default [`RetryConfig::default`]: 3 attempts
+    /// within 30 s); the tracker retries beyond it.
+    pub fn call_retries(mut self, policy: RetryConfig) -> Self {
+        self.config.call_policy = policy;
+        self
+    }
+
+    /// Called with every event's terminal outcome, from the tracker's task (keep it quick; a
+    /// panic in it is caught and logged).
+    pub fn on_outcome(mut self, callback: impl Fn(&EventOutcome) + Send + Sync + 'static) -> Self {
+        self.on_outcome = Some(Arc::new(callback));
+        self
+    }
+
+    /// Starts the tracker on the current tokio runtime.
+    ///
+    /// Fails with [`ErrorKind::Config`](crate::ErrorKind::Config) outside a tokio runtime (use
+    /// [`start_in_background`](Self::start_in_background) from sync code) or when the client's
+    /// configuration was refused.
+    pub fn start(self) -> crate::Result<Tracker> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::config(
+                "Tracker::start needs a tokio runtime; from sync code use start_in_background",
+            )
+        })?;
+        self.launch(runtime, None)
+    }
+
+    /// Starts the tracker on a runtime of its own (one worker thread), for sync code: hand
+    /// events over from any thread, [`HandOver::wait`], [`Receipt::wait`] and
+    /// [`Tracker::shutdown_blocking`].
+    pub fn start_in_background(self) -> crate::Result<Tracker> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("dub-tracker")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::config(format!("the tracker's runtime could not start: {e}")))?;
+        let handle = runtime.handle().clone();
+        self.launch(handle, Some(runtime))
+    }
+
+    fn launch(
+        self,
+        runtime: tokio::runtime::Handle,
+        own: Option<tokio::runtime::Runtime>,
+    ) -> crate::Result<Tracker> {
+        self.dub.shared()?;
+        let store = Store::Memory(MemoryQueue::new(self.config.capacity));
+        let (shutdown, _) = watch::channel(None);
+        let core = Arc::new(Core {
+            dub: self.dub,
+            config: self.config,
+            store,
+            wake: Notify::new(),
+            receipts: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+            accepting: AtomicBool::new(true),
+            shutdown,
+            on_outcome: self.on_outcome,
+        });
+        let dispatcher = runtime.spawn(dispatcher::run(core.clone()));
+        Ok(Tracker {
+            handle: Arc::new(Handle {
+                core,
+                dispatcher: Mutex::new(Some(dispatcher)),
+                runtime,
+                own: Mutex::new(own),
+            }),
+        })
+    }
+}
+
+/// What the tracker's handles and its dispatcher task share.
+pub(crate) struct Core {
+    dub: Dub,
+    config: Config,
+    store: Store,
+    /// Wakes the dispatcher: an event was handed over.
+    wake: Notify,
+    receipts: Mutex<HashMap<EventId, Vec<slot::Sender<Outcome>>>>,
+    counters: Counters,
+    accepting: AtomicBool,
+    /// How the tracker is stopping, once it is.
+    shutdown: watch::Sender<Option<Stopping>>,
+    on_outcome: Option<OutcomeCallback>,
+}
+
+/// How a tracker stops: new deliveries start until `claim_until`; deliveries still running at
+/// `cut_at` are cut off (never, for [`Tracker::stop`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stopping {
+    pub claim_until: Instant,
+    pub cut_at: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    uncertain: AtomicU64,
+    retried: AtomicU64,
+}
+
+impl Core {
+    fn receipts(&self) -> MutexGuard<'_, HashMap<EventId, Vec<slot::Sender<Outcome>>>> {
+        self.receipts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn stats(&self) -> Stats {
+        let (queued, in_flight, oldest) = self.store.counts();
+        let now = crate::clock::now_ms();
+        Stats {
+            queued,
+            in_flight,
+            delivered: self.counters.delivered.load(Ordering::Relaxed),
+            failed: self.counters.failed.load(Ordering::Relaxed),
+            uncertain: self.counters.uncertain.load(Ordering::Relaxed),
+            retried: self.counters.retried.load(Ordering::Relaxed),
+            rate_limited: self.dub.rate_limiter().map_or(0, |state| state.throttled),
+            oldest_age: oldest.map(|created| Duration::from_millis(now.saturating_sub(created))),
+        }
+    }
+}
+
+/// A background tracker; from [`Dub::tracker`]. See the [module docs](self).
+///
+/// Cheap to clone: clones hand over to the same queue. The tracker stops when
+/// [`shutdown`](Tracker::shutdown) is called, or when the last clone is dropped (then it logs
+/// how many events it did not deliver).
+#[derive(Clone)]
+pub struct Tracker {
+    handle: Arc<Handle>,
+}
+
+struct Handle {
+    core: Arc<Core>,
+    dispatcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    runtime: tokio::runtime::Handle,
+    /// The tracker's own runtime, from `start_in_background`.
+    own: Mutex<Option<tokio::runtime::Runtime>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let running = self
+            .dispatcher
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = running {
+            task.abort();
+            let stats = self.core.stats();
+            let left = stats.queued + stats.in_flight;
+            if left > 0 {
+                tracing::warn!(
+                    undelivered = left,
+                    durable = self.core.store.is_durable(),
+                    "dub tracker dropped without shutdown: {left} events not delivered"
+                );
+            }
+        }
+        if let Some(rt) = self
+            .own
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            // Dropping a runtime inside async code panics; this never does.
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl fmt::Debug for Tracker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tracker")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tracker {
+    /// Hands a lead over. See [`send`](Self::send).
+    pub fn lead(&self, request: TrackLeadRequest) -> HandOver {
+        self.hand_over(None, Event::Lead(request))
+    }
+
+    /// Hands a sale over. See [`send`](Self::send).
+    pub fn sale(&self, request: TrackSaleRequest) -> HandOver {
+        self.hand_over(None, Event::Sale(request))
+    }
+
+    /// Hands an event over: `.await` the returned [`HandOver`] (or [`HandOver::wait`] in sync
+    /// code) for the event's [`Receipt`]. In memory it is ready at once; with a spool once the
+    /// event is committed to disk. It never waits on the network.
+    pub fn send(&self, event: impl Into<Event>) -> HandOver {
+        self.hand_over(None, event.into())
+    }
+
+    /// Hands an event over under `key`, your id for it (a webhook's event id, a file and line).
+    /// While an event with that key is undelivered (and with a spool, also after it was
+    /// delivered), handing the key over again queues nothing and returns a receipt for the
+    /// first.
+    pub fn send_with_key(&self, key: impl Into<String>, event: impl Into<Event>) -> HandOver {
+        self.hand_over(Some(key.into()), event.into())
+    }
+
+    fn hand_over(&self, key: Option<String>, event: Event) -> HandOver {
+        let core = &self.handle.core;
+        if !core.accepting.load(Ordering::Acquire) {
+            return HandOver::done(Err(HandOverError::new(
+                HandOverErrorKind::Stopped,
+                Some(event),
+            )));
+        }
+        if let Err(e) = event.validate() {
+            let mut err = HandOverError::new(HandOverErrorKind::Invalid, Some(event));
+            err.source = Some(e);
+            return HandOver::done(Err(err));
+        }
+        match &core.store {
+            Store::Memory(queue) => {
+                let (tx, rx) = slot::slot();
+                let mut receipts = core.receipts();
+                match queue.push(key, event, crate::clock::now_ms()) {
+                    Ok((id, _)) => {
+                        receipts.entry(id).or_default().push(tx);
+                        drop(receipts);
+                        core.wake.notify_one();
+                        HandOver::done(Ok(Receipt { id, rx: Some(rx) }))
+                    }
+                    Err((_, event)) => HandOver::done(Err(HandOverError::new(
+                        HandOverErrorKind::Full,
+                        Some(event),
+                    )
+                    .with_detail(format!(
+                        "{} undelivered events already",
+                        core.config.capacity
+                    )))),
+                }
+            }
+        }
+    }
+
+    /// The tracker's counts now.
+    pub fn stats(&self) -> Stats {
+        self.handle.core.stats()
+    }
+
+    /// Stops taking events, delivers what it can within `deadline`, and reports what is left;
+    /// it returns within the deadline plus a few milliseconds.
+    ///
+    /// Deliveries started after the call are bounded by the deadline. One still running at the
+    /// deadline is cut off: an event Dub deduplicates goes back to the queue (so it is in the
+    /// report, or in the spool); one it does not ends [`Outcome::Uncertain`], since the cut
+    /// request may have reached Dub. Receipts of events left undelivered resolve to
+    /// [`Outcome::NotDelivered`].
+    pub async fn shutdown(self, deadline: Duration) -> ShutdownReport {
+        let at = Instant::now()
+            .checked_add(deadline)
+            .unwrap_or_else(far_future);
+        self.finish(Stopping {
+            claim_until: at,
+            cut_at: Some(at),
+        })
+        .await
+    }
+
+    /// Stops taking events, starts no new delivery, waits for the deliveries in flight to
+    /// finish (each within its call's own deadline), and reports what is left. Nothing is cut
+    /// off, so no event becomes uncertain by stopping: what a command-line tool does on Ctrl-C.
+    pub async fn stop(self) -> ShutdownReport {
+        self.finish(Stopping {
+            claim_until: Instant::now(),
+            cut_at: None,
+        })
+        .await
+    }
+
+    async fn finish(self, stopping: Stopping) -> ShutdownReport {
+        let core = self.handle.core.clone();
+        core.accepting.store(false, Ordering::Release);
+        let _ = core.shutdown.send(Some(stopping));
+        let task = self
+            .handle
+            .dispatcher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(mut task) = task {
+            // The dispatcher ends by the deadline itself; the grace is for scheduling.
+            let grace = stopping
+                .cut_at
+                .and_then(|at| at.checked_add(Duration::from_millis(500)));
+            let finished = match grace {
+                Some(grace) => tokio::time::timeout_at(grace, &mut task).await.is_ok(),
+                None => (&mut task).await.is_ok(),
+            };
+            if !finished {
+                task.abort();
+            }
+        }
+        dispatcher::report(&core)
+    }
+
+    /// [`shutdown`](Self::shutdown) for sync code (a tracker from
+    /// [`TrackerBuilder::start_in_background`], or any thread outside async code).
+    pub fn shutdown_blocking(self, deadline: Duration) -> ShutdownReport {
+        self.blocking(move |tracker| tracker.shutdown(deadline))
+    }
+
+    /// [`stop`](Self::stop) for sync code.
+    pub fn stop_blocking(self) -> ShutdownReport {
+        self.blocking(Tracker::stop)
+    }
+
+    fn blocking<F, Fut>(self, f: F) -> ShutdownReport
+    where
+        F: FnOnce(Tracker) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ShutdownReport> + Send,
+    {
+        let runtime = self.handle.runtime.clone();
+        // The tracker's own runtime is shut down here, on this thread, after it did its work.
+        let own = self
+            .handle
+            .own
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let (tx, rx) = slot::slot();
+        runtime.spawn(async move { tx.send(f(self).await) });
+        let report = rx.wait().unwrap_or_default();
+        if let Some(rt) = own {
+            rt.shutdown_background();
+        }
+        report
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365 * 30)
+}

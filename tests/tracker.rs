@@ -1,0 +1,238 @@
+//! The background tracker against MockDub.
+
+use std::time::Duration;
+
+use dub::Dub;
+use dub::mock::MockDub;
+use dub::models::{TrackLeadRequest, TrackSaleRequest};
+use dub::tracker::Outcome;
+
+fn client(mock: &MockDub) -> Dub {
+    Dub::builder()
+        .token(mock.token())
+        .server_url(mock.url())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn delivers_leads_before_sales_and_reports_receipts() {
+    let mock = MockDub::start().await.unwrap();
+    let tracker = client(&mock).tracker().max_in_flight(8).start().unwrap();
+    let mut receipts = vec![];
+    for c in 0..50 {
+        let customer = format!("user_{c}");
+        let lead = TrackLeadRequest::builder()
+            .click_id("clk")
+            .event_name("Sign up")
+            .customer_external_id(&customer)
+            .build();
+        receipts.push(tracker.lead(lead).await.unwrap());
+        for n in 0..3 {
+            let sale = TrackSaleRequest::builder()
+                .customer_external_id(&customer)
+                .amount(100)
+                .invoice_id(format!("in_{c}_{n}"))
+                .build();
+            receipts.push(tracker.sale(sale).await.unwrap());
+        }
+    }
+    for r in receipts {
+        let outcome = r.await;
+        assert!(outcome.is_delivered(), "{outcome:?}");
+    }
+    assert_eq!(mock.leads().len(), 50);
+    assert_eq!(mock.sales().len(), 150);
+    let report = tracker.shutdown(Duration::from_secs(5)).await;
+    assert!(report.drained);
+    assert_eq!(report.stats.delivered, 200);
+    let _ = Outcome::NotDelivered;
+}
+
+fn lead(customer: &str) -> TrackLeadRequest {
+    TrackLeadRequest::builder()
+        .click_id("clk")
+        .event_name("Sign up")
+        .customer_external_id(customer)
+        .build()
+}
+
+fn sale(customer: &str, invoice: Option<&str>) -> TrackSaleRequest {
+    let b = TrackSaleRequest::builder()
+        .customer_external_id(customer)
+        .amount(100);
+    match invoice {
+        Some(i) => b.invoice_id(i).build(),
+        None => b.build(),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_while_dub_is_slow_returns_by_the_deadline_and_reports_everything() {
+    use dub::mock::{Fault, RandomFaults};
+    use std::sync::{Arc, Mutex};
+    let mock = MockDub::start().await.unwrap();
+    mock.random_faults(RandomFaults::new(1, 1.0).kinds([Fault::Delay(Duration::from_secs(20))]));
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let seen = outcomes.clone();
+    let tracker = client(&mock)
+        .tracker()
+        .max_in_flight(4)
+        .on_outcome(move |o| {
+            let dedup = o.event.is_deduplicated();
+            seen.lock().unwrap().push((o.outcome.as_str(), dedup));
+        })
+        .start()
+        .unwrap();
+    let mut receipts = vec![];
+    for c in 0..20 {
+        // Half of them Dub deduplicates, half it does not.
+        let customer = format!("user_{c}");
+        let receipt = if c % 2 == 0 {
+            tracker
+                .sale(sale(&customer, Some(&format!("in_{c}"))))
+                .await
+        } else {
+            tracker.sale(sale(&customer, None)).await
+        };
+        receipts.push(receipt.unwrap());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = tokio::time::Instant::now();
+    let report = tracker.shutdown(Duration::from_secs(2)).await;
+    let took = started.elapsed();
+    assert!(took <= Duration::from_millis(2_100), "{took:?}");
+    // Every event is accounted for: left undelivered, or settled (uncertain: cut off in flight).
+    let settled = outcomes.lock().unwrap().clone();
+    assert_eq!(
+        report.undelivered.len() + settled.len(),
+        20,
+        "{report:?} {settled:?}"
+    );
+    // Cut off in flight: only events Dub does not deduplicate became uncertain; the others
+    // came back with the rest.
+    assert!(!settled.is_empty());
+    assert!(
+        settled.iter().all(|o| *o == ("uncertain", false)),
+        "{settled:?}"
+    );
+    assert!(report.undelivered.iter().any(|(_, e)| e.is_deduplicated()));
+    assert!(!report.drained);
+    for r in receipts {
+        let o = r.await;
+        assert!(
+            matches!(o, Outcome::NotDelivered | Outcome::Uncertain(_)),
+            "{o:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_costs_a_trickle_of_requests_and_loses_nothing() {
+    use dub::mock::{Fault, RandomFaults};
+    let mock = MockDub::start().await.unwrap();
+    mock.random_faults(RandomFaults::new(1, 1.0).kinds([Fault::Status(503)]));
+    let tracker = client(&mock).tracker().start().unwrap();
+    let mut receipts = vec![];
+    for c in 0..50 {
+        let customer = format!("user_{c}");
+        receipts.push(tracker.lead(lead(&customer)).await.unwrap());
+        receipts.push(
+            tracker
+                .sale(sale(&customer, Some(&format!("in_{c}"))))
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let during = mock.request_count();
+    eprintln!("requests during two minutes of outage: {during}");
+    assert_eq!(mock.leads().len(), 0);
+    mock.clear_faults();
+    for r in receipts {
+        assert!(r.await.is_delivered());
+    }
+    assert_eq!(mock.leads().len(), 50);
+    assert_eq!(mock.sales().len(), 50);
+    // 100 events through two minutes of 503s: the first wave, then probes.
+    assert!(during < 300, "{during} requests during the outage");
+    let stats = tracker.stats();
+    assert_eq!(
+        (stats.delivered, stats.queued, stats.in_flight),
+        (100, 0, 0)
+    );
+}
+
+#[tokio::test]
+async fn hand_over_refuses_at_once_what_it_cannot_take_and_gives_it_back() {
+    use dub::tracker::{Event, HandOverErrorKind};
+    let mock = MockDub::start().await.unwrap();
+    mock.random_faults(
+        dub::mock::RandomFaults::new(1, 1.0)
+            .kinds([dub::mock::Fault::Delay(Duration::from_secs(30))]),
+    );
+    let tracker = client(&mock).tracker().capacity(3).start().unwrap();
+    for c in 0..3 {
+        let _ = tracker.lead(lead(&format!("u{c}"))).await.unwrap();
+    }
+    let e = tracker.lead(lead("u3")).await.unwrap_err();
+    assert_eq!(e.kind(), HandOverErrorKind::Full);
+    assert!(matches!(e.into_event(), Some(Event::Lead(l)) if l.customer_external_id == "u3"));
+    let bad = TrackLeadRequest::builder()
+        .click_id("c")
+        .event_name("")
+        .customer_external_id("u")
+        .build();
+    let e = tracker.lead(bad).await.unwrap_err();
+    assert_eq!(e.kind(), HandOverErrorKind::Invalid);
+    assert_eq!(e.validation().and_then(|v| v.field()), Some("eventName"));
+    let report = tracker.shutdown(Duration::ZERO).await;
+    let _ = report;
+}
+
+#[tokio::test(start_paused = true)]
+async fn uncertain_and_failed_events_are_reported_never_resent() {
+    use dub::mock::Fault;
+    let mock = MockDub::start().await.unwrap();
+    let tracker = client(&mock).tracker().start().unwrap();
+    // A sale without invoice id whose response is lost after Dub recorded it: never resent.
+    mock.push_fault(Fault::ResetAfterRecord);
+    let uncertain = tracker.sale(sale("u1", None)).await.unwrap().await;
+    assert!(
+        matches!(uncertain, Outcome::Uncertain(ref e) if e.may_have_been_recorded()),
+        "{uncertain:?}"
+    );
+    assert_eq!(
+        mock.sales().len(),
+        0,
+        "no lead yet: Dub answers a sale of an unknown customer with nulls"
+    );
+    assert_eq!(mock.request_count(), 1);
+    // A 403 is Dub's refusal: failed, with Dub's error, not retried.
+    mock.push_fault(Fault::Status(403));
+    let failed = tracker.lead(lead("u2")).await.unwrap().await;
+    assert!(
+        matches!(failed, Outcome::Failed(ref e) if e.status().map(|s| s.as_u16()) == Some(403)),
+        "{failed:?}"
+    );
+    assert_eq!(mock.request_count(), 2);
+    let stats = tracker.stats();
+    assert_eq!((stats.uncertain, stats.failed), (1, 1));
+}
+
+#[test]
+fn sync_code_hands_over_and_waits_without_a_runtime() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mock = rt.block_on(MockDub::start()).unwrap();
+    let dub = Dub::builder()
+        .token(mock.token())
+        .server_url(mock.url())
+        .build()
+        .unwrap();
+    let tracker = dub.tracker().start_in_background().unwrap();
+    let receipt = tracker.lead(lead("sync_user")).wait().unwrap();
+    assert!(receipt.wait().is_delivered());
+    let report = tracker.shutdown_blocking(Duration::from_secs(5));
+    assert!(report.drained);
+    assert_eq!(mock.leads().len(), 1);
+}
