@@ -20,6 +20,8 @@ const LEAD_RACE_WINDOW: Duration = Duration::from_secs(600);
 /// The first and the longest pause after deliveries fail with outage errors.
 const OUTAGE_PAUSE: Duration = Duration::from_secs(1);
 const MAX_OUTAGE_PAUSE: Duration = Duration::from_secs(60);
+/// How often a spool is checked for events left in flight by processes that died.
+const RECOVER_EVERY: Duration = Duration::from_secs(10);
 /// How often the counts are traced while there is work.
 const TRACE_EVERY: Duration = Duration::from_secs(10);
 
@@ -73,7 +75,12 @@ pub(super) async fn run(core: Arc<Core>) {
     let mut outage = Outage::default();
     let mut shutdown = core.shutdown.subscribe();
     let mut traced = Instant::now();
+    let mut recovered: Option<Instant> = None;
     loop {
+        if recovered.is_none_or(|at| at.elapsed() >= RECOVER_EVERY) {
+            recovered = Some(Instant::now());
+            recover(&core).await;
+        }
         let stopping = *shutdown.borrow_and_update();
         let now = Instant::now();
         let past_deadline = stopping.is_some_and(|s| now >= s.claim_until);
@@ -161,6 +168,41 @@ fn next_wake(
         at = at.min(d);
     }
     at.max(now)
+}
+
+/// Announces what a process that died had in flight and Dub does not deduplicate.
+async fn recover(core: &Arc<Core>) {
+    if !core.store.is_durable() {
+        return;
+    }
+    match store_op(core, |s| s.recover()).await {
+        Ok(lost) => {
+            if !lost.is_empty() {
+                tracing::warn!(
+                    events = lost.len(),
+                    "dub tracker: events were in flight when their process stopped; uncertain"
+                );
+            }
+            for claimed in lost {
+                core.counters.uncertain.fetch_add(1, Ordering::Relaxed);
+                let age = Duration::from_millis(
+                    crate::clock::now_ms().saturating_sub(claimed.created_ms),
+                );
+                announce(
+                    core,
+                    EventOutcome {
+                        id: claimed.id,
+                        key: claimed.key,
+                        event: claimed.event,
+                        outcome: Outcome::Uncertain(Error::interrupted()),
+                        attempts: claimed.attempts,
+                        age,
+                    },
+                );
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "dub tracker: cannot recover the spool"),
+    }
 }
 
 async fn claim(core: &Arc<Core>, max: usize) -> Result<Vec<Claimed>, String> {
@@ -441,6 +483,11 @@ pub(super) fn report(core: &Core) -> ShutdownReport {
     match &core.store {
         Store::Memory(queue) => {
             report.undelivered = queue.drain();
+        }
+        #[cfg(feature = "spool")]
+        Store::Spool(_) => {
+            let (queued, in_flight, _) = core.store.counts();
+            report.left_in_spool = queued + in_flight;
         }
     }
     let left: Vec<EventId> = report.undelivered.iter().map(|(id, _)| *id).collect();
