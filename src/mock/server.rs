@@ -235,8 +235,14 @@ async fn apply(
             return Outcome::Takeover(Takeover::Write(bytes));
         }
         Some(Fault::NonJsonBody) => {
-            handle();
-            Reply::html(200)
+            // Garbles a success only: a request Dub refused (a 429 of the enforced limit, say)
+            // recorded nothing, and a 200 for it would claim it had.
+            let handled = handle();
+            if (200..300).contains(&handled.status) {
+                Reply::html(200)
+            } else {
+                handled
+            }
         }
         Some(Fault::Html(status)) => Reply::html(status),
     };

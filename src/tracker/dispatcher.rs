@@ -29,34 +29,56 @@ const TRACE_EVERY: Duration = Duration::from_secs(10);
 struct Delivery {
     claimed: Claimed,
     result: Option<Result<Response, Error>>,
+    /// Started as a probe of an outage.
+    probe: bool,
 }
 
 /// Deliveries failing with outage errors pause everyone; one probe at a time then tests the
 /// water, so an outage costs a trickle of requests instead of every queued event's retries.
+///
+/// An outage is declared after `OUTAGE_AFTER` outage failures in a row without a success, so
+/// that a few scattered 5xx (or the deliveries that were in flight together when Dub went
+/// down) do not count as a long outage; only failed probes make the pause longer.
 #[derive(Debug, Default)]
 struct Outage {
-    failures: u32,
+    consecutive: u32,
+    probes_failed: u32,
     until: Option<Instant>,
 }
 
+/// Outage failures in a row that make an outage.
+const OUTAGE_AFTER: u32 = 5;
+
 impl Outage {
-    fn failed(&mut self, now: Instant) {
-        self.failures = self.failures.saturating_add(1);
-        let doubling = 1u32
-            .checked_shl(self.failures.saturating_sub(1))
-            .unwrap_or(u32::MAX);
+    fn failed(&mut self, now: Instant, probe: bool) {
+        self.consecutive = self.consecutive.saturating_add(1);
+        if probe {
+            self.probes_failed = self.probes_failed.saturating_add(1);
+        }
+        if self.consecutive < OUTAGE_AFTER {
+            return;
+        }
+        let doubling = 1u32.checked_shl(self.probes_failed).unwrap_or(u32::MAX);
         let pause = OUTAGE_PAUSE.saturating_mul(doubling).min(MAX_OUTAGE_PAUSE);
-        self.until = now.checked_add(pause);
-        if self.failures == 1 {
+        if self.until.is_none() {
             tracing::warn!("dub tracker: deliveries are failing; pausing and probing");
         }
+        self.until = now.checked_add(pause);
     }
 
     fn cleared(&mut self) {
-        if self.failures > 0 {
-            tracing::info!(failures = self.failures, "dub tracker: deliveries resumed");
+        if self.until.is_some() {
+            tracing::info!(
+                failures = self.consecutive,
+                "dub tracker: deliveries resumed"
+            );
         }
         *self = Outage::default();
+    }
+
+    /// Whether a delivery started now is a probe of an outage.
+    fn probing(&self) -> bool {
+        self.until.is_some()
     }
 
     /// How many deliveries may start now, out of `free` slots with `in_flight` running.
@@ -92,7 +114,8 @@ pub(super) async fn run(core: Arc<Core>) {
                     Ok(batch) => {
                         for claimed in batch {
                             let shutdown = core.shutdown.subscribe();
-                            tasks.spawn(deliver(core.clone(), claimed, shutdown));
+                            let probe = outage.probing();
+                            tasks.spawn(deliver(core.clone(), claimed, shutdown, probe));
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "dub tracker: cannot read the queue"),
@@ -221,6 +244,7 @@ async fn deliver(
     core: Arc<Core>,
     claimed: Claimed,
     mut shutdown: tokio::sync::watch::Receiver<Option<Stopping>>,
+    probe: bool,
 ) -> Delivery {
     let mut policy = core.config.call_policy.clone();
     if let Some(at) = shutdown.borrow().and_then(|s| s.cut_at) {
@@ -253,7 +277,11 @@ async fn deliver(
         result = call => Some(result),
         () = cut => None,
     };
-    Delivery { claimed, result }
+    Delivery {
+        claimed,
+        result,
+        probe,
+    }
 }
 
 /// What a failed delivery means for the event.
@@ -355,7 +383,7 @@ async fn settle(core: &Arc<Core>, outage: &mut Outage, d: Delivery) {
             match judge(core, &d.claimed, e, age) {
                 Next::Retry { outage: down, race } => {
                     if down {
-                        outage.failed(Instant::now());
+                        outage.failed(Instant::now(), d.probe);
                     } else {
                         outage.cleared();
                     }
