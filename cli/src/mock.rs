@@ -1,0 +1,91 @@
+//! `dub-track mock`: the crate's local Dub server in the foreground, for test suites in any
+//! language.
+
+use clap::Args;
+use dub::mock::{MockDub, RandomFaults};
+
+use crate::{EXIT_OK, EXIT_USAGE};
+
+/// Run a local Dub server on 127.0.0.1 until Ctrl-C, for tests.
+///
+/// It answers POST /track/lead and POST /track/sale as Dub's API does (validation, lead
+/// deduplication, one sale per invoice id, Dub's error bodies), keeping what it records in
+/// memory. It prints its URL and token as two lines, `DUB_BASE_URL=...` and `DUB_API_KEY=...`,
+/// ready for `export`; any number of processes may send to it at once, sharing one rate limit
+/// as processes sharing one Dub key do.
+///
+/// Example: dub-track mock --port 4010 --rate-limit 3000
+#[derive(Debug, Args)]
+pub struct MockArgs {
+    /// The port to listen on [default: one the system picks]
+    #[arg(long, value_name = "P")]
+    port: Option<u16>,
+    /// Refuse requests beyond N a minute with 429, with Dub's sliding window over two
+    /// epoch-aligned minutes [default: no limit]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    rate_limit: Option<u32>,
+    /// Give each request a random fault (a 5xx, a 429, a reset connection, a delay, ...) with
+    /// this probability, from 0 to 1
+    #[arg(long, value_name = "RATE", requires = "seed")]
+    faults: Option<f64>,
+    /// The seed of the random faults: the same seed replays the same faults
+    #[arg(long, value_name = "S", requires = "faults")]
+    seed: Option<u64>,
+}
+
+/// Runs `dub-track mock` until Ctrl-C (or SIGTERM).
+pub async fn run(args: MockArgs) -> u8 {
+    if let Some(rate) = args.faults
+        && !(0.0..=1.0).contains(&rate)
+    {
+        eprintln!("dub-track: --faults must be from 0 to 1");
+        return EXIT_USAGE;
+    }
+    let mock = match start(&args).await {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("dub-track: the mock server could not start: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    println!("DUB_BASE_URL={}", mock.url());
+    println!("DUB_API_KEY={}", mock.token());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    eprintln!(
+        "dub-track: mock Dub server on {}; Ctrl-C to stop",
+        mock.url()
+    );
+    stopped().await;
+    mock.shutdown().await;
+    EXIT_OK
+}
+
+async fn start(args: &MockArgs) -> std::io::Result<MockDub> {
+    if args.port.is_some() || args.rate_limit.is_some() {
+        return Err(std::io::Error::other(
+            "--port and --rate-limit need MockDub::builder, which this build's dub crate lacks",
+        ));
+    }
+    let mock = MockDub::start().await?;
+    if let (Some(rate), Some(seed)) = (args.faults, args.seed) {
+        mock.random_faults(RandomFaults::new(seed, rate));
+    }
+    Ok(mock)
+}
+
+/// Ctrl-C, or SIGTERM on Unix (what a test harness sends to stop a server it started).
+async fn stopped() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,276 @@
+//! What `send` remembers between runs: which records reached an end, so that running the same
+//! command again after an interruption sends only the rest.
+//!
+//! The state is an append-only journal of JSON lines, one per record that reached an end
+//! (`{"key":…,"outcome":"delivered"}`), plus a `"started"` line written (and fsynced) before a
+//! record Dub does not deduplicate is handed to the tracker. Lines are only ever appended, each
+//! with a single `write` on a file opened for appending, so a crash or `kill -9` leaves every
+//! complete line intact; a torn last line (power loss) is ignored on reading. Outcomes are
+//! written as they happen and fsynced in batches ([`StateStore::sync`]); a delivered record
+//! whose line was lost is merely sent again, and Dub deduplicates it, because only records Dub
+//! deduplicates are sent without a fsynced `"started"` line first.
+//!
+//! `send` uses the journal only through [`StateStore`], so that the tracker's own spool can take
+//! its place later without touching the rest of the command.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Where a record got to in an earlier run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mark {
+    /// Handed over for sending, with no end recorded: only written for records Dub does not
+    /// deduplicate, which a rerun must then report as uncertain instead of sending again.
+    Started,
+    /// Dub recorded it.
+    Delivered,
+    /// Dub refused it (or it was invalid): certainly not recorded.
+    Failed,
+    /// It may or may not have been recorded, and sending it again could count it twice.
+    Uncertain,
+}
+
+impl Mark {
+    /// Whether a record with this mark is done with: a rerun skips it.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Mark::Started)
+    }
+}
+
+/// What an earlier run left for one record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prior {
+    /// Its last mark.
+    pub mark: Mark,
+    /// The error of a failed or uncertain record, as written to the `--failed` file.
+    pub error: Option<Value>,
+}
+
+/// One line of the journal.
+#[derive(Debug, Serialize, Deserialize)]
+struct Line {
+    key: String,
+    outcome: Mark,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<Value>,
+}
+
+/// The interface `send` keeps its progress through.
+pub trait StateStore: Send + Sync {
+    /// What an earlier run recorded for `key`, if anything.
+    fn prior(&self, key: &str) -> Option<Prior>;
+    /// Records that the record `key`, which Dub does not deduplicate, is about to be sent; it is
+    /// on disk when this returns.
+    fn started(&self, key: &str) -> io::Result<()>;
+    /// Records the end a record reached. It survives a crash of this process at once, and a
+    /// crash of the machine after the next [`sync`](Self::sync).
+    fn finished(&self, key: &str, mark: Mark, error: Option<&Value>) -> io::Result<()>;
+    /// Makes everything recorded so far durable.
+    fn sync(&self) -> io::Result<()>;
+}
+
+/// No state at all (standard input without `--state`): every run sends everything.
+#[derive(Debug, Default)]
+pub struct NoState;
+
+impl StateStore for NoState {
+    fn prior(&self, _key: &str) -> Option<Prior> {
+        None
+    }
+    fn started(&self, _key: &str) -> io::Result<()> {
+        Ok(())
+    }
+    fn finished(&self, _key: &str, _mark: Mark, _error: Option<&Value>) -> io::Result<()> {
+        Ok(())
+    }
+    fn sync(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The append-only journal file.
+#[derive(Debug)]
+pub struct Journal {
+    file: Mutex<File>,
+    prior: HashMap<String, Prior>,
+}
+
+/// Why the journal could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// Another process holds the state file (another `send` of the same files).
+    Locked(PathBuf),
+    /// The file could not be opened or read.
+    Io(PathBuf, io::Error),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Locked(p) => write!(
+                f,
+                "the state file {} is in use by another dub-track process; give this one its \
+                 own --state, or wait for the other to finish",
+                p.display()
+            ),
+            OpenError::Io(p, e) => write!(f, "the state file {}: {e}", p.display()),
+        }
+    }
+}
+
+impl Journal {
+    /// Opens (or creates) the journal at `path`, reads what earlier runs recorded, and locks it
+    /// against other processes: two runs sharing one journal could both send a record that
+    /// neither had finished.
+    pub fn open(path: &Path) -> Result<Journal, OpenError> {
+        let io_err = |e| OpenError::Io(path.to_path_buf(), e);
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(io_err)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(OpenError::Locked(path.to_path_buf()));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
+        }
+        let mut prior = HashMap::new();
+        let mut bytes = Vec::new();
+        (&file).read_to_end(&mut bytes).map_err(io_err)?;
+        let ends_cleanly = bytes.last().is_none_or(|&b| b == b'\n');
+        for line in bytes.split(|&b| b == b'\n') {
+            // A torn or foreign line tells nothing reliable; the records it would have named are
+            // treated as never sent, which is safe for every record but a started unsafe one,
+            // and that one's "started" line was fsynced before it was sent.
+            let Ok(entry) = serde_json::from_slice::<Line>(line) else {
+                continue;
+            };
+            let keep_terminal = prior
+                .get(&entry.key)
+                .is_some_and(|p: &Prior| p.mark.is_terminal() && !entry.outcome.is_terminal());
+            if !keep_terminal {
+                prior.insert(
+                    entry.key,
+                    Prior {
+                        mark: entry.outcome,
+                        error: entry.error,
+                    },
+                );
+            }
+        }
+        if !ends_cleanly {
+            // Close a torn last line, or the next line appended would be glued to it and lost.
+            (&file).write_all(b"\n").map_err(io_err)?;
+        }
+        Ok(Journal {
+            file: Mutex::new(file),
+            prior,
+        })
+    }
+
+    fn append(&self, line: &Line) -> io::Result<()> {
+        let mut bytes = serde_json::to_vec(line).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        let file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        // One write of the whole line on an O_APPEND file: a killed process never leaves half a
+        // line behind, and lines of concurrent writers in this process never interleave.
+        (&*file).write_all(&bytes)
+    }
+}
+
+impl StateStore for Journal {
+    fn prior(&self, key: &str) -> Option<Prior> {
+        self.prior.get(key).cloned()
+    }
+
+    fn started(&self, key: &str) -> io::Result<()> {
+        self.append(&Line {
+            key: key.to_owned(),
+            outcome: Mark::Started,
+            error: None,
+        })?;
+        self.sync()
+    }
+
+    fn finished(&self, key: &str, mark: Mark, error: Option<&Value>) -> io::Result<()> {
+        self.append(&Line {
+            key: key.to_owned(),
+            outcome: mark,
+            error: error.cloned(),
+        })
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        // A clone of the handle, so that a slow fsync does not hold up writers.
+        let file = self
+            .file
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .try_clone()?;
+        file.sync_data()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("dub-track-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        let _ = std::fs::remove_file(&p);
+        p
+    }
+
+    #[test]
+    fn remembers_ends_and_starts_across_opens() {
+        let p = temp("j1");
+        {
+            let j = Journal::open(&p).unwrap();
+            j.started("a").unwrap();
+            j.finished("b", Mark::Delivered, None).unwrap();
+            j.started("c").unwrap();
+            j.finished("c", Mark::Failed, Some(&serde_json::json!({"x": 1})))
+                .unwrap();
+            j.sync().unwrap();
+        }
+        let j = Journal::open(&p).unwrap();
+        assert_eq!(j.prior("a").unwrap().mark, Mark::Started);
+        assert_eq!(j.prior("b").unwrap().mark, Mark::Delivered);
+        let c = j.prior("c").unwrap();
+        assert_eq!(c.mark, Mark::Failed);
+        assert_eq!(c.error, Some(serde_json::json!({"x": 1})));
+        assert!(j.prior("d").is_none());
+    }
+
+    #[test]
+    fn a_torn_last_line_is_ignored() {
+        let p = temp("j2");
+        std::fs::write(
+            &p,
+            b"{\"key\":\"a\",\"outcome\":\"delivered\"}\n{\"key\":\"b\",\"outc",
+        )
+        .unwrap();
+        let j = Journal::open(&p).unwrap();
+        assert_eq!(j.prior("a").unwrap().mark, Mark::Delivered);
+        assert!(j.prior("b").is_none());
+    }
+
+    #[test]
+    fn a_second_open_is_refused_while_the_first_holds_it() {
+        let p = temp("j3");
+        let _first = Journal::open(&p).unwrap();
+        assert!(matches!(Journal::open(&p), Err(OpenError::Locked(_))));
+    }
+}
