@@ -1,11 +1,11 @@
 //! Typed errors from real HTTP responses, validation before sending, and token redaction.
 
-mod support;
+use crate::support;
 
+use crate::support::{Reply, Server, TOKEN, client, refused_url};
 use dub::models::{LeadMode, Set, TrackLeadRequest, TrackLeadRequestBuilder, TrackSaleRequest};
 use dub::{Dub, ErrorKind};
 use serde_json::json;
-use support::{Reply, Server, TOKEN, client, refused_url};
 
 fn lead_builder() -> TrackLeadRequestBuilder<Set, Set, Set> {
     TrackLeadRequest::builder()

@@ -6,16 +6,14 @@
 //! (`tests/errors.rs` covers a slow reply within a timeout, the per-call timeout, and that
 //! plain http to a non-loopback host is refused at build time.)
 
-mod support;
-
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::support::{Reply, Server, TOKEN, lead_body};
 use dub::models::{TrackLeadRequest, TrackSaleRequest};
 use dub::{Dub, ErrorKind, RetryConfig};
-use support::{Reply, Server, TOKEN, lead_body};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 

@@ -282,7 +282,7 @@ fn run_child(
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "spool_crash_child",
+            "spool::spool_crash_child",
             "--ignored",
             "--nocapture",
             "--test-threads=1",

@@ -1,13 +1,13 @@
 //! Retry behaviour over real loopback HTTP, on tokio's paused clock: exact schedules without
 //! real sleeps.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::support::{Reply, Server, TOKEN, refused_url};
 use dub::models::{LeadMode, TrackLeadRequest, TrackSaleRequest};
 use dub::{Dub, ErrorKind, Jitter, RateLimit, RetryBudget, RetryConfig};
-use support::{Reply, Server, TOKEN, refused_url};
 use tokio::time::Instant;
 
 fn lead() -> TrackLeadRequest {
