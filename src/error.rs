@@ -210,6 +210,64 @@ impl Error {
         self
     }
 
+    /// An event a tracker's process was sending when it stopped (crash, `kill -9`): whether
+    /// Dub got it is unknown.
+    #[cfg_attr(not(feature = "spool"), allow(dead_code))]
+    pub(crate) fn interrupted() -> Self {
+        let mut e = Self::new(ErrorKind::Transport);
+        e.inner.message =
+            Some("the process delivering this event stopped while it was in flight".to_owned());
+        e.inner.may_have_been_recorded = true;
+        e
+    }
+
+    /// An error as [`to_json`](Self::to_json) stored it, read back from a spool.
+    #[cfg_attr(not(feature = "spool"), allow(dead_code))]
+    pub(crate) fn from_stored(value: &serde_json::Value) -> Self {
+        const KINDS: [ErrorKind; 16] = [
+            ErrorKind::BadRequest,
+            ErrorKind::Unauthorized,
+            ErrorKind::Forbidden,
+            ErrorKind::NotFound,
+            ErrorKind::Conflict,
+            ErrorKind::InviteExpired,
+            ErrorKind::UnprocessableEntity,
+            ErrorKind::RateLimitExceeded,
+            ErrorKind::InternalServerError,
+            ErrorKind::UnexpectedStatus,
+            ErrorKind::Timeout,
+            ErrorKind::Connect,
+            ErrorKind::Transport,
+            ErrorKind::Decode,
+            ErrorKind::Validation,
+            ErrorKind::Config,
+        ];
+        let kind = value["kind"]
+            .as_str()
+            .and_then(|k| KINDS.into_iter().find(|kind| format!("{kind:?}") == k))
+            .unwrap_or(ErrorKind::Transport);
+        let mut e = Self::new(kind);
+        let text = |name: &str| value[name].as_str().map(str::to_owned);
+        e.inner.operation = match value["operation"].as_str() {
+            Some("track.lead") => Some("track.lead"),
+            Some("track.sale") => Some("track.sale"),
+            _ => None,
+        };
+        e.inner.status = value["status"]
+            .as_u64()
+            .and_then(|s| u16::try_from(s).ok())
+            .and_then(|s| StatusCode::from_u16(s).ok());
+        e.inner.code = text("code");
+        e.inner.message = text("message");
+        e.inner.attempts = value["attempts"]
+            .as_u64()
+            .and_then(|a| u32::try_from(a).ok())
+            .unwrap_or(0);
+        // Unknown means possibly recorded: the safe reading of a record that does not say.
+        e.inner.may_have_been_recorded = value["may_have_been_recorded"].as_bool().unwrap_or(true);
+        e
+    }
+
     /// The error's essentials as JSON, for a record that outlives the process.
     pub(crate) fn to_json(&self) -> serde_json::Value {
         let i = &self.inner;

@@ -13,9 +13,11 @@
 //!   whose `X-RateLimit-Limit` becomes the ceiling (`0` means "unknown" and is ignored).
 //! - **On every 429 the whole client slows down**, not just the call that got it: the pace is cut
 //!   to 0.7 times what it was (once per round trip, so a burst of refusals for requests already in
-//!   flight counts once) and grows back along a cubic curve, as AWS's adaptive retry mode and TCP
-//!   CUBIC do, so that several processes sharing one key settle below the limit without talking
-//!   to each other. Calls waiting for their turn are held back behind the refusal for a short
+//!   flight counts once) and grows back along a cubic curve in 20 seconds, as AWS's adaptive retry
+//!   mode and TCP CUBIC do, then probes above it only linearly (Dub's minute-long window hides an
+//!   overshoot for up to a minute). A refusal while the window is still saturated cuts the pace
+//!   to what Dub let this client through over the last 10 seconds: its share of the key. So
+//!   several processes sharing one key settle near the limit without talking to each other. Calls waiting for their turn are held back behind the refusal for a short
 //!   time that doubles while refusals continue (never past the window Dub names in
 //!   `X-RateLimit-Reset`), so a saturated window is probed, not hammered.
 //! - Waiting for a turn counts against the call's deadline
@@ -36,8 +38,13 @@ use tokio::time::Instant;
 const MARGIN: f64 = 0.98;
 /// The cut on each 429 (AWS's adaptive mode and CUBIC use 0.7).
 const BETA: f64 = 0.7;
-/// How fast the pace grows back, in requests per second per second cubed (AWS's constant).
-const SCALE: f64 = 0.4;
+/// How long the pace takes to grow back to where it was cut, in seconds. AWS's constant
+/// (a fixed 0.4 requests/s³) brings a pace of a few requests a second back within about a
+/// second, which suits a per-second bucket; Dub's window is a minute, and clients sharing a
+/// key only converge if each grows back slowly compared with how fast refusals reach it.
+const RECOVERY_SECS: f64 = 20.0;
+/// Growth above the pace of the last cut, as a share of it per `RECOVERY_SECS`.
+const PROBE_GROWTH: f64 = 0.05;
 /// The slowest pace: one request every two seconds.
 const MIN_RATE: f64 = 0.5;
 /// The shortest and longest hold after a 429.
@@ -159,6 +166,55 @@ struct State {
     second_start: Instant,
     this_second: u64,
     last_second: u64,
+    /// Responses other than 429 in each of the last seconds, newest last.
+    accepted: Accepted,
+}
+
+/// How many requests Dub let through lately: under a saturated window, exactly this client's
+/// share of the key's limit.
+#[derive(Debug)]
+struct Accepted {
+    origin: Instant,
+    /// Seconds since `origin` of the newest bucket.
+    second: u64,
+    buckets: [u32; ACCEPTED_SECS],
+}
+
+const ACCEPTED_SECS: usize = 10;
+
+impl Accepted {
+    fn new(origin: Instant) -> Self {
+        Self {
+            origin,
+            second: 0,
+            buckets: [0; ACCEPTED_SECS],
+        }
+    }
+
+    fn advance(&mut self, now: Instant) {
+        let second = now.saturating_duration_since(self.origin).as_secs();
+        let shift = second.saturating_sub(self.second);
+        if shift >= ACCEPTED_SECS as u64 {
+            self.buckets = [0; ACCEPTED_SECS];
+        } else if shift > 0 {
+            let shift = shift as usize;
+            self.buckets.rotate_left(shift);
+            self.buckets[ACCEPTED_SECS - shift..].fill(0);
+        }
+        self.second = self.second.max(second);
+    }
+
+    fn record(&mut self, now: Instant) {
+        self.advance(now);
+        let last = &mut self.buckets[ACCEPTED_SECS - 1];
+        *last = last.saturating_add(1);
+    }
+
+    /// Requests a second over the whole span.
+    fn rate(&mut self, now: Instant) -> f64 {
+        self.advance(now);
+        self.buckets.iter().map(|&n| f64::from(n)).sum::<f64>() / ACCEPTED_SECS as f64
+    }
 }
 
 /// A turn to send one request.
@@ -188,6 +244,7 @@ impl Limiter {
                 second_start: now,
                 this_second: 0,
                 last_second: 0,
+                accepted: Accepted::new(now),
             }),
         }
     }
@@ -249,6 +306,7 @@ impl Limiter {
         let mut s = self.lock();
         let now = Instant::now();
         if status != 429 {
+            s.accepted.record(now);
             if s.last_refusal.is_none_or(|at| permit.issued >= at) {
                 s.consecutive = 0;
             }
@@ -261,16 +319,26 @@ impl Limiter {
             s.limit = Some(limit);
             s.learned = true;
         }
-        // A request sent after the previous refusal arrived was a probe of a saturated window:
-        // its refusal makes the hold longer, but says nothing new about the pace.
+        // A request sent after the previous refusal arrived was a probe of a saturated window.
         let probe = s.last_refusal.is_some_and(|at| permit.issued >= at) && s.consecutive > 0;
-        if permit.epoch == s.epoch && !probe {
+        if permit.epoch == s.epoch {
             let current = s.rate(now).unwrap_or_else(|| s.measured(now));
             let current = s.cap().map_or(current, |c| current.min(c));
-            s.w_max = current.max(MIN_RATE);
-            s.cut_at = now;
-            s.cut = true;
-            s.epoch += 1;
+            // A saturated window admits this client exactly its share: what it got through
+            // lately. A first refusal cuts by BETA; a failed probe cuts to that share, which
+            // after a burst of one client alone is the whole limit (no cut), and with
+            // several clients on the key is each one's part of it.
+            let target = if probe {
+                s.accepted.rate(now).max(BETA * current)
+            } else {
+                current
+            };
+            if !probe || target < current {
+                s.w_max = target.min(current).max(MIN_RATE);
+                s.cut_at = now;
+                s.cut = true;
+                s.epoch += 1;
+            }
         }
         s.consecutive = if probe {
             s.consecutive.saturating_add(1)
@@ -330,9 +398,17 @@ impl State {
             return cap;
         }
         // CUBIC: w(t) = C (t - K)^3 + w_max, with w(0) = BETA * w_max.
-        let k = (self.w_max * (1.0 - BETA) / SCALE).cbrt();
+        // Back to w_max along CUBIC's concave curve in a fixed K seconds (so C scales with
+        // w_max), then probing above it only linearly, 5% of w_max per K: Dub's window lets
+        // a client run above the limit for up to a minute before refusing anything, so a
+        // convex probe would overshoot far before the first refusal says so.
+        let k = RECOVERY_SECS;
         let t = now.saturating_duration_since(self.cut_at).as_secs_f64();
-        let w = SCALE * (t - k).powi(3) + self.w_max;
+        let w = if t < k {
+            self.w_max * (1.0 - (1.0 - BETA) * ((k - t) / k).powi(3))
+        } else {
+            self.w_max * (1.0 + PROBE_GROWTH * (t - k) / k)
+        };
         let w = if w.is_finite() { w } else { f64::MAX };
         // Never slower than MIN_RATE, unless the limit itself is slower.
         let floor = cap.map_or(MIN_RATE, |c| c.min(MIN_RATE));

@@ -236,3 +236,159 @@ fn sync_code_hands_over_and_waits_without_a_runtime() {
     assert!(report.drained);
     assert_eq!(mock.leads().len(), 1);
 }
+
+/// Issue 13's reliability run: 5,000 events from concurrent producers through random faults
+/// (30% of requests), Dub's enforced rate limit and a two-minute outage, on the paused clock.
+#[tokio::test(start_paused = true)]
+async fn five_thousand_events_through_faults_limits_and_an_outage() {
+    use dub::mock::RandomFaults;
+    use dub::tracker::{Event, HandOverErrorKind};
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    const CUSTOMERS: usize = 1_000;
+    const CAPACITY: usize = 500;
+    // Every kind of fault but the 429: those come from the enforced limit itself (random 429s
+    // that no pace can avoid would only teach the adaptive limiter a slower pace).
+    let kinds = dub::mock::Fault::every_kind(Duration::from_secs(11))
+        .into_iter()
+        .filter(|f| !matches!(f, dub::mock::Fault::RateLimited(_)));
+    let faults = RandomFaults::new(13, 0.3).kinds(kinds);
+    let started = tokio::time::Instant::now();
+    let mock = MockDub::builder()
+        .rate_limit(1_200)
+        .random_faults(faults.clone())
+        .start()
+        .await
+        .unwrap();
+    let tracker = client(&mock)
+        .tracker()
+        .capacity(CAPACITY)
+        .max_in_flight(32)
+        .start()
+        .unwrap();
+
+    // Per customer: a lead, three sales with invoice ids (deduplicated), one without (not),
+    // whose amount identifies it in the mock's records.
+    let events = |c: usize| -> Vec<Event> {
+        let customer = format!("user_{c}");
+        let mut v: Vec<Event> = vec![lead(&customer).into()];
+        for n in 0..3 {
+            v.push(sale(&customer, Some(&format!("in_{c}_{n}"))).into());
+        }
+        v.push(
+            TrackSaleRequest::builder()
+                .customer_external_id(&customer)
+                .amount(1_000_000 + c as u64)
+                .build()
+                .into(),
+        );
+        v
+    };
+    let peak = Arc::new(AtomicU64::new(0));
+    let watcher = {
+        let (tracker, peak) = (tracker.clone(), peak.clone());
+        tokio::spawn(async move {
+            loop {
+                let s = tracker.stats();
+                peak.fetch_max(s.queued + s.in_flight, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    // Eight producers; a full queue is an error at once, and the producer tries again later.
+    let mut producers = Vec::new();
+    for p in 0..8 {
+        let tracker = tracker.clone();
+        producers.push(tokio::spawn(async move {
+            let mut receipts = Vec::new();
+            for c in (p..CUSTOMERS).step_by(8) {
+                for (k, event) in events(c).into_iter().enumerate() {
+                    let mut event = event;
+                    loop {
+                        match tracker.send(event).await {
+                            Ok(r) => {
+                                // k == 4: the sale without invoice id.
+                                receipts.push((c, k == 4, r));
+                                break;
+                            }
+                            Err(e) => {
+                                assert_eq!(e.kind(), HandOverErrorKind::Full, "{e}");
+                                event = e.into_event().expect("the event comes back");
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                        }
+                    }
+                }
+            }
+            receipts
+        }));
+    }
+    // Two minutes into the run Dub goes down for two minutes.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    mock.random_faults(RandomFaults::new(1, 1.0).kinds([dub::mock::Fault::Status(503)]));
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    mock.random_faults(faults);
+
+    let mut outcomes: Vec<(usize, bool, Outcome)> = Vec::new();
+    for producer in producers {
+        for (c, plain, receipt) in producer.await.unwrap() {
+            outcomes.push((c, plain, receipt.await));
+        }
+    }
+    watcher.abort();
+    let report = tracker.shutdown(Duration::from_secs(1)).await;
+    assert!(report.drained, "{report:?}");
+    assert_eq!(outcomes.len(), 5 * CUSTOMERS);
+
+    let mut leads: HashMap<String, usize> = HashMap::new();
+    for l in mock.leads() {
+        *leads.entry(l.customer_external_id).or_default() += 1;
+    }
+    let mut invoices: HashMap<String, usize> = HashMap::new();
+    let mut plain: HashMap<u64, usize> = HashMap::new();
+    for s in mock.sales() {
+        match s.invoice_id {
+            Some(i) => *invoices.entry(i).or_default() += 1,
+            None => *plain.entry(s.amount).or_default() += 1,
+        }
+    }
+    let (mut delivered, mut uncertain, mut failed) = (0, 0, 0);
+    for (c, plain, outcome) in &outcomes {
+        match outcome {
+            Outcome::Delivered(_) => delivered += 1,
+            Outcome::Uncertain(_) => uncertain += 1,
+            Outcome::Failed(_) => failed += 1,
+            other => panic!("{other:?}"),
+        }
+        if !plain {
+            assert!(outcome.is_delivered(), "customer {c}: {outcome:?}");
+        }
+    }
+    eprintln!(
+        "{:?}: delivered {delivered}, uncertain {uncertain}, failed {failed}, requests {}, 429s {}, peak queue {}",
+        started.elapsed(),
+        mock.request_count(),
+        mock.rate_limited_count(),
+        peak.load(Ordering::Relaxed)
+    );
+    // What Dub deduplicates is recorded exactly once.
+    assert_eq!(leads.len(), CUSTOMERS);
+    assert!(leads.values().all(|&n| n == 1));
+    assert_eq!(invoices.len(), 3 * CUSTOMERS);
+    assert!(invoices.values().all(|&n| n == 1));
+    // What it does not is recorded at most once, and what is not recorded was reported.
+    for (c, _, outcome) in outcomes.iter().filter(|(_, plain, _)| *plain) {
+        let recorded = plain.get(&(1_000_000 + *c as u64)).copied().unwrap_or(0);
+        match outcome {
+            Outcome::Delivered(_) => assert_eq!(recorded, 1, "customer {c}"),
+            Outcome::Failed(_) => assert_eq!(recorded, 0, "customer {c}"),
+            _ => assert!(recorded <= 1, "customer {c}"),
+        }
+    }
+    assert_eq!(failed, 0, "nothing here is refused by Dub");
+    eprintln!("uncertain: {uncertain} (sales without invoice id only)");
+    // Memory stays within the bound.
+    assert!(peak.load(Ordering::Relaxed) <= CAPACITY as u64);
+}

@@ -34,7 +34,8 @@ pub enum Fault {
     /// Process the request (recording it if valid), then send its response with a
     /// `Content-Length` larger than the bytes that follow, and close the connection.
     TruncatedBody,
-    /// Process the request (recording it if valid), then answer 200 with an HTML body.
+    /// Process the request (recording it if valid), then answer 200 with an HTML body; a
+    /// request the mock refuses (invalid, rate-limited) gets its error as usual.
     NonJsonBody,
     /// Answer with this status and an HTML body, as a proxy in front of Dub would (e.g. 502);
     /// nothing is recorded.

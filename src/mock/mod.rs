@@ -53,9 +53,12 @@
 //!   unknown customer is a direct sale: Dub creates the customer and records a lead for it
 //!   first. A sale for a known customer without a lead (or without a lead named
 //!   `leadEventName`) is 404.
-//! - Every response carries `X-RateLimit-Limit` (600), `X-RateLimit-Remaining` (counting
-//!   down over a one-minute window) and `X-RateLimit-Reset` (Unix time in milliseconds, like
-//!   Dub). The limit is reported but never enforced: 429s come only from faults.
+//! - Rate limits: like Dub, only error responses carry `X-RateLimit-Limit`,
+//!   `X-RateLimit-Remaining` and `X-RateLimit-Reset` (epoch milliseconds); a success carries
+//!   none. [`MockDubBuilder::rate_limit`] enforces Dub's sliding-window limit with Dub's 429;
+//!   without it nothing is refused and errors report a limit of 600.
+//! - The lead-then-sale race, opt-in with [`MockDubBuilder::lead_race`]: a sale right after an
+//!   `async` lead gets Dub's 404 "Lead event not found" until the lead's event is written.
 //!
 //! Every click ID is accepted as a click on one mock link, amounts are never converted to USD,
 //! and the error `message`s match Dub's where Dub's source states them.
@@ -72,25 +75,25 @@ mod reply;
 mod rules;
 mod schema;
 mod server;
+mod window;
 
 pub use fault::{Fault, RandomFaults, RetryAfter};
 pub use records::{ReceivedRequest, RecordedLead, RecordedSale};
 
 use fault::FaultPlan;
 use reply::{RateLimit, Reply};
-use rules::{Dub, Incoming};
+use rules::{Context, Incoming, Workspace};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use window::SlidingWindow;
 
 /// The API token the mock accepts.
 const TOKEN: &str = "dub_mock_token";
-/// Dub's per-minute limits go from 60 to 3000 requests by plan; 600 is in between.
-const RATE_LIMIT: u64 = 600;
-const RATE_WINDOW_MS: u64 = 60_000;
 
 /// A running mock Dub server on `127.0.0.1`.
 ///
@@ -124,13 +127,48 @@ impl fmt::Debug for MockDub {
 }
 
 impl MockDub {
-    /// Starts a server on `127.0.0.1` with a port chosen by the OS.
+    /// Starts a server on `127.0.0.1` with a port chosen by the OS, no enforced rate limit and
+    /// no lead race: [`MockDub::builder`] for those.
     ///
     /// Must be called inside a Tokio runtime, which then runs the server.
     pub async fn start() -> std::io::Result<MockDub> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        MockDub::builder().start().await
+    }
+
+    /// A server to configure before it starts.
+    ///
+    /// ```
+    /// use dub::mock::MockDub;
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let dub = MockDub::builder()
+    ///     .rate_limit(1_200) // requests a minute, Dub's sliding window
+    ///     .lead_race(Duration::from_millis(500))
+    ///     .start()
+    ///     .await?;
+    /// assert_eq!(dub.rate_limit(), Some(1_200));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder() -> MockDubBuilder {
+        MockDubBuilder::default()
+    }
+
+    async fn start_with(builder: MockDubBuilder) -> std::io::Result<MockDub> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, builder.port)).await?;
         let url = format!("http://{}", listener.local_addr()?);
-        let shared = Arc::new(Shared::default());
+        let config = Config {
+            rate_limit: builder.rate_limit,
+            lead_race: builder.lead_race,
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::new(config)),
+        });
+        if let Some(faults) = builder.random_faults {
+            shared.lock().faults.set_random(faults);
+        }
         let (stop, stopped) = watch::channel(false);
         let server = tokio::spawn(server::run(listener, shared.clone(), stopped));
         Ok(MockDub {
@@ -155,12 +193,12 @@ impl MockDub {
 
     /// Every lead event recorded, oldest first.
     pub fn leads(&self) -> Vec<RecordedLead> {
-        self.inner.shared.lock().dub.leads.clone()
+        self.inner.shared.lock().workspace.leads.clone()
     }
 
     /// Every sale event recorded, oldest first.
     pub fn sales(&self) -> Vec<RecordedSale> {
-        self.inner.shared.lock().dub.sales.clone()
+        self.inner.shared.lock().workspace.sales.clone()
     }
 
     /// Every HTTP request received, in arrival order, whatever became of it. Requests hyper
@@ -198,11 +236,43 @@ impl MockDub {
         self.inner.shared.lock().faults.clear();
     }
 
-    /// Returns the server to its state right after [`MockDub::start`], on the same port:
-    /// forgets customers, recorded events, the de-duplication and invoice caches, received
-    /// requests, the rate-limit window and all faults.
+    /// Enforces `per_minute` requests a minute from now on (`None`: counts without refusing),
+    /// keeping the counts of the current and previous minute.
+    pub fn set_rate_limit(&self, per_minute: Option<u64>) {
+        let mut state = self.inner.shared.lock();
+        state.window.set_limit(per_minute);
+        state.config.rate_limit = per_minute;
+    }
+
+    /// The enforced limit, requests a minute, if any.
+    pub fn rate_limit(&self) -> Option<u64> {
+        self.inner.shared.lock().window.enforced_limit()
+    }
+
+    /// Makes leads tracked from now on in `async` mode invisible to sales for `delay`
+    /// (`None`: visible at once). See [`MockDubBuilder::lead_race`].
+    pub fn set_lead_race(&self, delay: Option<Duration>) {
+        self.inner.shared.lock().config.lead_race = delay;
+    }
+
+    /// The number of requests refused with 429 by the enforced rate limit.
+    pub fn rate_limited_count(&self) -> usize {
+        self.inner
+            .shared
+            .lock()
+            .requests
+            .iter()
+            .filter(|r| r.status == Some(429) && r.fault.is_none())
+            .count()
+    }
+
+    /// Returns the server to its state right after it started, on the same port and with the
+    /// same configuration (rate limit, lead race): forgets customers, recorded events, the
+    /// de-duplication and invoice caches, received requests, the rate-limit counts and all
+    /// faults.
     pub fn reset(&self) {
-        *self.inner.shared.lock() = State::default();
+        let mut state = self.inner.shared.lock();
+        *state = State::new(state.config.clone());
     }
 
     /// Stops accepting connections and closes open ones, for every handle to this server.
@@ -221,38 +291,86 @@ impl MockDub {
     }
 }
 
+/// How a [`MockDub`] is set up before it starts: [`MockDub::builder`].
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct MockDubBuilder {
+    port: u16,
+    rate_limit: Option<u64>,
+    lead_race: Option<Duration>,
+    random_faults: Option<RandomFaults>,
+}
+
+impl MockDubBuilder {
+    /// Listens on this port of `127.0.0.1`; 0 (the default) lets the OS choose.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Enforces Dub's rate limit: `per_minute` requests a minute for the whole server (one API
+    /// key), with Dub's algorithm (Upstash's sliding window: two epoch-aligned one-minute
+    /// windows, the previous one weighted by the part of it still inside the last minute;
+    /// refused requests are not counted; every authenticated request that gets through is,
+    /// whatever its outcome). A refused request gets Dub's 429 with `Retry-After` and
+    /// `X-RateLimit-Reset` in epoch milliseconds. Time is read through Tokio's clock, so a
+    /// test on a paused clock runs minutes of traffic in no time.
+    ///
+    /// Without it nothing is refused, and error responses report a limit of 600.
+    pub fn rate_limit(mut self, per_minute: u64) -> Self {
+        self.rate_limit = Some(per_minute);
+        self
+    }
+
+    /// Reproduces Dub's lead-then-sale race: a lead tracked in `async` mode (the default)
+    /// stays invisible to sales for `delay`, during which a sale for that customer gets Dub's
+    /// 404 "Lead event not found for externalId: …" and records nothing. Leads tracked with
+    /// `mode: "wait"` are visible at once, as on Dub.
+    pub fn lead_race(mut self, delay: Duration) -> Self {
+        self.lead_race = Some(delay);
+        self
+    }
+
+    /// Starts with random faults, as [`MockDub::random_faults`] would right after start.
+    pub fn random_faults(mut self, faults: RandomFaults) -> Self {
+        self.random_faults = Some(faults);
+        self
+    }
+
+    /// Starts the server. Must be called inside a Tokio runtime, which then runs it.
+    pub async fn start(self) -> std::io::Result<MockDub> {
+        MockDub::start_with(self).await
+    }
+}
+
 /// State shared by the handle and the connection tasks.
-#[derive(Default)]
 pub(crate) struct Shared {
     state: Mutex<State>,
 }
 
-#[derive(Default)]
+/// What survives [`MockDub::reset`].
+#[derive(Debug, Clone, Default)]
+struct Config {
+    rate_limit: Option<u64>,
+    lead_race: Option<Duration>,
+}
+
 struct State {
-    dub: Dub,
+    config: Config,
+    workspace: Workspace,
     requests: Vec<ReceivedRequest>,
     faults: FaultPlan,
-    window: RateWindow,
+    window: SlidingWindow,
 }
 
-/// A fixed one-minute window counting requests, for the `X-RateLimit-*` headers.
-#[derive(Default)]
-struct RateWindow {
-    start_ms: u64,
-    count: u64,
-}
-
-impl RateWindow {
-    fn hit(&mut self, now_ms: u64) -> RateLimit {
-        if now_ms >= self.start_ms.saturating_add(RATE_WINDOW_MS) {
-            self.start_ms = now_ms;
-            self.count = 0;
-        }
-        self.count += 1;
-        RateLimit {
-            limit: RATE_LIMIT,
-            remaining: RATE_LIMIT.saturating_sub(self.count),
-            reset_ms: self.start_ms.saturating_add(RATE_WINDOW_MS),
+impl State {
+    fn new(config: Config) -> State {
+        State {
+            window: SlidingWindow::new(config.rate_limit),
+            config,
+            workspace: Workspace::default(),
+            requests: Vec::new(),
+            faults: FaultPlan::default(),
         }
     }
 }
@@ -264,18 +382,41 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records a request as it arrives and decides its fault and rate-limit headers, under
-    /// one lock so that arrival order is fault order.
-    fn arrive(&self, mut request: ReceivedRequest) -> (Option<Fault>, RateLimit) {
+    /// Records a request as it arrives and decides its fault, under one lock so that arrival
+    /// order is fault order. Returns the fault and the request's place in the log.
+    fn arrive(&self, mut request: ReceivedRequest) -> (Option<Fault>, usize) {
         let mut state = self.lock();
         let fault = state.faults.next();
         request.fault = fault.clone();
         state.requests.push(request);
-        let rate = state.window.hit(reply::now_ms());
-        (fault, rate)
+        (fault, state.requests.len() - 1)
+    }
+
+    /// Notes the status a logged request was answered with.
+    fn answered(&self, index: usize, status: u16) {
+        if let Some(request) = self.lock().requests.get_mut(index) {
+            request.status = Some(status);
+        }
     }
 
     fn handle(&self, request: &Incoming<'_>) -> Reply {
-        self.lock().dub.handle(TOKEN, request)
+        let mut state = self.lock();
+        let State {
+            config,
+            workspace,
+            window,
+            ..
+        } = &mut *state;
+        let cx = Context {
+            window,
+            now_ms: crate::clock::now_ms(),
+            lead_race: config.lead_race,
+        };
+        workspace.handle(TOKEN, request, cx)
+    }
+
+    /// The key's rate-limit state without counting a request, for 429s from faults.
+    fn peek_rate(&self) -> RateLimit {
+        self.lock().window.peek(crate::clock::now_ms())
     }
 }

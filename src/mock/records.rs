@@ -62,6 +62,11 @@ pub struct ReceivedRequest {
     pub body: Vec<u8>,
     /// The fault this request got, scripted or random, if any.
     pub fault: Option<super::Fault>,
+    /// The status it was answered with; `None` while it is being handled, or when the
+    /// connection was reset or the response written raw by a fault.
+    pub status: Option<u16>,
+    /// When it arrived, on Tokio's clock (paused in tests that pause it).
+    pub at: tokio::time::Instant,
 }
 
 impl ReceivedRequest {

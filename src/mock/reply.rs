@@ -3,7 +3,6 @@
 
 use super::fault::RetryAfter;
 use serde_json::{Value, json};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 const DOC_URL: &str = "https://dub.co/docs/api-reference/errors";
 
@@ -13,6 +12,9 @@ pub(crate) struct Reply {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
+    /// The key's rate-limit state when the request went through Dub's limiter: Dub sends it
+    /// as `X-RateLimit-*` headers on error responses only (FACTS §6).
+    pub rate: Option<RateLimit>,
 }
 
 impl Reply {
@@ -25,6 +27,7 @@ impl Reply {
             status,
             headers: vec![("content-type", content_type.to_owned())],
             body,
+            rate: None,
         }
     }
 
@@ -45,6 +48,24 @@ impl Reply {
             reply.set_retry_after(&RetryAfter::UnixMillis(reset_in_ms(1_000)));
         }
         reply
+    }
+
+    /// The 429 of Dub's limiter: `Retry-After` is the window's reset in epoch milliseconds.
+    pub fn refused(rate: RateLimit) -> Reply {
+        let mut reply = Reply::error(429, "rate_limit_exceeded", "Too many requests.");
+        reply.set_retry_after(&RetryAfter::UnixMillis(rate.reset_ms));
+        reply.rate = Some(rate);
+        reply
+    }
+
+    /// Adds the `X-RateLimit-*` headers where Dub sends them: on errors from a request that
+    /// reached its limiter, never on a success.
+    pub fn finish(&mut self) {
+        if self.status >= 400
+            && let Some(rate) = self.rate.take()
+        {
+            rate.apply(self);
+        }
     }
 
     pub fn rate_limited(retry_after: &RetryAfter) -> Reply {
@@ -109,15 +130,8 @@ impl RateLimit {
     }
 }
 
-pub(crate) fn now_ms() -> u64 {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-}
-
 fn reset_in_ms(delta: u64) -> u64 {
-    now_ms().saturating_add(delta)
+    crate::clock::now_ms().saturating_add(delta)
 }
 
 fn describe(status: u16) -> (String, String) {

@@ -7,8 +7,10 @@
 use super::records::{RecordedLead, RecordedSale};
 use super::reply::Reply;
 use super::schema::{self, LeadInput, Mode, Rejection, SaleInput};
+use super::window::SlidingWindow;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 /// What the rules need from an HTTP request.
 pub(crate) struct Incoming<'a> {
@@ -19,9 +21,20 @@ pub(crate) struct Incoming<'a> {
     pub body: &'a [u8],
 }
 
-/// Dub's state for the one workspace the mock serves.
+/// What a request is judged by besides the workspace's data: the key's rate limit and the
+/// time.
+pub(crate) struct Context<'a> {
+    pub window: &'a mut SlidingWindow,
+    pub now_ms: u64,
+    /// How long an `async` lead's event stays invisible to sales (Dub writes it in the
+    /// background); `None` makes it visible at once.
+    pub lead_race: Option<Duration>,
+}
+
+/// Dub's state for the one workspace the mock serves (the server side; the client is
+/// [`crate::Dub`]).
 #[derive(Debug, Default)]
-pub(crate) struct Dub {
+pub(crate) struct Workspace {
     customers: HashMap<String, Customer>,
     /// customerExternalId + normalised event name of every lead tracked outside `deferred` mode.
     lead_keys: HashSet<(String, String)>,
@@ -40,8 +53,9 @@ struct Customer {
     avatar: Option<String>,
     external_id: String,
     click_id: String,
-    /// Names of the lead events recorded for this customer.
-    lead_events: Vec<String>,
+    /// Names of the lead events recorded for this customer, with the time (epoch ms) from
+    /// which a sale can see each.
+    lead_events: Vec<(String, u64)>,
 }
 
 impl Customer {
@@ -69,10 +83,10 @@ const INVALID_JSON: &str =
     "Invalid JSON format in request body. Please ensure the request body is a valid JSON object.";
 const MISCONFIGURED_AUTH: &str = "Misconfigured authorization header. Did you forget to add 'Bearer '? Learn more: https://d.to/auth";
 
-impl Dub {
+impl Workspace {
     /// Answers one request as Dub would: route, then auth, then JSON, then the schema, then
     /// the operation.
-    pub fn handle(&mut self, token: &str, req: &Incoming<'_>) -> Reply {
+    pub fn handle(&mut self, token: &str, req: &Incoming<'_>, cx: Context<'_>) -> Reply {
         let lead = match req.path {
             "/track/lead" => true,
             "/track/sale" => false,
@@ -96,18 +110,36 @@ impl Dub {
         if let Err(rejection) = authorize(token, &req.authorization) {
             return rejection.into();
         }
-        let Ok(body) = serde_json::from_slice::<Value>(req.body) else {
+        // Dub's limiter runs once the key is known, before the body is looked at; from here
+        // every request counts against the key, whatever its outcome.
+        let rate = match cx.window.hit(cx.now_ms) {
+            Ok(rate) => rate,
+            Err(rate) => return Reply::refused(rate),
+        };
+        let mut reply = self.track(lead, req.body, cx.now_ms, cx.lead_race);
+        reply.rate = Some(rate);
+        reply
+    }
+
+    fn track(&mut self, lead: bool, body: &[u8], now_ms: u64, race: Option<Duration>) -> Reply {
+        let Ok(body) = serde_json::from_slice::<Value>(body) else {
             return Rejection::bad_request(INVALID_JSON).into();
         };
         let result = if lead {
-            schema::lead(&body).map(|input| self.track_lead(input, &body))
+            let visible_ms = match race {
+                Some(delay) => {
+                    now_ms.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
+                }
+                None => now_ms,
+            };
+            schema::lead(&body).map(|input| self.track_lead(input, &body, now_ms, visible_ms))
         } else {
-            schema::sale(&body).and_then(|input| self.track_sale(input, &body))
+            schema::sale(&body).and_then(|input| self.track_sale(input, &body, now_ms))
         };
         result.unwrap_or_else(Reply::from)
     }
 
-    fn track_lead(&mut self, input: LeadInput, body: &Value) -> Reply {
+    fn track_lead(&mut self, input: LeadInput, body: &Value, now_ms: u64, async_ms: u64) -> Reply {
         let external_id = input.customer_external_id.clone();
         let existing = self.customers.get(&external_id);
         let click_id = if input.click_id.is_empty() {
@@ -160,7 +192,16 @@ impl Dub {
             ),
         );
         if input.mode != Mode::Deferred {
-            customer.lead_events.push(input.event_name.clone());
+            // `async` (the default) writes the event in the background: a sale right after
+            // it may not see it yet. `wait` writes it before answering.
+            let visible_ms = if input.mode == Mode::Async {
+                async_ms
+            } else {
+                now_ms
+            };
+            customer
+                .lead_events
+                .push((input.event_name.clone(), visible_ms));
             for _ in 0..input.event_quantity.unwrap_or(1) {
                 self.leads.push(RecordedLead {
                     customer_external_id: external_id.clone(),
@@ -175,7 +216,12 @@ impl Dub {
         Reply::json(200, &reply)
     }
 
-    fn track_sale(&mut self, input: SaleInput, body: &Value) -> Result<Reply, Rejection> {
+    fn track_sale(
+        &mut self,
+        input: SaleInput,
+        body: &Value,
+        now_ms: u64,
+    ) -> Result<Reply, Rejection> {
         let invoice_id = input.invoice_id.clone().filter(|i| !i.is_empty());
         if let Some(cached) = invoice_id.as_ref().and_then(|i| self.invoices.get(i)) {
             return Ok(Reply::with_body(200, "application/json", cached.clone()));
@@ -184,10 +230,14 @@ impl Dub {
         let nulls = json!({ "eventName": input.event_name, "customer": null, "sale": null });
 
         if let Some(customer) = self.customers.get(&external_id) {
-            let has_lead = match &input.lead_event_name {
-                Some(name) => customer.lead_events.contains(name),
-                None => !customer.lead_events.is_empty(),
-            };
+            // A lead still being written is not found, exactly as one never sent.
+            let has_lead = customer.lead_events.iter().any(|(event, visible_ms)| {
+                *visible_ms <= now_ms
+                    && input
+                        .lead_event_name
+                        .as_ref()
+                        .is_none_or(|name| name == event)
+            });
             if !has_lead {
                 let name = input.lead_event_name.as_deref().unwrap_or("null");
                 return Err(Rejection {
@@ -219,7 +269,7 @@ impl Dub {
                     &input.customer_avatar,
                 ),
             );
-            customer.lead_events.push(lead_name.clone());
+            customer.lead_events.push((lead_name.clone(), now_ms));
             self.leads.push(RecordedLead {
                 customer_external_id: external_id.clone(),
                 event_name: lead_name,
@@ -264,7 +314,7 @@ impl Dub {
 
 /// The customer with this external ID, created on first sight. Like Dub, an existing customer
 /// keeps its name, email and click. A free function so the caller can keep using the other
-/// fields of [`Dub`] while holding the customer.
+/// fields of [`Workspace`] while holding the customer.
 fn customer_for<'a>(
     customers: &'a mut HashMap<String, Customer>,
     counter: &mut u64,

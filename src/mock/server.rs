@@ -4,7 +4,7 @@
 use super::Shared;
 use super::fault::Fault;
 use super::records::ReceivedRequest;
-use super::reply::{RateLimit, Reply};
+use super::reply::Reply;
 use super::rules::Incoming;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming as Body};
@@ -143,6 +143,8 @@ async fn respond(
             .collect(),
         body: body.as_ref().map(Clone::clone).unwrap_or_default(),
         fault: None,
+        status: None,
+        at: tokio::time::Instant::now(),
     };
     let authorization = parts
         .headers
@@ -150,10 +152,12 @@ async fn respond(
         .iter()
         .map(lossy)
         .collect();
-    let (fault, rate) = shared.arrive(request.clone());
+    let (fault, index) = shared.arrive(request.clone());
+    let log = shared.clone();
     // Processing runs in its own task so that a client hanging up (say, on a timeout during
     // Fault::Delay) does not cancel it: like a real server, the mock finishes the work.
     let work = tokio::spawn(async move {
+        let peek = || shared.peek_rate();
         let handle = || match &body {
             Ok(bytes) => shared.handle(&Incoming {
                 method: &request.method,
@@ -166,14 +170,17 @@ async fn respond(
                 Reply::error(400, "bad_request", "The request body could not be read.")
             }
         };
-        apply(fault, handle, rate, shutdown).await
+        apply(fault, handle, peek, shutdown).await
     });
     let outcome = work
         .await
         .unwrap_or_else(|_| Outcome::Respond(Reply::status(500)));
     let takeover_now = match outcome {
         Outcome::Respond(reply) => match to_response(&reply) {
-            Some(response) => return Ok(response),
+            Some(response) => {
+                log.answered(index, reply.status);
+                return Ok(response);
+            }
             None => Takeover::Write(raw(&reply, reply.body.len())),
         },
         Outcome::Takeover(t) => t,
@@ -183,17 +190,26 @@ async fn respond(
     std::future::pending().await
 }
 
-/// Runs the fault, or the normal handling when there is none, and adds rate-limit headers.
+/// Runs the fault, or the normal handling when there is none, and adds rate-limit headers
+/// where Dub sends them.
 async fn apply(
     fault: Option<Fault>,
     handle: impl FnOnce() -> Reply,
-    rate: RateLimit,
+    peek: impl FnOnce() -> super::reply::RateLimit,
     mut shutdown: watch::Receiver<bool>,
 ) -> Outcome {
-    let reply = match fault {
+    let mut reply = match fault {
         None => handle(),
+        // A 429 is the limiter's answer: it says where the key stands.
+        Some(Fault::Status(429)) => Reply {
+            rate: Some(peek()),
+            ..Reply::status(429)
+        },
         Some(Fault::Status(status)) => Reply::status(status),
-        Some(Fault::RateLimited(retry_after)) => Reply::rate_limited(&retry_after),
+        Some(Fault::RateLimited(retry_after)) => Reply {
+            rate: Some(peek()),
+            ..Reply::rate_limited(&retry_after)
+        },
         Some(Fault::Delay(delay)) => {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => handle(),
@@ -206,26 +222,31 @@ async fn apply(
             handle();
             return Outcome::Takeover(Takeover::Reset);
         }
-        Some(Fault::ErrorAfterRecord(status)) => {
-            handle();
-            Reply::status(status)
-        }
+        Some(Fault::ErrorAfterRecord(status)) => Reply {
+            rate: handle().rate,
+            ..Reply::status(status)
+        },
         Some(Fault::TruncatedBody) => {
             let mut reply = handle();
-            rate.apply(&mut reply);
+            reply.finish();
             // Announce the full length (at least one byte), send half of it.
             let mut bytes = reply.to_http1(reply.body.len().max(1));
             bytes.extend_from_slice(&reply.body[..reply.body.len() / 2]);
             return Outcome::Takeover(Takeover::Write(bytes));
         }
         Some(Fault::NonJsonBody) => {
-            handle();
-            Reply::html(200)
+            // Garbles a success only: a request Dub refused (a 429 of the enforced limit, say)
+            // recorded nothing, and a 200 for it would claim it had.
+            let handled = handle();
+            if (200..300).contains(&handled.status) {
+                Reply::html(200)
+            } else {
+                handled
+            }
         }
         Some(Fault::Html(status)) => Reply::html(status),
     };
-    let mut reply = reply;
-    rate.apply(&mut reply);
+    reply.finish();
     Outcome::Respond(reply)
 }
 

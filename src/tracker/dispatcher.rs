@@ -20,6 +20,8 @@ const LEAD_RACE_WINDOW: Duration = Duration::from_secs(600);
 /// The first and the longest pause after deliveries fail with outage errors.
 const OUTAGE_PAUSE: Duration = Duration::from_secs(1);
 const MAX_OUTAGE_PAUSE: Duration = Duration::from_secs(60);
+/// How often a spool is checked for events left in flight by processes that died.
+const RECOVER_EVERY: Duration = Duration::from_secs(10);
 /// How often the counts are traced while there is work.
 const TRACE_EVERY: Duration = Duration::from_secs(10);
 
@@ -27,34 +29,56 @@ const TRACE_EVERY: Duration = Duration::from_secs(10);
 struct Delivery {
     claimed: Claimed,
     result: Option<Result<Response, Error>>,
+    /// Started as a probe of an outage.
+    probe: bool,
 }
 
 /// Deliveries failing with outage errors pause everyone; one probe at a time then tests the
 /// water, so an outage costs a trickle of requests instead of every queued event's retries.
+///
+/// An outage is declared after `OUTAGE_AFTER` outage failures in a row without a success, so
+/// that a few scattered 5xx (or the deliveries that were in flight together when Dub went
+/// down) do not count as a long outage; only failed probes make the pause longer.
 #[derive(Debug, Default)]
 struct Outage {
-    failures: u32,
+    consecutive: u32,
+    probes_failed: u32,
     until: Option<Instant>,
 }
 
+/// Outage failures in a row that make an outage.
+const OUTAGE_AFTER: u32 = 5;
+
 impl Outage {
-    fn failed(&mut self, now: Instant) {
-        self.failures = self.failures.saturating_add(1);
-        let doubling = 1u32
-            .checked_shl(self.failures.saturating_sub(1))
-            .unwrap_or(u32::MAX);
+    fn failed(&mut self, now: Instant, probe: bool) {
+        self.consecutive = self.consecutive.saturating_add(1);
+        if probe {
+            self.probes_failed = self.probes_failed.saturating_add(1);
+        }
+        if self.consecutive < OUTAGE_AFTER {
+            return;
+        }
+        let doubling = 1u32.checked_shl(self.probes_failed).unwrap_or(u32::MAX);
         let pause = OUTAGE_PAUSE.saturating_mul(doubling).min(MAX_OUTAGE_PAUSE);
-        self.until = now.checked_add(pause);
-        if self.failures == 1 {
+        if self.until.is_none() {
             tracing::warn!("dub tracker: deliveries are failing; pausing and probing");
         }
+        self.until = now.checked_add(pause);
     }
 
     fn cleared(&mut self) {
-        if self.failures > 0 {
-            tracing::info!(failures = self.failures, "dub tracker: deliveries resumed");
+        if self.until.is_some() {
+            tracing::info!(
+                failures = self.consecutive,
+                "dub tracker: deliveries resumed"
+            );
         }
         *self = Outage::default();
+    }
+
+    /// Whether a delivery started now is a probe of an outage.
+    fn probing(&self) -> bool {
+        self.until.is_some()
     }
 
     /// How many deliveries may start now, out of `free` slots with `in_flight` running.
@@ -73,7 +97,12 @@ pub(super) async fn run(core: Arc<Core>) {
     let mut outage = Outage::default();
     let mut shutdown = core.shutdown.subscribe();
     let mut traced = Instant::now();
+    let mut recovered: Option<Instant> = None;
     loop {
+        if recovered.is_none_or(|at| at.elapsed() >= RECOVER_EVERY) {
+            recovered = Some(Instant::now());
+            recover(&core).await;
+        }
         let stopping = *shutdown.borrow_and_update();
         let now = Instant::now();
         let past_deadline = stopping.is_some_and(|s| now >= s.claim_until);
@@ -85,7 +114,8 @@ pub(super) async fn run(core: Arc<Core>) {
                     Ok(batch) => {
                         for claimed in batch {
                             let shutdown = core.shutdown.subscribe();
-                            tasks.spawn(deliver(core.clone(), claimed, shutdown));
+                            let probe = outage.probing();
+                            tasks.spawn(deliver(core.clone(), claimed, shutdown, probe));
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "dub tracker: cannot read the queue"),
@@ -163,6 +193,41 @@ fn next_wake(
     at.max(now)
 }
 
+/// Announces what a process that died had in flight and Dub does not deduplicate.
+async fn recover(core: &Arc<Core>) {
+    if !core.store.is_durable() {
+        return;
+    }
+    match store_op(core, |s| s.recover()).await {
+        Ok(lost) => {
+            if !lost.is_empty() {
+                tracing::warn!(
+                    events = lost.len(),
+                    "dub tracker: events were in flight when their process stopped; uncertain"
+                );
+            }
+            for claimed in lost {
+                core.counters.uncertain.fetch_add(1, Ordering::Relaxed);
+                let age = Duration::from_millis(
+                    crate::clock::now_ms().saturating_sub(claimed.created_ms),
+                );
+                announce(
+                    core,
+                    EventOutcome {
+                        id: claimed.id,
+                        key: claimed.key,
+                        event: claimed.event,
+                        outcome: Outcome::Uncertain(Error::interrupted()),
+                        attempts: claimed.attempts,
+                        age,
+                    },
+                );
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "dub tracker: cannot recover the spool"),
+    }
+}
+
 async fn claim(core: &Arc<Core>, max: usize) -> Result<Vec<Claimed>, String> {
     let now_ms = crate::clock::now_ms();
     if core.store.is_durable() {
@@ -179,6 +244,7 @@ async fn deliver(
     core: Arc<Core>,
     claimed: Claimed,
     mut shutdown: tokio::sync::watch::Receiver<Option<Stopping>>,
+    probe: bool,
 ) -> Delivery {
     let mut policy = core.config.call_policy.clone();
     if let Some(at) = shutdown.borrow().and_then(|s| s.cut_at) {
@@ -211,7 +277,11 @@ async fn deliver(
         result = call => Some(result),
         () = cut => None,
     };
-    Delivery { claimed, result }
+    Delivery {
+        claimed,
+        result,
+        probe,
+    }
 }
 
 /// What a failed delivery means for the event.
@@ -313,7 +383,7 @@ async fn settle(core: &Arc<Core>, outage: &mut Outage, d: Delivery) {
             match judge(core, &d.claimed, e, age) {
                 Next::Retry { outage: down, race } => {
                     if down {
-                        outage.failed(Instant::now());
+                        outage.failed(Instant::now(), d.probe);
                     } else {
                         outage.cleared();
                     }
@@ -441,6 +511,11 @@ pub(super) fn report(core: &Core) -> ShutdownReport {
     match &core.store {
         Store::Memory(queue) => {
             report.undelivered = queue.drain();
+        }
+        #[cfg(feature = "spool")]
+        Store::Spool(_) => {
+            let (queued, in_flight, _) = core.store.counts();
+            report.left_in_spool = queued + in_flight;
         }
     }
     let left: Vec<EventId> = report.undelivered.iter().map(|(id, _)| *id).collect();

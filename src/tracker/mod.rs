@@ -60,6 +60,8 @@ mod event;
 mod memory;
 mod outcome;
 mod slot;
+#[cfg(feature = "spool")]
+mod spool;
 mod store;
 
 pub use event::{Event, EventId};
@@ -105,6 +107,8 @@ struct Config {
     initial_backoff: Duration,
     max_backoff: Duration,
     call_policy: RetryConfig,
+    #[cfg(feature = "spool")]
+    spool: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -116,6 +120,8 @@ impl Default for Config {
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(300),
             call_policy: RetryConfig::default(),
+            #[cfg(feature = "spool")]
+            spool: None,
         }
     }
 }
@@ -174,6 +180,35 @@ impl TrackerBuilder {
         self
     }
 
+    /// Keeps the queue in a durable spool, a SQLite file at `path` (created if missing), instead
+    /// of memory. Feature `spool`.
+    ///
+    /// - A hand-over completes once the event is committed to disk (many hand-overs share one
+    ///   commit), so an acknowledged event survives `kill -9` and power loss.
+    /// - At start the tracker delivers what a previous process left. An event that was in
+    ///   flight when its process died may have reached Dub: it is sent again only if Dub
+    ///   deduplicates it, and otherwise ends [`Outcome::Uncertain`], reported through
+    ///   [`on_outcome`](Self::on_outcome).
+    /// - Several processes on one host may share the file: each event is claimed by one of
+    ///   them, and a customer's events still go in order.
+    /// - [`Tracker::send_with_key`] remembers keys after delivery: handing a key over again
+    ///   answers with the stored outcome instead of sending twice.
+    /// - [`capacity`](Self::capacity) bounds the undelivered events in the file, whichever
+    ///   process handed them over. Events left at shutdown stay in the file
+    ///   ([`ShutdownReport::left_in_spool`]).
+    ///
+    /// ```no_run
+    /// # fn run(dub: dub::Dub) -> dub::Result<()> {
+    /// let tracker = dub.tracker().spool("/var/lib/myapp/dub-spool.sqlite").start()?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "spool")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "spool")))]
+    pub fn spool(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.config.spool = Some(path.into());
+        self
+    }
+
     /// Called with every event's terminal outcome, from the tracker's task (keep it quick; a
     /// panic in it is caught and logged).
     pub fn on_outcome(mut self, callback: impl Fn(&EventOutcome) + Send + Sync + 'static) -> Self {
@@ -209,13 +244,27 @@ impl TrackerBuilder {
         self.launch(handle, Some(runtime))
     }
 
+    fn store(&self) -> crate::Result<Store> {
+        #[cfg(feature = "spool")]
+        if let Some(path) = &self.config.spool {
+            let spool = spool::Spool::open(path, self.config.capacity).map_err(|e| {
+                Error::config(format!(
+                    "the spool at {} cannot be used: {e}",
+                    path.display()
+                ))
+            })?;
+            return Ok(Store::Spool(spool));
+        }
+        Ok(Store::Memory(MemoryQueue::new(self.config.capacity)))
+    }
+
     fn launch(
         self,
         runtime: tokio::runtime::Handle,
         own: Option<tokio::runtime::Runtime>,
     ) -> crate::Result<Tracker> {
         self.dub.shared()?;
-        let store = Store::Memory(MemoryQueue::new(self.config.capacity));
+        let store = self.store()?;
         let (shutdown, _) = watch::channel(None);
         let core = Arc::new(Core {
             dub: self.dub,
@@ -228,6 +277,10 @@ impl TrackerBuilder {
             shutdown,
             on_outcome: self.on_outcome,
         });
+        #[cfg(feature = "spool")]
+        if let Store::Spool(spool) = &core.store {
+            spool.attach(Arc::downgrade(&core));
+        }
         let dispatcher = runtime.spawn(dispatcher::run(core.clone()));
         Ok(Tracker {
             handle: Arc::new(Handle {
@@ -409,6 +462,14 @@ impl Tracker {
                     )))),
                 }
             }
+            #[cfg(feature = "spool")]
+            Store::Spool(spool) => HandOver {
+                state: outcome::HandOverState::Committing(spool.hand_over(
+                    key,
+                    event,
+                    crate::clock::now_ms(),
+                )),
+            },
         }
     }
 

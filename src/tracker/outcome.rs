@@ -177,7 +177,8 @@ pub struct HandOver {
 
 pub(crate) enum HandOverState {
     Done(Option<Result<Receipt, HandOverError>>),
-    #[allow(dead_code, reason = "a spool's hand-over waits for its commit")]
+    /// A spool's hand-over, waiting for its commit.
+    #[cfg_attr(not(feature = "spool"), allow(dead_code))]
     Committing(slot::Receiver<Result<Receipt, HandOverError>>),
 }
 

@@ -3,6 +3,8 @@
 
 use super::event::{Event, EventId};
 use super::memory::MemoryQueue;
+#[cfg(feature = "spool")]
+use super::spool::Spool;
 
 /// An event taken for delivery.
 #[derive(Debug, Clone)]
@@ -29,6 +31,8 @@ pub(crate) enum Terminal {
 #[derive(Debug)]
 pub(crate) enum Store {
     Memory(MemoryQueue),
+    #[cfg(feature = "spool")]
+    Spool(Spool),
 }
 
 impl Store {
@@ -40,6 +44,8 @@ impl Store {
     pub(crate) fn claim(&self, max: usize, now_ms: u64) -> Result<Vec<Claimed>, String> {
         match self {
             Store::Memory(q) => Ok(q.claim(max, now_ms)),
+            #[cfg(feature = "spool")]
+            Store::Spool(s) => s.claim(max, now_ms),
         }
     }
 
@@ -53,6 +59,8 @@ impl Store {
                 }
                 Ok(())
             }
+            #[cfg(feature = "spool")]
+            Store::Spool(s) => s.finish(done),
         }
     }
 
@@ -68,25 +76,16 @@ impl Store {
                 q.reschedule(id, due_ms, attempts, maybe_sent);
                 Ok(())
             }
-        }
-    }
-
-    /// Puts events taken for delivery back, never sent (shutdown).
-    #[allow(dead_code, reason = "a spool releases its claims at shutdown")]
-    pub(crate) fn release(&self, ids: &[EventId]) -> Result<(), String> {
-        match self {
-            Store::Memory(q) => {
-                for id in ids {
-                    q.reschedule(*id, 0, 0, false);
-                }
-                Ok(())
-            }
+            #[cfg(feature = "spool")]
+            Store::Spool(s) => s.reschedule(id, due_ms, attempts, maybe_sent),
         }
     }
 
     pub(crate) fn next_due(&self) -> Option<u64> {
         match self {
             Store::Memory(q) => q.next_due(),
+            #[cfg(feature = "spool")]
+            Store::Spool(s) => s.next_due(),
         }
     }
 
@@ -94,6 +93,18 @@ impl Store {
     pub(crate) fn counts(&self) -> (u64, u64, Option<u64>) {
         match self {
             Store::Memory(q) => q.counts(),
+            #[cfg(feature = "spool")]
+            Store::Spool(s) => s.counts(),
+        }
+    }
+
+    /// Takes back what processes that died had in flight; returns the events that end
+    /// uncertain (see the spool's docs).
+    pub(crate) fn recover(&self) -> Result<Vec<Claimed>, String> {
+        match self {
+            Store::Memory(_) => Ok(Vec::new()),
+            #[cfg(feature = "spool")]
+            Store::Spool(s) => s.recover(),
         }
     }
 }

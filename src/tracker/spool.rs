@@ -1,0 +1,669 @@
+//! The durable spool (feature `spool`): a tracker's queue in a SQLite file, so events survive
+//! `kill -9`, power loss and restarts, and several processes on one host can share it.
+//!
+//! Why SQLite (FACTS §8): with WAL and `synchronous=FULL` a committed transaction survives power
+//! loss, several processes may open one file, and the file can be read with the `sqlite3` tool.
+//!
+//! - **Hand-over** goes to one writer thread, which commits whatever has arrived meanwhile in a
+//!   single transaction (group commit): one fsync for many events. A hand-over completes once
+//!   its event is committed.
+//! - **Claims** mark rows in flight for this tracker (`owner`) in an immediate transaction, so
+//!   two processes never claim the same row. Only the oldest undelivered row of a customer can
+//!   be claimed, which keeps a customer's events in hand-over order across processes too.
+//! - **Owners** write a heartbeat. Rows claimed by an owner that is gone (its process no longer
+//!   exists, or its heartbeat is a minute old) were in flight when it died: possibly sent. Those
+//!   Dub deduplicates go back to the queue; the others end uncertain, never resent.
+//! - **Keys** of terminal rows are kept with the outcome, so handing a key over again (a rerun
+//!   of an import) answers with the stored outcome instead of sending twice. Terminal rows
+//!   without a key are deleted.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::Core;
+use super::event::{Event, EventId};
+use super::outcome::{HandOverError, HandOverErrorKind, Outcome, Receipt, Response};
+use super::slot;
+use super::store::{Claimed, Terminal};
+use crate::Error;
+
+/// How often an owner proves it is alive, and how old a heartbeat may be before its claims
+/// are taken back.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+const STALE_MS: u64 = 60_000;
+/// The most events one commit takes; and how many hand-overs may wait for the writer.
+const MAX_BATCH: usize = 4_096;
+const WRITER_QUEUE: usize = 16_384;
+
+const PENDING: i64 = 0;
+const CLAIMED: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    key         TEXT UNIQUE,
+    customer    TEXT NOT NULL,
+    event       BLOB NOT NULL,
+    dedup       INTEGER NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    due_ms      INTEGER NOT NULL DEFAULT 0,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    maybe_sent  INTEGER NOT NULL DEFAULT 0,
+    state       INTEGER NOT NULL DEFAULT 0, -- 0 pending, 1 claimed, 2 delivered, 3 failed, 4 uncertain
+    owner       TEXT,
+    outcome     BLOB
+);
+CREATE INDEX IF NOT EXISTS events_due ON events (state, due_ms, id);
+CREATE INDEX IF NOT EXISTS events_customer ON events (customer, id) WHERE state IN (0, 1);
+CREATE TABLE IF NOT EXISTS owners (
+    owner         TEXT PRIMARY KEY,
+    pid           INTEGER NOT NULL,
+    heartbeat_ms  INTEGER NOT NULL
+);
+";
+
+/// The heads of customers' queues that are due: a customer's oldest undelivered row, when it
+/// is pending (not in flight) and its time has come.
+const CLAIMABLE: &str = "
+SELECT e.id, e.key, e.event, e.attempts, e.created_ms, e.maybe_sent
+FROM events e
+WHERE e.state = 0 AND e.due_ms <= ?1
+  AND NOT EXISTS (
+      SELECT 1 FROM events p
+      WHERE p.customer = e.customer AND p.id < e.id AND p.state IN (0, 1))
+ORDER BY e.due_ms, e.id
+LIMIT ?2";
+
+fn terminal_code(t: Terminal) -> i64 {
+    match t {
+        Terminal::Delivered => 2,
+        Terminal::Failed => 3,
+        Terminal::Uncertain => 4,
+    }
+}
+
+/// One hand-over on its way to the writer.
+struct Insert {
+    key: Option<String>,
+    event: Event,
+    created_ms: u64,
+    reply: slot::Sender<Result<Receipt, HandOverError>>,
+}
+
+pub(crate) struct Spool {
+    path: PathBuf,
+    owner: String,
+    conn: Mutex<Connection>,
+    writer: Mutex<Option<SyncSender<Insert>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    core: Arc<OnceLock<Weak<Core>>>,
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool")
+            .field("path", &self.path)
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    // Other processes on the file hold its write lock for one commit at a time.
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a commit is on disk (WAL fsynced) before the hand-over completes.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+fn storage(e: impl std::fmt::Display) -> String {
+    format!("spool: {e}")
+}
+
+/// Whether a process that wrote a heartbeat is certainly gone.
+fn owner_gone(pid: i64, heartbeat_ms: i64, now_ms: u64) -> bool {
+    let stale = now_ms.saturating_sub(u64::try_from(heartbeat_ms).unwrap_or(0)) > STALE_MS;
+    stale || !process_exists(pid)
+}
+
+#[cfg(target_os = "linux")]
+fn process_exists(pid: i64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn process_exists(_pid: i64) -> bool {
+    // Without a portable check, only a stale heartbeat says an owner is gone.
+    true
+}
+
+impl Spool {
+    /// Opens (creating if need be) the spool at `path` for a tracker holding at most
+    /// `capacity` undelivered events, and starts its writer thread.
+    pub(crate) fn open(path: &Path, capacity: usize) -> Result<Spool, String> {
+        let conn = open(path).map_err(storage)?;
+        conn.execute_batch(SCHEMA).map_err(storage)?;
+        let owner = format!("{}-{:016x}", std::process::id(), fastrand::u64(..));
+        let now = crate::clock::now_ms();
+        conn.execute(
+            "INSERT OR REPLACE INTO owners (owner, pid, heartbeat_ms) VALUES (?1, ?2, ?3)",
+            params![owner, std::process::id(), now as i64],
+        )
+        .map_err(storage)?;
+        let writer_conn = open(path).map_err(storage)?;
+        let core = Arc::new(OnceLock::new());
+        let (tx, rx) = mpsc::sync_channel(WRITER_QUEUE);
+        let writer = Writer {
+            conn: writer_conn,
+            owner: owner.clone(),
+            capacity,
+            core: core.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("dub-spool".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| format!("spool: cannot start its writer thread: {e}"))?;
+        Ok(Spool {
+            path: path.to_owned(),
+            owner,
+            conn: Mutex::new(conn),
+            writer: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            core,
+        })
+    }
+
+    /// Lets the writer reach the tracker's receipts and wake its dispatcher.
+    pub(crate) fn attach(&self, core: Weak<Core>) {
+        let _ = self.core.set(core);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a hand-over for the writer; never blocks.
+    pub(crate) fn hand_over(
+        &self,
+        key: Option<String>,
+        event: Event,
+        created_ms: u64,
+    ) -> slot::Receiver<Result<Receipt, HandOverError>> {
+        let (reply, rx) = slot::slot();
+        let insert = Insert {
+            key,
+            event,
+            created_ms,
+            reply,
+        };
+        let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let refused = match writer.as_ref() {
+            None => Some((insert, HandOverErrorKind::Stopped, "the spool is closed")),
+            Some(tx) => match tx.try_send(insert) {
+                Ok(()) => None,
+                Err(TrySendError::Full(insert)) => Some((
+                    insert,
+                    HandOverErrorKind::Full,
+                    "the spool's writer is behind: too many hand-overs waiting for a commit",
+                )),
+                Err(TrySendError::Disconnected(insert)) => Some((
+                    insert,
+                    HandOverErrorKind::Storage,
+                    "the spool's writer stopped",
+                )),
+            },
+        };
+        if let Some((insert, kind, detail)) = refused {
+            insert.reply.send(Err(
+                HandOverError::new(kind, Some(insert.event)).with_detail(detail)
+            ));
+        }
+        rx
+    }
+
+    /// Takes back rows claimed by owners that are gone: the deduplicated ones go back to the
+    /// queue (possibly sent), the others end uncertain; those are returned, to be announced.
+    pub(crate) fn recover(&self) -> Result<Vec<Claimed>, String> {
+        let mut conn = self.lock();
+        let now = crate::clock::now_ms();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(storage)?;
+        tx.execute(
+            "UPDATE owners SET heartbeat_ms = ?2 WHERE owner = ?1",
+            params![self.owner, now as i64],
+        )
+        .map_err(storage)?;
+        let owners: Vec<(String, i64, i64)> = {
+            let mut stmt = tx
+                .prepare("SELECT owner, pid, heartbeat_ms FROM owners WHERE owner != ?1")
+                .map_err(storage)?;
+            stmt.query_map(params![self.owner], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .map_err(storage)?
+            .collect::<Result<_, _>>()
+            .map_err(storage)?
+        };
+        for (owner, pid, heartbeat) in owners {
+            if owner_gone(pid, heartbeat, now) {
+                tx.execute("DELETE FROM owners WHERE owner = ?1", params![owner])
+                    .map_err(storage)?;
+            }
+        }
+        // Claims whose owner is no longer registered: in flight when it died.
+        let orphan = "state = 1 AND (owner IS NULL OR owner NOT IN (SELECT owner FROM owners))";
+        tx.execute(
+            &format!(
+                "UPDATE events SET state = 0, maybe_sent = 1, owner = NULL WHERE {orphan} AND dedup = 1"
+            ),
+            [],
+        )
+        .map_err(storage)?;
+        let uncertain: Vec<Claimed> = {
+            let mut stmt = tx
+                .prepare(&format!(
+                    "SELECT id, key, event, attempts, created_ms, maybe_sent FROM events WHERE {orphan}"
+                ))
+                .map_err(storage)?;
+            let rows = stmt
+                .query_map([], row_to_claimed)
+                .map_err(storage)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(storage)?;
+            rows.into_iter().filter_map(decoded).collect()
+        };
+        if !uncertain.is_empty() {
+            let stored = serde_json::to_vec(&Error::interrupted().to_json()).unwrap_or_default();
+            tx.execute(
+                &format!("UPDATE events SET state = 4, owner = NULL, outcome = ?1 WHERE {orphan}"),
+                params![stored],
+            )
+            .map_err(storage)?;
+            tx.execute("DELETE FROM events WHERE state >= 2 AND key IS NULL", [])
+                .map_err(storage)?;
+        }
+        tx.commit().map_err(storage)?;
+        Ok(uncertain)
+    }
+
+    pub(crate) fn claim(&self, max: usize, now_ms: u64) -> Result<Vec<Claimed>, String> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(storage)?;
+        let rows = {
+            let mut stmt = tx.prepare_cached(CLAIMABLE).map_err(storage)?;
+            stmt.query_map(params![now_ms as i64, max as i64], row_to_claimed)
+                .map_err(storage)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(storage)?
+        };
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id = row.0;
+            match decoded(row) {
+                Some(c) => {
+                    tx.execute(
+                        "UPDATE events SET state = 1, owner = ?2 WHERE id = ?1",
+                        params![id.0 as i64, self.owner],
+                    )
+                    .map_err(storage)?;
+                    claimed.push(c);
+                }
+                None => {
+                    // Written by a version of this crate that had other fields: unreadable,
+                    // so never sent; kept, marked failed, for a person to look at.
+                    let why = serde_json::json!({
+                        "kind": "Decode",
+                        "message": "the spooled event could not be read back; it was not sent",
+                    });
+                    tx.execute(
+                        "UPDATE events SET state = 3, outcome = ?2 WHERE id = ?1",
+                        params![id.0 as i64, serde_json::to_vec(&why).unwrap_or_default()],
+                    )
+                    .map_err(storage)?;
+                }
+            }
+        }
+        tx.commit().map_err(storage)?;
+        Ok(claimed)
+    }
+
+    pub(crate) fn finish(&self, done: Vec<(EventId, Terminal, Vec<u8>)>) -> Result<(), String> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(storage)?;
+        for (id, terminal, outcome) in done {
+            tx.execute(
+                "UPDATE events SET state = ?2, outcome = ?3, owner = NULL WHERE id = ?1",
+                params![id.0 as i64, terminal_code(terminal), outcome],
+            )
+            .map_err(storage)?;
+            tx.execute(
+                "DELETE FROM events WHERE id = ?1 AND key IS NULL",
+                params![id.0 as i64],
+            )
+            .map_err(storage)?;
+        }
+        tx.commit().map_err(storage)
+    }
+
+    pub(crate) fn reschedule(
+        &self,
+        id: EventId,
+        due_ms: u64,
+        attempts: u32,
+        maybe_sent: bool,
+    ) -> Result<(), String> {
+        self.lock()
+            .execute(
+                "UPDATE events SET state = 0, owner = NULL, due_ms = ?2, attempts = ?3,
+                     maybe_sent = maybe_sent OR ?4
+                 WHERE id = ?1",
+                params![id.0 as i64, due_ms as i64, attempts, maybe_sent],
+            )
+            .map(drop)
+            .map_err(storage)
+    }
+
+    /// The earliest due time of a claimable row.
+    pub(crate) fn next_due(&self) -> Option<u64> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT MIN(e.due_ms) FROM events e
+                 WHERE e.state = 0 AND NOT EXISTS (
+                     SELECT 1 FROM events p
+                     WHERE p.customer = e.customer AND p.id < e.id AND p.state IN (0, 1))",
+            )
+            .ok()?;
+        stmt.query_row([], |r| r.get::<_, Option<i64>>(0))
+            .ok()
+            .flatten()
+            .map(|due| u64::try_from(due).unwrap_or(0))
+    }
+
+    /// (queued, in flight for this tracker, creation time of the oldest undelivered).
+    pub(crate) fn counts(&self) -> (u64, u64, Option<u64>) {
+        let conn = self.lock();
+        let counts = conn.query_row(
+            "SELECT
+                 COALESCE(SUM(state = 0), 0),
+                 COALESCE(SUM(state = 1 AND owner = ?1), 0),
+                 MIN(created_ms)
+             FROM events WHERE state IN (0, 1)",
+            params![self.owner],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                ))
+            },
+        );
+        match counts {
+            Ok((queued, in_flight, oldest)) => (
+                u64::try_from(queued).unwrap_or(0),
+                u64::try_from(in_flight).unwrap_or(0),
+                oldest.and_then(|o| u64::try_from(o).ok()),
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "dub tracker: cannot count the spool");
+                (0, 0, None)
+            }
+        }
+    }
+
+    /// Stops the writer after it has committed what it holds.
+    pub(crate) fn close(&self) {
+        self.writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        // The writer itself may drop the last handle to the tracker; it cannot join itself.
+        if let Some(thread) = thread
+            && thread.thread().id() != std::thread::current().id()
+        {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        self.close();
+        // A clean exit leaves no claims behind (shutdown settles or requeues them); forgetting
+        // the owner lets another process take over any at once.
+        let conn = self.conn.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let _ = conn.execute(
+            "UPDATE events SET state = 0, owner = NULL, maybe_sent = 1 WHERE state = 1 AND owner = ?1 AND dedup = 1",
+            params![self.owner],
+        );
+        let _ = conn.execute("DELETE FROM owners WHERE owner = ?1", params![self.owner]);
+    }
+}
+
+type Row = (EventId, Option<String>, Vec<u8>, u32, u64, bool);
+
+fn row_to_claimed(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok((
+        EventId(u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0)),
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
+        r.get(5)?,
+    ))
+}
+
+fn decoded((id, key, event, attempts, created_ms, maybe_sent): Row) -> Option<Claimed> {
+    let event = serde_json::from_slice(&event).ok()?;
+    Some(Claimed {
+        id,
+        key,
+        event,
+        attempts,
+        created_ms,
+        maybe_sent,
+    })
+}
+
+/// An outcome read back from the spool, for a key handed over again.
+fn stored_outcome(state: i64, outcome: Option<Vec<u8>>) -> Outcome {
+    let value: serde_json::Value = outcome
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null);
+    match state {
+        2 => Outcome::Delivered(Response::Raw(value)),
+        3 => Outcome::Failed(Error::from_stored(&value)),
+        _ => Outcome::Uncertain(Error::from_stored(&value)),
+    }
+}
+
+/// The thread that commits hand-overs, many per transaction.
+struct Writer {
+    conn: Connection,
+    owner: String,
+    capacity: usize,
+    core: Arc<OnceLock<Weak<Core>>>,
+}
+
+/// What a hand-over became inside a commit.
+enum Written {
+    New(EventId),
+    /// The key was handed over before and is still undelivered.
+    Pending(EventId),
+    /// The key was handed over before and its outcome is known.
+    Done(EventId, Outcome),
+    Full(Event),
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Insert>) {
+        let mut last_beat = std::time::Instant::now();
+        loop {
+            let first = match rx.recv_timeout(HEARTBEAT) {
+                Ok(insert) => insert,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.heartbeat();
+                    last_beat = std::time::Instant::now();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(insert) => batch.push(insert),
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+            if last_beat.elapsed() >= HEARTBEAT {
+                self.heartbeat();
+                last_beat = std::time::Instant::now();
+            }
+        }
+    }
+
+    fn heartbeat(&self) {
+        let _ = self.conn.execute(
+            "INSERT OR REPLACE INTO owners (owner, pid, heartbeat_ms) VALUES (?1, ?2, ?3)",
+            params![
+                self.owner,
+                std::process::id(),
+                crate::clock::now_ms() as i64
+            ],
+        );
+    }
+
+    fn write(&mut self, batch: &mut [Insert]) -> rusqlite::Result<Vec<Written>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut undelivered: u64 = tx
+            .query_row(
+                "SELECT COUNT(*) FROM events WHERE state IN (0, 1)",
+                [],
+                |r| r.get::<_, i64>(0),
+            )?
+            .try_into()
+            .unwrap_or(0);
+        let mut written = Vec::with_capacity(batch.len());
+        // Keys repeated within the batch map to the first.
+        let mut in_batch: HashMap<String, EventId> = HashMap::new();
+        for insert in batch.iter_mut() {
+            if let Some(key) = &insert.key {
+                if let Some(&id) = in_batch.get(key) {
+                    written.push(Written::Pending(id));
+                    continue;
+                }
+                let existing: Option<(i64, i64, Option<Vec<u8>>)> = tx
+                    .query_row(
+                        "SELECT id, state, outcome FROM events WHERE key = ?1",
+                        params![key],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()?;
+                if let Some((id, state, outcome)) = existing {
+                    let id = EventId(u64::try_from(id).unwrap_or(0));
+                    written.push(if state <= CLAIMED {
+                        Written::Pending(id)
+                    } else {
+                        Written::Done(id, stored_outcome(state, outcome))
+                    });
+                    continue;
+                }
+            }
+            if undelivered >= self.capacity as u64 {
+                written.push(Written::Full(insert.event.clone()));
+                continue;
+            }
+            let bytes = serde_json::to_vec(&insert.event)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            tx.prepare_cached(
+                "INSERT INTO events (key, customer, event, dedup, created_ms, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                insert.key,
+                insert.event.customer_external_id(),
+                bytes,
+                insert.event.is_deduplicated(),
+                insert.created_ms as i64,
+                PENDING,
+            ])?;
+            let id = EventId(u64::try_from(tx.last_insert_rowid()).unwrap_or(0));
+            if let Some(key) = &insert.key {
+                in_batch.insert(key.clone(), id);
+            }
+            undelivered += 1;
+            written.push(Written::New(id));
+        }
+        tx.commit()?;
+        Ok(written)
+    }
+
+    fn commit(&mut self, mut batch: Vec<Insert>) {
+        let core = self.core.get().and_then(Weak::upgrade);
+        // Receipts are registered before the hand-over completes, and a new row can only be
+        // claimed after the commit, so no outcome can be announced before its receipt exists.
+        match self.write(&mut batch) {
+            Ok(written) => {
+                let mut any_new = false;
+                for (insert, written) in batch.into_iter().zip(written) {
+                    let result = match written {
+                        Written::New(id) | Written::Pending(id) => {
+                            any_new = true;
+                            let (tx, rx) = slot::slot();
+                            if let Some(core) = &core {
+                                core.receipts().entry(id).or_default().push(tx);
+                            }
+                            Ok(Receipt { id, rx: Some(rx) })
+                        }
+                        Written::Done(id, outcome) => {
+                            let (tx, rx) = slot::slot();
+                            tx.send(outcome);
+                            Ok(Receipt { id, rx: Some(rx) })
+                        }
+                        Written::Full(event) => {
+                            Err(HandOverError::new(HandOverErrorKind::Full, Some(event))
+                                .with_detail(format!(
+                                    "{} undelivered events in the spool already",
+                                    self.capacity
+                                )))
+                        }
+                    };
+                    insert.reply.send(result);
+                }
+                if any_new && let Some(core) = &core {
+                    core.wake.notify_one();
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "dub tracker: cannot write to the spool");
+                for insert in batch {
+                    insert.reply.send(Err(HandOverError::new(
+                        HandOverErrorKind::Storage,
+                        Some(insert.event),
+                    )
+                    .with_detail(storage(&e))));
+                }
+            }
+        }
+    }
+}
