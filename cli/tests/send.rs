@@ -332,11 +332,10 @@ async fn records_are_given_up_after_give_up_after_when_dub_keeps_failing() {
     )
     .await;
     assert_eq!(out.code, 1, "{out:?}");
-    assert_eq!(
-        (out.count("delivered"), out.count("failed")),
-        (0, 2),
-        "{out:?}"
-    );
+    // A 503 may come after Dub recorded the event, so they end uncertain (the SDK's judgement);
+    // both records are deduplicated by Dub, so sending the failed file again is still safe.
+    assert_eq!(out.count("delivered"), 0, "{out:?}");
+    assert_eq!(out.count("failed") + out.count("uncertain"), 2, "{out:?}");
     let failed = std::fs::read_to_string(dir.path("f.jsonl")).unwrap();
     for line in failed.lines() {
         let r: Value = serde_json::from_str(line).unwrap();
