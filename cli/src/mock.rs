@@ -2,6 +2,8 @@
 //! language.
 
 use clap::Args;
+use std::time::Duration;
+
 use dub::mock::{MockDub, RandomFaults};
 
 use crate::{EXIT_OK, EXIT_USAGE};
@@ -31,6 +33,10 @@ pub struct MockArgs {
     /// The seed of the random faults: the same seed replays the same faults
     #[arg(long, value_name = "S", requires = "faults")]
     seed: Option<u64>,
+    /// Reproduce Dub's lead-then-sale race: an async-mode lead stays invisible to sales for MS
+    /// milliseconds, during which a sale for that customer gets 404 "Lead event not found"
+    #[arg(long, value_name = "MS")]
+    lead_race_ms: Option<u64>,
 }
 
 /// Runs `dub-track mock` until Ctrl-C (or SIGTERM).
@@ -62,16 +68,17 @@ pub async fn run(args: MockArgs) -> u8 {
 }
 
 async fn start(args: &MockArgs) -> std::io::Result<MockDub> {
-    if args.port.is_some() || args.rate_limit.is_some() {
-        return Err(std::io::Error::other(
-            "--port and --rate-limit need MockDub::builder, which this build's dub crate lacks",
-        ));
+    let mut builder = MockDub::builder().port(args.port.unwrap_or(0));
+    if let Some(n) = args.rate_limit {
+        builder = builder.rate_limit(u64::from(n));
     }
-    let mock = MockDub::start().await?;
+    if let Some(ms) = args.lead_race_ms {
+        builder = builder.lead_race(Duration::from_millis(ms));
+    }
     if let (Some(rate), Some(seed)) = (args.faults, args.seed) {
-        mock.random_faults(RandomFaults::new(seed, rate));
+        builder = builder.random_faults(RandomFaults::new(seed, rate));
     }
-    Ok(mock)
+    builder.start().await
 }
 
 /// Ctrl-C, or SIGTERM on Unix (what a test harness sends to stop a server it started).

@@ -92,6 +92,12 @@ pub struct SendArgs {
     /// The most requests in flight at once, each for a different customer
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
     max_in_flight: u16,
+
+    /// Give a record up after this many seconds of failed attempts (through outages and 5xx it
+    /// is retried with backoff until then); it then counts as failed, or uncertain if an attempt
+    /// may have reached Dub
+    #[arg(long, value_name = "SECONDS", default_value_t = 6 * 3600)]
+    give_up_after: u64,
 }
 
 /// A record that did not get delivered, for the --failed file.
@@ -248,6 +254,7 @@ pub async fn run(args: SendArgs) -> u8 {
             let in_flight = usize::from(args.max_in_flight);
             dub.tracker()
                 .max_in_flight(in_flight)
+                .max_age(Duration::from_secs(args.give_up_after))
                 .capacity(window(in_flight) * 2)
                 .on_outcome(move |o| {
                     let (mark, error) = match &o.outcome {

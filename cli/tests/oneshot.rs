@@ -172,8 +172,25 @@ async fn errors_go_to_stderr_with_kind_status_code_and_whether_recorded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mock_prints_its_url_and_token_and_serves_until_stopped() {
     let dir = Scratch::new("mock");
+    // A port that was free a moment ago.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
     let mut server = Command::new(BIN)
-        .args(["mock", "--faults", "0", "--seed", "7"])
+        .args([
+            "mock",
+            "--port",
+            &port,
+            "--rate-limit",
+            "3000",
+            "--faults",
+            "0",
+            "--seed",
+            "7",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -191,7 +208,7 @@ async fn mock_prints_its_url_and_token_and_serves_until_stopped() {
         env.push((k.to_owned(), v.to_owned()));
     }
     assert_eq!(env[0].0, "DUB_BASE_URL");
-    assert!(env[0].1.starts_with("http://127.0.0.1:"), "{env:?}");
+    assert_eq!(env[0].1, format!("http://127.0.0.1:{port}"));
     assert_eq!(env[1].0, "DUB_API_KEY");
 
     dir.write(

@@ -310,3 +310,36 @@ async fn usage_errors_exit_2() {
     assert!(out.stderr.contains("DUB_API_KEY"), "{}", out.stderr);
     assert_eq!(mock.request_count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_given_up_after_give_up_after_when_dub_keeps_failing() {
+    let mock = MockDub::start().await.unwrap();
+    // Every request answered 503 before anything is recorded.
+    mock.random_faults(dub::mock::RandomFaults::new(3, 1.0).kinds([dub::mock::Fault::Status(503)]));
+    let dir = Scratch::new("give-up");
+    dir.write("e.jsonl", &jsonl(&[lead("u1"), sale("u2", "in_2", 5)]));
+    let out = run(
+        &mock,
+        &dir.0,
+        &[
+            "send",
+            "--give-up-after",
+            "2",
+            "--failed",
+            "f.jsonl",
+            "e.jsonl",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    // A 503 may come after Dub recorded the event, so they end uncertain (the SDK's judgement);
+    // both records are deduplicated by Dub, so sending the failed file again is still safe.
+    assert_eq!(out.count("delivered"), 0, "{out:?}");
+    assert_eq!(out.count("failed") + out.count("uncertain"), 2, "{out:?}");
+    let failed = std::fs::read_to_string(dir.path("f.jsonl")).unwrap();
+    for line in failed.lines() {
+        let r: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(r["_error"]["status"], 503, "{r}");
+    }
+    assert_eq!(failed.lines().count(), 2);
+}
