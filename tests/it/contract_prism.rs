@@ -13,8 +13,7 @@
 //! installs it). Without it these tests fail when `CI` is set, and otherwise skip with a
 //! message on stderr.
 
-#[path = "support/schema.rs"]
-mod schema;
+use crate::support::schema;
 
 use std::path::PathBuf;
 use std::process::Stdio;

@@ -11,22 +11,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::support::{Reply, Server, TOKEN, lead_body};
-use dub::models::{TrackLeadRequest, TrackSaleRequest};
+use crate::support::{Reply, Server, TOKEN, lead, lead_body};
+use dub::models::TrackSaleRequest;
 use dub::{Dub, ErrorKind, RetryConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 const MB: u64 = 1024 * 1024;
 const KIB64: usize = 64 * 1024;
-
-fn lead() -> TrackLeadRequest {
-    TrackLeadRequest::builder()
-        .click_id("clk_1")
-        .event_name("Sign up")
-        .customer_external_id("user_42")
-        .build()
-}
 
 /// A loopback server that runs `behave` on each connection after reading its request, and
 /// counts the response bytes it managed to write.

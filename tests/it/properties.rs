@@ -9,9 +9,8 @@
 //!
 //! Each property runs 256 cases (override with `PROPTEST_CASES`).
 
-#[path = "support/schema.rs"]
-mod schema;
 use crate::support;
+use crate::support::schema;
 
 use std::cell::Cell;
 use std::future::IntoFuture;

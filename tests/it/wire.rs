@@ -6,11 +6,7 @@ use dub::models::{LeadMode, PaymentProcessor, TrackLeadRequest, TrackSaleRequest
 use dub::{ErrorKind, RetryConfig};
 use serde_json::{Value, json};
 
-fn spec() -> Value {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
-    serde_yaml_ng::from_str(&text).unwrap()
-}
+use crate::support::schema::spec;
 
 #[tokio::test]
 async fn lead_request_is_exact() {
