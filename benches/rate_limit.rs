@@ -30,8 +30,8 @@
 //! asserts nothing; see BENCHMARKS.md for the method and results.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
 use std::future::IntoFuture;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dub::mock::MockDub;
@@ -451,4 +451,3 @@ fn main() {
         );
     }
 }
-
