@@ -3,7 +3,7 @@
 //! real time.
 //!
 //! ```text
-//! cargo bench --bench rate_limit                   # 4,500 leads at 3,000 a minute, ~7 minutes
+//! cargo bench --bench rate_limit                   # 4,500 leads at 3,000 a minute, 7 - 9 minutes
 //! cargo bench --bench rate_limit -- --quick        # 900 leads at 600 a minute (still ~90 s each)
 //! cargo bench --bench rate_limit -- --scenarios ac # only some scenarios
 //! ```
