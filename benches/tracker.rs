@@ -32,7 +32,10 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(run(opts));
+    // On a worker thread, as a request handler would hand events over.
+    runtime
+        .block_on(async { tokio::spawn(run(opts)).await })
+        .expect("benchmark task");
 }
 
 #[derive(Debug, Clone)]
@@ -237,6 +240,9 @@ async fn memory(o: &Opts) {
             let receipt = tracker.send(event).await;
             ns.push(t.elapsed().as_nanos() as u64);
             drop(receipt.expect("hand-over"));
+            // A request handler awaits other things between hand-overs; without this the loop
+            // would keep its worker and the dispatcher woken onto it would never run.
+            tokio::task::yield_now().await;
         }
         let elapsed = started.elapsed();
         let delivered = tracker.stats().delivered;
@@ -398,7 +404,12 @@ fn machine() -> String {
         .lines()
         .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned()))
         .unwrap_or_else(|| "unknown CPU".to_owned());
-    format!("machine: {cpus} CPUs, {model}")
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!(
+        "machine: {cpus} CPUs, {model}; load average at start {}",
+        load.join(" ")
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
