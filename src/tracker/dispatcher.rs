@@ -29,6 +29,7 @@ const TRACE_EVERY: Duration = Duration::from_secs(10);
 struct Delivery {
     claimed: Claimed,
     result: Option<Result<Response, Error>>,
+    started: Instant,
 }
 
 /// Deliveries failing with outage errors pause everyone; one probe at a time then tests the
@@ -37,10 +38,20 @@ struct Delivery {
 struct Outage {
     failures: u32,
     until: Option<Instant>,
+    /// When the last failure was counted.
+    noted: Option<Instant>,
 }
 
 impl Outage {
-    fn failed(&mut self, now: Instant) {
+    /// A delivery that started at `started` failed with an outage error. Deliveries already in
+    /// flight when the last failure was counted failed in the same outage: they count once,
+    /// or the deliveries failing together would double the pause each (32 of them: to its
+    /// maximum) and keep the tracker idle long after Dub is back.
+    fn failed(&mut self, now: Instant, started: Instant) {
+        if self.noted.is_some_and(|noted| started < noted) {
+            return;
+        }
+        self.noted = Some(now);
         self.failures = self.failures.saturating_add(1);
         let doubling = 1u32
             .checked_shl(self.failures.saturating_sub(1))
@@ -222,6 +233,7 @@ async fn deliver(
     claimed: Claimed,
     mut shutdown: tokio::sync::watch::Receiver<Option<Stopping>>,
 ) -> Delivery {
+    let started = Instant::now();
     let mut policy = core.config.call_policy.clone();
     if let Some(at) = shutdown.borrow().and_then(|s| s.cut_at) {
         // Started after shutdown began: every attempt ends by the deadline.
@@ -253,7 +265,11 @@ async fn deliver(
         result = call => Some(result),
         () = cut => None,
     };
-    Delivery { claimed, result }
+    Delivery {
+        claimed,
+        result,
+        started,
+    }
 }
 
 /// What a failed delivery means for the event.
@@ -355,7 +371,7 @@ async fn settle(core: &Arc<Core>, outage: &mut Outage, d: Delivery) {
             match judge(core, &d.claimed, e, age) {
                 Next::Retry { outage: down, race } => {
                     if down {
-                        outage.failed(Instant::now());
+                        outage.failed(Instant::now(), d.started);
                     } else {
                         outage.cleared();
                     }
