@@ -204,7 +204,8 @@ fn fmt(d: Duration) -> String {
     }
 }
 
-const LATENCY_HEADER: &str = "      p50 |       p90 |       p99 |     p99.9 |       max |      mean";
+const LATENCY_HEADER: &str =
+    "      p50 |       p90 |       p99 |     p99.9 |       max |      mean";
 
 // ---------------------------------------------------------------------------------------------
 // 1. In-memory hand-over latency.
@@ -224,11 +225,7 @@ async fn memory(o: &Opts) {
             client(&mock, RateLimit::adaptive())
         };
         let warmup = 1_000;
-        let tracker = dub
-            .tracker()
-            .capacity(n + warmup)
-            .start()
-            .expect("tracker");
+        let tracker = dub.tracker().capacity(n + warmup).start().expect("tracker");
         for i in 0..warmup {
             drop(tracker.send(lead(n + i)).await.expect("hand-over"));
         }
@@ -285,7 +282,10 @@ async fn spool(o: &Opts) {
         fmt(fsync.mean())
     );
     println!();
-    println!("Each producer awaits every hand-over (its commit) before the next; runs last {} s.", o.spool_secs);
+    println!(
+        "Each producer awaits every hand-over (its commit) before the next; runs last {} s.",
+        o.spool_secs
+    );
     println!();
     println!("| producers | while | events | events/s | {LATENCY_HEADER} |");
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -331,7 +331,11 @@ async fn spool(o: &Opts) {
 }
 
 /// `producers` tasks hand over for `secs` seconds, each awaiting every hand-over.
-async fn durable_run(tracker: &Tracker, producers: usize, secs: f64) -> (usize, Duration, Latencies) {
+async fn durable_run(
+    tracker: &Tracker,
+    producers: usize,
+    secs: f64,
+) -> (usize, Duration, Latencies) {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let tasks: Vec<_> = (0..producers)
@@ -402,7 +406,10 @@ fn machine() -> String {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
         .unwrap_or_else(|| "unknown CPU".to_owned());
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load: Vec<&str> = load.split_whitespace().take(3).collect();
