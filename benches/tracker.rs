@@ -45,6 +45,8 @@ struct Opts {
     /// How long each durable run hands over.
     spool_secs: f64,
     producers: Vec<usize>,
+    /// Events in the spool before the backlog run.
+    backlog: usize,
     /// Drain: Dub's limit (requests a minute), events handed over during the outage, and how
     /// long the outage lasts.
     drain_limit: u32,
@@ -60,6 +62,7 @@ impl Opts {
             memory_events: 100_000,
             spool_secs: 5.0,
             producers: vec![1, 16, 64, 256],
+            backlog: 100_000,
             drain_limit: 3_000,
             drain_events: 1_500,
             outage_secs: 5.0,
@@ -74,11 +77,13 @@ impl Opts {
                 "--quick" => {
                     o.memory_events = 20_000;
                     o.spool_secs = 1.5;
+                    o.backlog = 20_000;
                     o.drain_events = 300;
                     o.outage_secs = 3.0;
                 }
                 "--memory-events" => o.memory_events = number(value()) as usize,
                 "--spool-secs" => o.spool_secs = number(value()),
+                "--backlog" => o.backlog = number(value()) as usize,
                 "--producers" => {
                     o.producers = value()
                         .split(',')
@@ -106,8 +111,9 @@ fn usage(flag: &str) -> ! {
     eprintln!(
         "bad argument {flag:?}\n\
          usage: tracker [--quick] [--only memory,spool,drain] [--memory-events N]\n\
-         \x20              [--spool-secs S] [--producers 1,16,64,256] [--spool-dir DIR]\n\
-         \x20              [--drain-limit PER_MINUTE] [--drain-events N] [--outage-secs S]"
+         \x20              [--spool-secs S] [--producers 1,16,64,256] [--backlog N]\n\
+         \x20              [--spool-dir DIR] [--drain-limit PER_MINUTE] [--drain-events N]\n\
+         \x20              [--outage-secs S]"
     );
     std::process::exit(2)
 }
@@ -214,8 +220,8 @@ async fn memory(o: &Opts) {
     let n = o.memory_events;
     println!("## 1. Hand-over latency, in memory ({n} events, one producer)");
     println!();
-    println!("| while | events/s | {LATENCY_HEADER} |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| while | events/s | page faults | {LATENCY_HEADER} |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for delivering in [false, true] {
         let mock = MockDub::start().await.expect("mock");
         let dub = if delivering {
@@ -231,6 +237,7 @@ async fn memory(o: &Opts) {
         }
         let events: Vec<Event> = (0..n).map(lead).collect();
         let mut ns = Vec::with_capacity(n);
+        let faults = minor_faults();
         let started = Instant::now();
         for event in events {
             let t = Instant::now();
@@ -242,6 +249,7 @@ async fn memory(o: &Opts) {
             tokio::task::yield_now().await;
         }
         let elapsed = started.elapsed();
+        let faults = minor_faults() - faults;
         let delivered = tracker.stats().delivered;
         let l = Latencies::new(ns);
         let while_ = if delivering {
@@ -250,7 +258,7 @@ async fn memory(o: &Opts) {
             "Dub down (every request 503), queue filling".to_owned()
         };
         println!(
-            "| {while_} | {:.0} | {} |",
+            "| {while_} | {:.0} | {faults} | {} |",
             n as f64 / elapsed.as_secs_f64(),
             l.row()
         );
@@ -289,16 +297,25 @@ async fn spool(o: &Opts) {
     println!();
     println!("| producers | while | events | events/s | {LATENCY_HEADER} |");
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let mut runs: Vec<(usize, bool)> = o.producers.iter().map(|&p| (p, false)).collect();
-    runs.push((64, true));
-    for (i, (producers, delivering)) in runs.into_iter().enumerate() {
+    let mut runs: Vec<(usize, Dub_)> = o.producers.iter().map(|&p| (p, Dub_::Down)).collect();
+    runs.push((64, Dub_::DownWithBacklog(o.backlog)));
+    runs.push((64, Dub_::AtLimit(3_000)));
+    runs.push((64, Dub_::Unpaced));
+    for (i, (producers, dub_)) in runs.into_iter().enumerate() {
         let path = dir.join(format!("spool-{i}.sqlite"));
-        let mock = MockDub::start().await.expect("mock");
-        let dub = if delivering {
-            client(&mock, RateLimit::off())
-        } else {
-            mock.random_faults(outage());
-            client(&mock, RateLimit::adaptive())
+        let mock = match dub_ {
+            Dub_::AtLimit(limit) => MockDub::builder().rate_limit(u64::from(limit)).start(),
+            _ => MockDub::builder().start(),
+        }
+        .await
+        .expect("mock");
+        let dub = match dub_ {
+            Dub_::Down | Dub_::DownWithBacklog(_) => {
+                mock.random_faults(outage());
+                client(&mock, RateLimit::adaptive())
+            }
+            Dub_::AtLimit(limit) => client(&mock, RateLimit::per_minute(limit)),
+            Dub_::Unpaced => client(&mock, RateLimit::off()),
         };
         let tracker = dub
             .tracker()
@@ -306,14 +323,22 @@ async fn spool(o: &Opts) {
             .spool(&path)
             .start()
             .expect("tracker");
+        if let Dub_::DownWithBacklog(backlog) = dub_ {
+            prefill(&tracker, backlog).await;
+        }
         // One hand-over first: the file's pages and the writer thread warm.
         drop(tracker.send(lead(usize::MAX)).await.expect("hand-over"));
         let (count, elapsed, l) = durable_run(&tracker, producers, o.spool_secs).await;
         let delivered = tracker.stats().delivered;
-        let while_ = if delivering {
-            format!("Dub up, delivering ({delivered} delivered)")
-        } else {
-            "Dub down".to_owned()
+        let while_ = match dub_ {
+            Dub_::Down => "Dub down".to_owned(),
+            Dub_::DownWithBacklog(backlog) => {
+                format!("Dub down, {backlog} events already in the spool")
+            }
+            Dub_::AtLimit(limit) => {
+                format!("Dub up, delivering at its limit {limit}/min ({delivered} delivered)")
+            }
+            Dub_::Unpaced => format!("Dub up, delivering unpaced ({delivered} delivered)"),
         };
         println!(
             "| {producers} | {while_} | {count} | {:.0} | {} |",
@@ -328,6 +353,38 @@ async fn spool(o: &Opts) {
     }
     let _ = std::fs::remove_dir(&dir);
     println!();
+}
+
+/// What Dub does during a durable run.
+#[derive(Debug, Clone, Copy)]
+enum Dub_ {
+    /// Every request 503: the tracker pauses and probes, the spool fills.
+    Down,
+    /// Down, with this many events handed over before the run.
+    DownWithBacklog(usize),
+    /// Up, with this limit (requests a minute) enforced and known to the client.
+    AtLimit(u32),
+    /// Up, no limit, the client unpaced.
+    Unpaced,
+}
+
+/// Hands `events` over with 256 producers, untimed.
+async fn prefill(tracker: &Tracker, events: usize) {
+    let producers = 256;
+    let tasks: Vec<_> = (0..producers)
+        .map(|p| {
+            let tracker = tracker.clone();
+            tokio::spawn(async move {
+                for n in (p..events).step_by(producers) {
+                    let event = lead(1_000_000_000 + n);
+                    drop(tracker.send(event).await.expect("hand-over"));
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("producer");
+    }
 }
 
 /// `producers` tasks hand over for `secs` seconds, each awaiting every hand-over.
@@ -365,6 +422,17 @@ async fn durable_run(
     }
     let elapsed = started.elapsed();
     (all.len(), elapsed, Latencies::new(all))
+}
+
+/// Minor page faults of the whole process so far (the queue growing into fresh memory).
+fn minor_faults() -> i64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF is always valid.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0;
+    }
+    usage.ru_minflt
 }
 
 /// What one small durable write costs on this filesystem, for comparison with a commit.
