@@ -99,6 +99,8 @@ pub(crate) struct Spool {
     path: PathBuf,
     owner: String,
     conn: Mutex<Connection>,
+    /// Taken around every write transaction of this process, on either connection.
+    gate: Arc<Mutex<()>>,
     writer: Mutex<Option<SyncSender<Insert>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     core: Arc<OnceLock<Weak<Core>>>,
@@ -159,9 +161,11 @@ impl Spool {
         .map_err(storage)?;
         let writer_conn = open(path).map_err(storage)?;
         let core = Arc::new(OnceLock::new());
+        let gate = Arc::new(Mutex::new(()));
         let (tx, rx) = mpsc::sync_channel(WRITER_QUEUE);
         let writer = Writer {
             conn: writer_conn,
+            gate: gate.clone(),
             owner: owner.clone(),
             capacity,
             core: core.clone(),
@@ -174,6 +178,7 @@ impl Spool {
             path: path.to_owned(),
             owner,
             conn: Mutex::new(conn),
+            gate,
             writer: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             core,
@@ -187,6 +192,14 @@ impl Spool {
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The connection, and this process's turn to write: the writer thread and the
+    /// dispatcher take turns on a mutex, which hands over as soon as a transaction ends;
+    /// SQLite's busy handler (for other processes) would sleep up to 100 ms at a time.
+    fn lock_to_write(&self) -> (MutexGuard<'_, Connection>, MutexGuard<'_, ()>) {
+        let conn = self.lock();
+        (conn, lock_gate(&self.gate))
     }
 
     /// Queues a hand-over for the writer; never blocks.
@@ -231,7 +244,7 @@ impl Spool {
     /// Takes back rows claimed by owners that are gone: the deduplicated ones go back to the
     /// queue (possibly sent), the others end uncertain; those are returned, to be announced.
     pub(crate) fn recover(&self) -> Result<Vec<Claimed>, String> {
-        let mut conn = self.lock();
+        let (mut conn, _gate) = self.lock_to_write();
         let now = crate::clock::now_ms();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -295,7 +308,7 @@ impl Spool {
     }
 
     pub(crate) fn claim(&self, max: usize, now_ms: u64) -> Result<Vec<Claimed>, String> {
-        let mut conn = self.lock();
+        let (mut conn, _gate) = self.lock_to_write();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(storage)?;
@@ -338,7 +351,7 @@ impl Spool {
     }
 
     pub(crate) fn finish(&self, done: Vec<(EventId, Terminal, Vec<u8>)>) -> Result<(), String> {
-        let mut conn = self.lock();
+        let (mut conn, _gate) = self.lock_to_write();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(storage)?;
@@ -364,15 +377,15 @@ impl Spool {
         attempts: u32,
         maybe_sent: bool,
     ) -> Result<(), String> {
-        self.lock()
-            .execute(
-                "UPDATE events SET state = 0, owner = NULL, due_ms = ?2, attempts = ?3,
+        let (conn, _gate) = self.lock_to_write();
+        conn.execute(
+            "UPDATE events SET state = 0, owner = NULL, due_ms = ?2, attempts = ?3,
                      maybe_sent = maybe_sent OR ?4
                  WHERE id = ?1",
-                params![id.0 as i64, due_ms as i64, attempts, maybe_sent],
-            )
-            .map(drop)
-            .map_err(storage)
+            params![id.0 as i64, due_ms as i64, attempts, maybe_sent],
+        )
+        .map(drop)
+        .map_err(storage)
     }
 
     /// The earliest due time of a claimable row.
@@ -494,9 +507,14 @@ fn stored_outcome(state: i64, outcome: Option<Vec<u8>>) -> Outcome {
     }
 }
 
+fn lock_gate(gate: &Mutex<()>) -> MutexGuard<'_, ()> {
+    gate.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// The thread that commits hand-overs, many per transaction.
 struct Writer {
     conn: Connection,
+    gate: Arc<Mutex<()>>,
     owner: String,
     capacity: usize,
     core: Arc<OnceLock<Weak<Core>>>,
@@ -541,6 +559,7 @@ impl Writer {
     }
 
     fn heartbeat(&self) {
+        let _gate = lock_gate(&self.gate);
         let _ = self.conn.execute(
             "INSERT OR REPLACE INTO owners (owner, pid, heartbeat_ms) VALUES (?1, ?2, ?3)",
             params![
@@ -552,6 +571,7 @@ impl Writer {
     }
 
     fn write(&mut self, batch: &mut [Insert]) -> rusqlite::Result<Vec<Written>> {
+        let _gate = lock_gate(&self.gate);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
