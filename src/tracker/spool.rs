@@ -43,7 +43,10 @@ const WRITER_QUEUE: usize = 16_384;
 const PENDING: i64 = 0;
 const CLAIMED: i64 = 1;
 
+/// Run in one immediate transaction, so that the count of undelivered rows is taken and its
+/// triggers created with no other process writing in between.
 const SCHEMA: &str = "
+BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS events (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     key         TEXT UNIQUE,
@@ -65,6 +68,22 @@ CREATE TABLE IF NOT EXISTS owners (
     pid           INTEGER NOT NULL,
     heartbeat_ms  INTEGER NOT NULL
 );
+-- The number of rows in state 0 or 1, kept by triggers: the writer checks the capacity on
+-- every commit, and counting the rows instead costs time in proportion to the backlog.
+CREATE TABLE IF NOT EXISTS undelivered (n INTEGER NOT NULL);
+INSERT INTO undelivered (n)
+    SELECT (SELECT COUNT(*) FROM events WHERE state IN (0, 1))
+    WHERE NOT EXISTS (SELECT 1 FROM undelivered);
+CREATE TRIGGER IF NOT EXISTS undelivered_insert AFTER INSERT ON events
+    WHEN NEW.state IN (0, 1)
+    BEGIN UPDATE undelivered SET n = n + 1; END;
+CREATE TRIGGER IF NOT EXISTS undelivered_delete AFTER DELETE ON events
+    WHEN OLD.state IN (0, 1)
+    BEGIN UPDATE undelivered SET n = n - 1; END;
+CREATE TRIGGER IF NOT EXISTS undelivered_update AFTER UPDATE OF state ON events
+    WHEN (OLD.state IN (0, 1)) != (NEW.state IN (0, 1))
+    BEGIN UPDATE undelivered SET n = n + (NEW.state IN (0, 1)) - (OLD.state IN (0, 1)); END;
+COMMIT;
 ";
 
 /// The heads of customers' queues that are due: a customer's oldest undelivered row, when it
@@ -576,11 +595,7 @@ impl Writer {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut undelivered: u64 = tx
-            .query_row(
-                "SELECT COUNT(*) FROM events WHERE state IN (0, 1)",
-                [],
-                |r| r.get::<_, i64>(0),
-            )?
+            .query_row("SELECT n FROM undelivered", [], |r| r.get::<_, i64>(0))?
             .try_into()
             .unwrap_or(0);
         let mut written = Vec::with_capacity(batch.len());
