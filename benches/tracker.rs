@@ -78,7 +78,7 @@ impl Opts {
                     o.memory_events = 20_000;
                     o.spool_secs = 1.5;
                     o.backlog = 20_000;
-                    o.drain_events = 300;
+                    o.drain_events = 600;
                     o.outage_secs = 3.0;
                 }
                 "--memory-events" => o.memory_events = number(value()) as usize,
@@ -282,13 +282,16 @@ async fn spool(o: &Opts) {
         filesystem(&dir)
     );
     println!();
-    let fsync = fsync_latency(&dir, 200);
-    println!(
-        "write 4 KiB + fdatasync on that filesystem (200 times): p50 {}, p99 {}, mean {}",
-        fmt(fsync.quantile(0.5)),
-        fmt(fsync.quantile(0.99)),
-        fmt(fsync.mean())
-    );
+    for append in [true, false] {
+        let fsync = fsync_latency(&dir, 200, append);
+        println!(
+            "- {} 4 KiB + fdatasync on that filesystem (200 times): p50 {}, p99 {}, mean {}",
+            if append { "append" } else { "overwrite" },
+            fmt(fsync.quantile(0.5)),
+            fmt(fsync.quantile(0.99)),
+            fmt(fsync.mean())
+        );
+    }
     println!();
     println!(
         "Each producer awaits every hand-over (its commit) before the next; runs last {} s.",
@@ -435,15 +438,24 @@ fn minor_faults() -> i64 {
     usage.ru_minflt
 }
 
-/// What one small durable write costs on this filesystem, for comparison with a commit.
-fn fsync_latency(dir: &Path, times: usize) -> Latencies {
-    use std::io::Write;
+/// What one small durable write costs on this filesystem, for comparison with a commit:
+/// appending (the file grows, so its size is journalled too) or overwriting a block in place
+/// (as SQLite reuses its WAL file after a checkpoint).
+fn fsync_latency(dir: &Path, times: usize, append: bool) -> Latencies {
+    use std::io::{Seek, SeekFrom, Write};
     let path = dir.join("fsync-probe");
     let mut file = std::fs::File::create(&path).expect("fsync probe");
     let block = [0u8; 4096];
+    if !append {
+        file.write_all(&block).expect("write");
+        file.sync_all().expect("fsync");
+    }
     let mut ns = Vec::with_capacity(times);
     for _ in 0..times {
         let t = std::time::Instant::now();
+        if !append {
+            file.seek(SeekFrom::Start(0)).expect("seek");
+        }
         file.write_all(&block).expect("write");
         file.sync_data().expect("fdatasync");
         ns.push(t.elapsed().as_nanos() as u64);
