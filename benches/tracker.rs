@@ -3,8 +3,8 @@
 //! by an outage drains under Dub's rate limit. Against `dub::mock::MockDub` on 127.0.0.1.
 //!
 //! ```text
-//! cargo bench --bench tracker              # every figure, about 2 minutes
-//! cargo bench --bench tracker -- --quick   # fewer events, shorter runs, about 30 s
+//! cargo bench --bench tracker              # every figure, about 1.5 minutes
+//! cargo bench --bench tracker -- --quick   # fewer events, shorter runs, about 35 s
 //! cargo bench --bench tracker -- --only memory,spool,drain --spool-dir /tmp
 //! ```
 //!
