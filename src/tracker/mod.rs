@@ -511,7 +511,9 @@ impl Tracker {
     async fn finish(self, stopping: Stopping) -> ShutdownReport {
         let core = self.handle.core.clone();
         core.accepting.store(false, Ordering::Release);
-        let _ = core.shutdown.send(Some(stopping));
+        // send_replace, not send: `send` drops the value when nobody subscribed yet, and a
+        // dispatcher stopped right after start may not have subscribed.
+        core.shutdown.send_replace(Some(stopping));
         let task = self
             .handle
             .dispatcher

@@ -264,6 +264,98 @@ async fn extreme_settings_never_panic() {
     }
 }
 
+/// Any value of every numeric setting, extreme ones weighted in: building the client and making
+/// a call (against a mock answering half the requests 503, so the retry schedule runs, and the
+/// call ends: zero backoff with unlimited attempts and budget against a server that always
+/// fails would retry at full speed for ever, as configured) never panics.
+#[test]
+fn no_value_of_any_setting_panics() {
+    use proptest::prelude::*;
+    let duration = || {
+        prop_oneof![
+            Just(Duration::ZERO),
+            Just(Duration::MAX),
+            any::<u64>().prop_map(Duration::from_nanos),
+            any::<u64>().prop_map(Duration::from_secs),
+            (0u64..5_000).prop_map(Duration::from_millis),
+        ]
+    };
+    let float = prop_oneof![
+        Just(f64::NAN),
+        Just(f64::INFINITY),
+        Just(f64::NEG_INFINITY),
+        Just(0.0),
+        any::<f64>()
+    ];
+    let strategy = (
+        (duration(), duration(), duration(), duration()),
+        (
+            proptest::option::of(duration()),
+            float,
+            any::<u32>(),
+            // The budget bounds the retries: a 1 ns attempt timeout, unlimited attempts and no
+            // deadline retry "never sent" attempts for as long as the budget lasts, as
+            // configured (extreme_settings_never_panic covers a budget of u64::MAX).
+            0u64..1_000,
+        ),
+        (any::<u32>(), 0u8..3, 0u8..3),
+    );
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 32,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(
+            &strategy,
+            |(
+                (attempt, connect, initial, max),
+                (elapsed, exponent, attempts, budget),
+                (limit, mode, jitter),
+            )| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .start_paused(true)
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    let mock = MockDub::start().await.unwrap();
+                    mock.random_faults(
+                        dub::mock::RandomFaults::new(1, 0.5).kinds([Fault::Status(503)]),
+                    );
+                    let policy = RetryConfig::default()
+                        .with_initial_interval(initial)
+                        .with_max_interval(max)
+                        .with_max_elapsed_time(elapsed)
+                        .with_exponent(exponent)
+                        .with_max_attempts(attempts)
+                        .with_jitter(match jitter {
+                            0 => dub::Jitter::None,
+                            1 => dub::Jitter::Full,
+                            _ => dub::Jitter::Equal,
+                        });
+                    let rate = match mode {
+                        0 => RateLimit::off(),
+                        1 => RateLimit::adaptive(),
+                        _ => RateLimit::per_minute(limit),
+                    };
+                    let dub = client(&mock)
+                        .attempt_timeout(attempt)
+                        .connect_timeout(connect)
+                        .retry_config(policy)
+                        .retry_budget(RetryBudget::new(budget))
+                        .rate_limit(rate)
+                        .build()
+                        .unwrap();
+                    let call = dub.track().lead(lead()).attempt_timeout(attempt);
+                    let _ = tokio::time::timeout(Duration::from_secs(600), call).await;
+                });
+                Ok(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
 // --- Defect 1: nothing a server sends panics the client.
 
 #[tokio::test(start_paused = true)]

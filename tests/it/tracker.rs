@@ -405,3 +405,24 @@ async fn five_thousand_events_through_faults_limits_and_an_outage() {
     // Memory stays within the bound.
     assert!(peak.load(Ordering::Relaxed) <= CAPACITY as u64);
 }
+
+#[tokio::test]
+async fn a_tracker_stopped_right_after_it_started_stops() {
+    let mock = MockDub::start().await.unwrap();
+    for _ in 0..20 {
+        // The dispatcher may not have run yet when stop is called: it must still see it.
+        let tracker = client(&mock).tracker().start().unwrap();
+        let report = tokio::time::timeout(Duration::from_secs(5), tracker.stop())
+            .await
+            .expect("stop returns");
+        assert!(report.drained);
+        let tracker = client(&mock).tracker().start().unwrap();
+        let report = tokio::time::timeout(
+            Duration::from_secs(5),
+            tracker.shutdown(Duration::from_secs(1)),
+        )
+        .await
+        .expect("shutdown returns");
+        assert!(report.drained);
+    }
+}
