@@ -70,6 +70,8 @@ struct Opts {
     // `rss` mode only.
     side: Option<Side>,
     url: Option<String>,
+    /// `rss` mode only: which operations the calls make (both, alternating, by default).
+    ops: fn(usize) -> Op,
 }
 
 impl Opts {
@@ -86,6 +88,7 @@ impl Opts {
             current_thread: false,
             side: None,
             url: None,
+            ops: alternate,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -122,6 +125,14 @@ impl Opts {
                     })
                 }
                 "--url" => o.url = Some(value()),
+                "--ops" => {
+                    o.ops = match value().as_str() {
+                        "both" => alternate,
+                        "lead" => |_| Op::Lead,
+                        "sale" => |_| Op::Sale,
+                        _ => usage(flag),
+                    }
+                }
                 _ => usage(flag),
             }
         }
@@ -134,7 +145,8 @@ fn usage(flag: &str) -> ! {
         "bad argument {flag:?}\n\
          usage: overhead [--quick] [--seq-calls N] [--conc-calls N] [--inflight N] [--rounds N]\n\
          \x20               [--rss-calls N] [--rss-inflight N,N] [--rss-reps N] [--svg PATH]\n\
-         \x20               [--current-thread]"
+         \x20               [--current-thread]\n\
+         \x20       overhead rss --side sdk|floor|none --url URL [--ops both|lead|sale] ..."
     );
     std::process::exit(2)
 }
@@ -513,7 +525,7 @@ fn rss_child(o: &Opts) {
     let mut rate = 0.0;
     if side != Side::None {
         let caller = Arc::new(Caller::new(side, &url));
-        let sample = rt.block_on(run_calls(caller, alternate, o.rss_calls, o.inflight, false));
+        let sample = rt.block_on(run_calls(caller, o.ops, o.rss_calls, o.inflight, false));
         rate = sample.calls_per_s();
     }
     println!("{} {rate:.0}", peak_rss_kb());
