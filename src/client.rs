@@ -388,6 +388,7 @@ impl DubBuilder {
                 default_headers,
                 budget: self.budget.unwrap_or_default(),
                 limiter: Limiter::new(self.rate_limit.unwrap_or_default()),
+                base_url_direct: is_plain_http_loopback(&base_url),
                 base_url,
                 attempt_timeout,
                 client_timeout,

@@ -49,6 +49,8 @@ pub(crate) struct Shared {
     pub budget: RetryBudget,
     pub limiter: Limiter,
     pub base_url: String,
+    /// Whether `base_url` is plain http to this machine (decided once: it takes a URL parse).
+    pub base_url_direct: bool,
     /// The per-attempt timeout; `None` with a user's client whose own timeout then applies.
     pub attempt_timeout: Option<Duration>,
     /// The timeout `http` applies to every request by itself (set when we built it), which a
@@ -145,7 +147,12 @@ impl Call {
 impl Shared {
     /// The client for `base_url`: plain http to this machine goes direct, never via a proxy.
     pub(crate) fn client_for(&self, base_url: &str) -> &reqwest::Client {
-        if self.own_http && crate::client::is_plain_http_loopback(base_url) {
+        let direct = if base_url == self.base_url {
+            self.base_url_direct
+        } else {
+            crate::client::is_plain_http_loopback(base_url)
+        };
+        if self.own_http && direct {
             return self.direct.get_or_init(|| {
                 crate::client::own_client(self.connect_timeout, self.client_timeout, true)
                     .unwrap_or_else(|_| self.http.clone())
