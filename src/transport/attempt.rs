@@ -59,7 +59,9 @@ pub(crate) struct Received {
 }
 
 impl Received {
-    /// Back into the `reqwest::Response` the generated code decodes.
+    /// Back into the `reqwest::Response` the generated code decodes, without the headers: it
+    /// reads only the status and body, and would copy the headers into a `ResponseValue` that
+    /// is thrown away (the report keeps an error's headers).
     pub(crate) fn into_response(self) -> Response {
         // Given no URL, reqwest would parse a placeholder one for every response.
         let mut out = match http::Response::builder().url(self.url).body(self.body) {
@@ -70,7 +72,6 @@ impl Received {
         };
         *out.status_mut() = self.status;
         *out.version_mut() = self.version;
-        *out.headers_mut() = self.headers;
         Response::from(out)
     }
 }
@@ -89,29 +90,53 @@ pub(crate) async fn attempt(sent: impl Future<Output = reqwest::Result<Response>
     } else {
         MAX_ERROR_BODY
     };
-    let mut body = BytesMut::new();
+    // A body of one chunk (Dub's usual few hundred bytes) is kept as it came, without a copy;
+    // a second chunk starts a buffer.
+    let mut single = Bytes::new();
+    let mut buffer: Option<BytesMut> = None;
     let mut truncated = false;
     loop {
         match response.chunk().await {
             Ok(Some(chunk)) => {
-                let room = cap - body.len();
-                if chunk.len() > room {
-                    body.extend_from_slice(&chunk[..room]);
+                let held = buffer.as_ref().map_or(single.len(), BytesMut::len);
+                let room = cap - held;
+                let chunk = if chunk.len() > room {
                     truncated = true;
+                    chunk.slice(..room)
+                } else {
+                    chunk
+                };
+                match &mut buffer {
+                    Some(b) => b.extend_from_slice(&chunk),
+                    None if single.is_empty() => single = chunk,
+                    None => {
+                        let mut b = BytesMut::with_capacity(single.len() + chunk.len());
+                        b.extend_from_slice(&single);
+                        b.extend_from_slice(&chunk);
+                        buffer = Some(b);
+                    }
+                }
+                if truncated {
                     break;
                 }
-                body.extend_from_slice(&chunk);
             }
             Ok(None) => break,
             Err(e) => return Outcome::NoResponse(e, Some(status)),
         }
     }
+    let body = match buffer {
+        Some(b) => b.freeze(),
+        // A chunk is a slice of the connection's read buffer: an error body, which may be kept
+        // in an `Error` for long, gets its own copy rather than holding that buffer.
+        None if !status.is_success() => Bytes::copy_from_slice(&single),
+        None => single,
+    };
     Outcome::Response(Received {
         status,
         version: response.version(),
         url: response.url().clone(),
         headers: std::mem::take(response.headers_mut()),
-        body: body.freeze(),
+        body,
         truncated,
     })
 }
