@@ -292,6 +292,16 @@ impl Limiter {
                 if let Some(r) = rate {
                     s.next = add(start, interval(r));
                 }
+                // The usual case: an unpaced client (no limit known, no 429 yet) not held back
+                // takes its turn under this lock, without a timer that would fire at once. A
+                // paced client still waits through the timer, even for a turn that is due.
+                if rate.is_none() && start <= now {
+                    s.count_start(now);
+                    return Ok(Permit {
+                        epoch: s.epoch,
+                        issued: now,
+                    });
+                }
                 start
             };
             tokio::time::sleep_until(start).await;
