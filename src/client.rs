@@ -370,10 +370,15 @@ impl DubBuilder {
                 let timeout = self.attempt_timeout.unwrap_or(DEFAULT_ATTEMPT_TIMEOUT);
                 // The request's own timeout fires just after the connector's (see transport).
                 let client_timeout = timeout.saturating_add(CONNECT_FIRST);
-                let client =
-                    own_client(connect_timeout, Some(client_timeout), false).map_err(|e| {
-                        Error::config("the HTTP client could not be built").with_source(e)
-                    })?;
+                // The usual attempt's deadline on connecting is the client's own connect
+                // timeout (see `Shared::client`).
+                let client = own_client(
+                    connect_timeout.min(timeout),
+                    Some(client_timeout),
+                    false,
+                    false,
+                )
+                .map_err(|e| Error::config("the HTTP client could not be built").with_source(e))?;
                 (client, true, Some(timeout), Some(client_timeout))
             }
         };
@@ -382,6 +387,7 @@ impl DubBuilder {
                 http,
                 own_http,
                 direct: OnceLock::new(),
+                with_deadline: [OnceLock::new(), OnceLock::new()],
                 connect_timeout,
                 auth,
                 user_agent,
@@ -400,18 +406,26 @@ impl DubBuilder {
 }
 
 /// The crate's own reqwest client: no redirects (an API POST must not be resent elsewhere), no
-/// retries of its own (this crate's loop is the only one, and counts every attempt), the
-/// attempt deadline on connecting, and with `direct`, no proxy.
+/// retries of its own (this crate's loop is the only one, and counts every attempt), with
+/// `direct` no proxy, and with `deadline` the attempt's deadline on connecting.
+///
+/// The deadline layer costs about 3,000 instructions a request even on a pooled connection
+/// (reqwest type-erases a layered connector, and hyper clones it, a few boxes each time, for
+/// every request), so it is only on the clients for attempts whose deadline the plain client's
+/// connect timeout does not already give (see `Shared::client`).
 pub(crate) fn own_client(
     connect_timeout: Duration,
     timeout: Option<Duration>,
     direct: bool,
+    deadline: bool,
 ) -> reqwest::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(connect_timeout)
         .redirect(reqwest::redirect::Policy::none())
-        .retry(reqwest::retry::never())
-        .connector_layer(AttemptDeadlineLayer);
+        .retry(reqwest::retry::never());
+    if deadline {
+        builder = builder.connector_layer(AttemptDeadlineLayer);
+    }
     if let Some(timeout) = timeout {
         builder = builder.timeout(timeout);
     }

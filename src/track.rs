@@ -268,6 +268,7 @@ impl<R: Operation> TrackCall<R> {
             headers: self.headers,
             deduplicated: self.request.deduplicated(),
             sale: R::SALE,
+            direct: shared.direct_for(&base_url),
             operation: R::NAME,
             started,
             first_turn: Mutex::new(None),
@@ -288,7 +289,7 @@ impl<R: Operation> TrackCall<R> {
                 return Err(named(Error::not_started(wait)));
             }
         }
-        let http = shared.client_for(&base_url).clone();
+        let http = shared.client_for(call.direct).clone();
         let client = Generated::new_with_client(&base_url, http, call);
         let result = self.request.send(&client).await;
         let report = client.inner().report();

@@ -7,6 +7,10 @@
 //! `is_connect()`: the attempt is then known not to have reached Dub, however the timeouts are
 //! set. The deadline travels in a task-local, set around each attempt; reqwest's own timeout for
 //! the request is set a little later (`CONNECT_FIRST`) so that the connector's fires first.
+//!
+//! The layer is only on the clients used by attempts with a timeout other than the client's
+//! (`Shared::client`): the crate's usual clients get the same effect from their connect timeout,
+//! capped at the attempt timeout, without the layer's cost on every request.
 
 use std::future::Future;
 use std::pin::Pin;

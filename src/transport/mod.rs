@@ -42,6 +42,11 @@ pub(crate) struct Shared {
     /// A client without proxies for plain-http loopback URLs, made when first needed: the
     /// token must not travel in clear text to a proxy on its way to a server on this machine.
     pub direct: OnceLock<reqwest::Client>,
+    /// With our own client: clients with the attempt deadline on connecting, through a proxy
+    /// and direct, made when an attempt first needs one (see [`Shared::client`]).
+    pub with_deadline: [OnceLock<reqwest::Client>; 2],
+    /// The connect timeout asked for; `http` and `direct` connect within the attempt timeout
+    /// if that is shorter.
     pub connect_timeout: Duration,
     pub auth: HeaderValue,
     pub user_agent: HeaderValue,
@@ -73,6 +78,8 @@ pub(crate) struct Call {
     pub deduplicated: bool,
     /// A sale (whose 404 "Lead event not found" is the lead race).
     pub sale: bool,
+    /// Whether the call goes direct, not via a proxy (see [`Shared::direct_for`]).
+    pub direct: bool,
     /// When the call started, before it waited for its first turn.
     pub started: Instant,
     /// The first attempt's turn, taken before the generated code runs (see `track.rs`).
@@ -112,6 +119,7 @@ impl Clone for Call {
             headers: self.headers.clone(),
             deduplicated: self.deduplicated,
             sale: self.sale,
+            direct: self.direct,
             started: self.started,
             first_turn: Mutex::new(None),
             report: Mutex::new(self.report()),
@@ -145,20 +153,56 @@ impl Call {
 }
 
 impl Shared {
-    /// The client for `base_url`: plain http to this machine goes direct, never via a proxy.
-    pub(crate) fn client_for(&self, base_url: &str) -> &reqwest::Client {
+    /// Whether calls to `base_url` go direct: plain http to this machine never goes via a
+    /// proxy (with our own client).
+    pub(crate) fn direct_for(&self, base_url: &str) -> bool {
         let direct = if base_url == self.base_url {
             self.base_url_direct
         } else {
             crate::client::is_plain_http_loopback(base_url)
         };
-        if self.own_http && direct {
-            return self.direct.get_or_init(|| {
-                crate::client::own_client(self.connect_timeout, self.client_timeout, true)
-                    .unwrap_or_else(|_| self.http.clone())
-            });
+        self.own_http && direct
+    }
+
+    /// The client for an attempt whose timeout is `timeout`.
+    ///
+    /// An attempt's deadline applies to opening a connection too (see `connect.rs`). Our own
+    /// `http` and `direct` clients connect within the client's attempt timeout already, which
+    /// is that deadline for every attempt with the client's attempt timeout (the usual case);
+    /// an attempt with another timeout (a per-call one, or the call's deadline coming first)
+    /// uses a client whose connector reads the deadline. A user's client keeps its own.
+    pub(crate) fn client(&self, direct: bool, timeout: Option<Duration>) -> &reqwest::Client {
+        if !self.own_http {
+            return &self.http;
         }
-        &self.http
+        let plain = !self.reads_deadline(timeout);
+        let make = |deadline: bool| {
+            let connect = if deadline {
+                self.connect_timeout
+            } else {
+                self.attempt_timeout
+                    .map_or(self.connect_timeout, |t| self.connect_timeout.min(t))
+            };
+            crate::client::own_client(connect, self.client_timeout, direct, deadline)
+                .unwrap_or_else(|_| self.http.clone())
+        };
+        match (plain, direct) {
+            (true, false) => &self.http,
+            (true, true) => self.direct.get_or_init(|| make(false)),
+            (false, _) => self.with_deadline[usize::from(direct)].get_or_init(|| make(true)),
+        }
+    }
+
+    /// Whether an attempt with `timeout` goes through a client whose connector reads the
+    /// attempt's deadline (see [`Shared::client`]).
+    pub(crate) fn reads_deadline(&self, timeout: Option<Duration>) -> bool {
+        self.own_http && timeout != self.attempt_timeout
+    }
+
+    /// The client the generated code is made with (it builds requests; `exchange` sends them
+    /// with [`Shared::client`]).
+    pub(crate) fn client_for(&self, direct: bool) -> &reqwest::Client {
+        self.client(direct, self.attempt_timeout)
     }
 }
 
@@ -225,10 +269,14 @@ async fn exchange(
         // Taken before reqwest starts its own timer, so that the connector's deadline comes
         // first (see `connect.rs`).
         let sent_at = Instant::now();
-        let attempt_deadline = timeout.and_then(|t| sent_at.checked_add(t));
+        let client = call.shared.client(call.direct, timeout);
+        // Only a client with the deadline layer reads the deadline (see `Shared::client`).
+        let attempt_deadline = timeout
+            .filter(|_| call.shared.reads_deadline(timeout))
+            .and_then(|t| sent_at.checked_add(t));
         // The JSON body is in memory, so the copy can always be made.
-        let Some(sent) = send_copy(http, &request, call, timeout) else {
-            return http.execute(request).await;
+        let Some(sent) = send_copy(client, &request, call, timeout) else {
+            return client.execute(request).await;
         };
         let span = tracing::debug_span!("dub.attempt", attempt = number);
         let outcome = match attempt_deadline {
