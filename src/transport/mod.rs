@@ -252,6 +252,7 @@ async fn exchange(
             Err(_) => return http.execute(request).await,
         },
     };
+    let mut request = Some(request);
     let mut number = 0u32;
     let mut spent = 0u64;
     loop {
@@ -274,9 +275,23 @@ async fn exchange(
         let attempt_deadline = timeout
             .filter(|_| call.shared.reads_deadline(timeout))
             .and_then(|t| sent_at.checked_add(t));
-        // The JSON body is in memory, so the copy can always be made.
-        let Some(sent) = send_copy(client, &request, call, timeout) else {
-            return client.execute(request).await;
+        // The last attempt the policy allows sends the request itself; the others send a copy
+        // (the JSON body is in memory, so it can always be made), keeping it for a retry.
+        // (A retry is only made while `request` is kept; see below.)
+        let kept = request
+            .as_ref()
+            .expect("the request is kept for every retry");
+        let sent = if number >= policy.max_attempts() {
+            let last = request.take().expect("the request is kept for every retry");
+            send(client, last, call, timeout)
+        } else {
+            match kept.try_clone() {
+                Some(copy) => send(client, copy, call, timeout),
+                None => {
+                    let only = request.take().expect("the request is kept for every retry");
+                    return client.execute(only).await;
+                }
+            }
         };
         let span = tracing::debug_span!("dub.attempt", attempt = number);
         let outcome = match attempt_deadline {
@@ -316,6 +331,10 @@ async fn exchange(
             Decision::Stop(stop) => {
                 log_stop(stop, &seen);
                 call.update(|rep| rep.stop = Some(stop));
+                return finish(outcome, budget, spent);
+            }
+            // The policy stops after its last attempt, whose request was sent itself.
+            Decision::Retry { .. } if request.is_none() => {
                 return finish(outcome, budget, spent);
             }
             Decision::Retry {
@@ -444,16 +463,14 @@ fn log_stop(stop: Stop, seen: &retry::Seen) {
     }
 }
 
-/// Sends a copy of `request` with the attempt's timeout, or `None` if it cannot be copied.
-/// A plain function, so that the copy takes no room in `exchange`'s future (a local moved
-/// before an `await` still does).
-fn send_copy(
+/// Sends `request` with the attempt's timeout. A plain function, so that the request takes no
+/// room in `exchange`'s future (a local moved before an `await` still does).
+fn send(
     http: &reqwest::Client,
-    request: &Request,
+    mut copy: Request,
     call: &Call,
     timeout: Option<Duration>,
-) -> Option<impl Future<Output = reqwest::Result<Response>> + use<>> {
-    let mut copy = request.try_clone()?;
+) -> impl Future<Output = reqwest::Result<Response>> + use<> {
     if let Some(t) = timeout {
         // The connector gives up at the attempt's deadline itself (a connection error: nothing
         // sent); the request's own timeout fires just after, so it never wins that race.
@@ -462,7 +479,7 @@ fn send_copy(
             *copy.timeout_mut() = Some(t);
         }
     }
-    Some(http.execute(copy))
+    http.execute(copy)
 }
 
 /// Settles the retry budget and hands the last outcome to the generated code.
