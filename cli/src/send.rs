@@ -520,11 +520,22 @@ async fn deliver(
             }
         }
     }
-    // What was handed over ends delivered, failed or uncertain; after Ctrl-C the tracker stops
-    // after the attempts in flight and the rest resolve as not delivered.
-    while let Some(result) = pending.join_next().await {
-        if let Ok(result) = result {
-            settle(result, &mut done);
+    // What was handed over ends delivered, failed or uncertain. After Ctrl-C (before or during
+    // this wait) the tracker stops once the attempts in flight are answered, and the records it
+    // still holds resolve as not delivered: they stay unjournaled, for the next run.
+    let mut stopped = false;
+    loop {
+        if !stopped && stopping.load(Ordering::Relaxed) {
+            stopped = true;
+            let _ = tracker.clone().stop().await;
+        }
+        tokio::select! {
+            next = pending.join_next() => match next {
+                Some(Ok(result)) => settle(result, &mut done),
+                Some(Err(_)) => {}
+                None => break,
+            },
+            () = interrupted.notified(), if !stopped => {}
         }
     }
     done

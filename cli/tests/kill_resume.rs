@@ -193,7 +193,11 @@ async fn ctrl_c_stops_after_the_requests_in_flight_and_a_rerun_repeats_none() {
     let pid = i32::try_from(child.id().unwrap()).unwrap();
     // SAFETY: kill(2) on the child this test started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let at_interrupt = mock.request_count();
     let first = support::Run::from(child.wait_with_output().await.unwrap(), mock.token());
+    // It stopped handing records over: at most those already claimed went out after Ctrl-C.
+    let after = mock.request_count() - at_interrupt;
+    assert!(after <= IN_FLIGHT, "{after} requests sent after Ctrl-C");
     assert_eq!(first.code, 130, "{first:?}");
     assert!(
         first.stderr.contains("run the same command again"),
