@@ -326,7 +326,7 @@ pub async fn run(args: SendArgs) -> u8 {
     let mut delivered = 0u64;
     // Records never handed over (an interrupted run) are not sent, as are those the tracker
     // still held when it stopped.
-    let mut not_sent = (to_send.len() - outcomes.len()) as u64;
+    let mut not_sent = to_send.len().saturating_sub(outcomes.len()) as u64;
     for (index, outcome) in outcomes {
         let record = &inputs.records[index];
         match outcome {
