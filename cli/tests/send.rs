@@ -387,3 +387,35 @@ async fn the_summary_counts_the_429s_received() {
     );
     assert_eq!(mock.leads().len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_send_on_the_same_state_file_is_refused_while_the_first_runs() {
+    let mock = MockDub::start().await.unwrap();
+    mock.random_faults(
+        dub::mock::RandomFaults::new(1, 1.0).kinds([dub::mock::Fault::Delay(
+            std::time::Duration::from_millis(20),
+        )]),
+    );
+    let dir = Scratch::new("lock");
+    let records: Vec<Value> = (0..200).map(|c| lead(&format!("l{c}"))).collect();
+    dir.write("leads.jsonl", &jsonl(&records));
+    let first = support::command(
+        &mock,
+        &dir.0,
+        &["send", "--max-in-flight", "4", "leads.jsonl"],
+    )
+    .spawn()
+    .unwrap();
+    while mock.request_count() == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let second = run(&mock, &dir.0, &["send", "leads.jsonl"]).await;
+    assert_eq!(second.code, 2, "{second:?}");
+    assert!(
+        second.stderr.contains("in use by another dub-track"),
+        "{second:?}"
+    );
+    let first = support::Run::from(first.wait_with_output().await.unwrap(), mock.token());
+    assert_eq!(first.code, 0, "{first:?}");
+    assert_eq!(mock.request_count(), 200);
+}
