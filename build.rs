@@ -47,6 +47,17 @@ fn main() {
     let text = std::fs::read_to_string(SPEC).unwrap_or_else(|e| fail(&format!("reading: {e}")));
     let mut spec: Value =
         serde_yaml_ng::from_str(&text).unwrap_or_else(|e| fail(&format!("parsing: {e}")));
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    // The mock checks emails with the spec's own pattern; normalise() drops it from the models.
+    let email = spec
+        .pointer("/components/schemas/TrackLeadRequest/properties/customerEmail/pattern")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| fail("TrackLeadRequest.customerEmail has no pattern"));
+    std::fs::write(
+        out.join("email_pattern.rs"),
+        format!("/// `customerEmail`'s pattern in openapi.yaml.\npub(crate) const EMAIL_PATTERN: &str = {email:?};\n"),
+    )
+    .unwrap_or_else(|e| fail(&format!("writing: {e}")));
     normalise(&mut spec).unwrap_or_else(|e| fail(&e));
     let spec: openapiv3::OpenAPI =
         serde_json::from_value(spec).unwrap_or_else(|e| fail(&format!("not OpenAPI 3.0: {e}")));
@@ -72,7 +83,6 @@ fn main() {
     let mut file: syn::File =
         syn::parse2(tokens).unwrap_or_else(|e| fail(&format!("generated code: {e}")));
     mark_non_exhaustive(&mut file);
-    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     std::fs::write(out.join("generated.rs"), prettyplease::unparse(&file))
         .unwrap_or_else(|e| fail(&format!("writing: {e}")));
 }

@@ -75,7 +75,10 @@ fn only_spec_edits_rerun_code_generation() {
         }
     }
     copy_tree(&Path::new(ROOT).join("src"), &krate.join("src"));
-    copy_tree(&Path::new(ROOT).join("xtask"), &krate.join("xtask"));
+    // The other workspace members, which the manifest names.
+    for member in ["xtask", "cli"] {
+        copy_tree(&Path::new(ROOT).join(member), &krate.join(member));
+    }
 
     build(&dir);
     assert_eq!(

@@ -3,6 +3,7 @@
 //! Alone in its own test binary: tracing caches per-callsite interest process-wide, so a
 //! callsite first hit by a test without a subscriber would stay silent here.
 
+#[path = "it/support/mod.rs"]
 mod support;
 
 use std::time::Duration;

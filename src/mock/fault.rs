@@ -164,7 +164,7 @@ impl RandomFaults {
 #[derive(Debug, Default)]
 pub(crate) struct FaultPlan {
     scripted: VecDeque<Fault>,
-    random: Option<(RandomFaults, SplitMix64)>,
+    random: Option<(RandomFaults, fastrand::Rng)>,
 }
 
 impl FaultPlan {
@@ -173,7 +173,7 @@ impl FaultPlan {
     }
 
     pub fn set_random(&mut self, config: RandomFaults) {
-        let rng = SplitMix64(config.seed);
+        let rng = fastrand::Rng::with_seed(config.seed);
         self.random = Some((config, rng));
     }
 
@@ -188,34 +188,14 @@ impl FaultPlan {
         let (config, rng) = self.random.as_mut()?;
         // Both draws happen on every request so that one request's outcome never shifts the
         // sequence seen by the next: replaying a seed replays every request.
-        let hit = rng.next_f64() < config.probability;
-        let pick = rng.next_u64();
+        let hit = rng.f64() < config.probability;
+        let pick = rng.u64(..);
         if !hit || config.kinds.is_empty() {
             return None;
         }
         let len = config.kinds.len() as u64;
         let index = usize::try_from(pick % len).unwrap_or(0);
         config.kinds.get(index).cloned()
-    }
-}
-
-/// SplitMix64 (Steele, Lea, Flood 2014): tiny, fast, and good enough to pick faults; not for
-/// anything secret.
-#[derive(Debug, Clone)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1): the top 53 bits as the mantissa.
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 

@@ -35,7 +35,8 @@
 //!   `not_found`, other methods 405 `method_not_allowed`, both with Dub's error body.
 //! - Authentication: no `Authorization` header is 401, one not starting with `Bearer ` is 400,
 //!   a token other than [`MockDub::token`] is 401.
-//! - Bodies: larger than 1 MiB is 413; not JSON is 400 `bad_request`; a schema violation is
+//! - Bodies: larger than 1 MiB is 413; not JSON is 400 `bad_request` (JSON nested up to 512
+//!   levels is read, as Dub's `JSON.parse` reads deep metadata); a schema violation is
 //!   422 `unprocessable_entity` naming the first offending field, in Dub's
 //!   `<issue>: <field>: <message>` form. As on Dub, `externalId` and `customerId` are accepted
 //!   for `customerExternalId`, and a request with none of the three is 400

@@ -122,7 +122,7 @@ impl Workspace {
     }
 
     fn track(&mut self, lead: bool, body: &[u8], now_ms: u64, race: Option<Duration>) -> Reply {
-        let Ok(body) = serde_json::from_slice::<Value>(body) else {
+        let Some(body) = parse_json(body) else {
             return Rejection::bad_request(INVALID_JSON).into();
         };
         let result = if lead {
@@ -310,6 +310,50 @@ impl Workspace {
         }
         Ok(reply)
     }
+}
+
+/// The deepest nesting the mock parses. Dub reads bodies with JavaScript's `JSON.parse`, which
+/// takes nesting far deeper than serde_json's default limit of 128 (metadata is free-form);
+/// the bound keeps parsing within a worker thread's stack.
+const MAX_DEPTH: usize = 512;
+
+fn parse_json(body: &[u8]) -> Option<Value> {
+    use serde::Deserialize;
+    if nesting(body) > MAX_DEPTH {
+        return None;
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    de.disable_recursion_limit();
+    let value = Value::deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    Some(value)
+}
+
+/// The deepest nesting of arrays and objects in JSON text, strings skipped.
+fn nesting(body: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in body {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// The customer with this external ID, created on first sight. Like Dub, an existing customer

@@ -6,7 +6,7 @@
 //! by the attempt's deadline fail as a *connection* error, which reqwest reports with
 //! `is_connect()`: the attempt is then known not to have reached Dub, however the timeouts are
 //! set. The deadline travels in a task-local, set around each attempt; reqwest's own timeout for
-//! the request is set a few milliseconds later (`CONNECT_FIRST`) so that the connector's fires first.
+//! the request is set a little later (`CONNECT_FIRST`) so that the connector's fires first.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,9 +15,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// How much later than the connector's deadline reqwest's request timeout fires: past the
-/// timer's millisecond tick, so the two never fire together (reqwest's would then win).
-pub(crate) const CONNECT_FIRST: Duration = Duration::from_millis(5);
+/// How much later than the connector's deadline reqwest's request timeout fires. reqwest checks
+/// its timeout before polling the connection, so when the task is first polled after both
+/// deadlines (a busy machine delays a poll by milliseconds) reqwest's wins and a connect that
+/// never completed reads as "may have been recorded". 5 ms lost that race on a loaded two-core
+/// machine about one time in three; the margin only lets a request already sent run that much
+/// past the attempt timeout.
+pub(crate) const CONNECT_FIRST: Duration = Duration::from_millis(50);
 
 tokio::task_local! {
     static ATTEMPT_DEADLINE: Instant;

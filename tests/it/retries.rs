@@ -1,22 +1,14 @@
 //! Retry behaviour over real loopback HTTP, on tokio's paused clock: exact schedules without
 //! real sleeps.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dub::models::{LeadMode, TrackLeadRequest, TrackSaleRequest};
+use crate::support::{Reply, Server, TOKEN, lead, refused_url};
+use dub::models::{LeadMode, TrackSaleRequest};
 use dub::{Dub, ErrorKind, Jitter, RateLimit, RetryBudget, RetryConfig};
-use support::{Reply, Server, TOKEN, refused_url};
 use tokio::time::Instant;
-
-fn lead() -> TrackLeadRequest {
-    TrackLeadRequest::builder()
-        .click_id("clk_1")
-        .event_name("Sign up")
-        .customer_external_id("user_42")
-        .build()
-}
 
 fn exact() -> RetryConfig {
     RetryConfig::default().with_jitter(Jitter::None)

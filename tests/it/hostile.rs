@@ -6,29 +6,19 @@
 //! (`tests/errors.rs` covers a slow reply within a timeout, the per-call timeout, and that
 //! plain http to a non-loopback host is refused at build time.)
 
-mod support;
-
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use dub::models::{TrackLeadRequest, TrackSaleRequest};
+use crate::support::{Reply, Server, TOKEN, lead, lead_body};
+use dub::models::TrackSaleRequest;
 use dub::{Dub, ErrorKind, RetryConfig};
-use support::{Reply, Server, TOKEN, lead_body};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 const MB: u64 = 1024 * 1024;
 const KIB64: usize = 64 * 1024;
-
-fn lead() -> TrackLeadRequest {
-    TrackLeadRequest::builder()
-        .click_id("clk_1")
-        .event_name("Sign up")
-        .customer_external_id("user_42")
-        .build()
-}
 
 /// A loopback server that runs `behave` on each connection after reading its request, and
 /// counts the response bytes it managed to write.

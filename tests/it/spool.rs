@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dub::mock::{Fault, MockDub};
-use dub::models::{TrackLeadRequest, TrackSaleRequest};
 use dub::tracker::{Event, Outcome, Tracker};
 use dub::{Dub, RetryConfig};
 
@@ -30,29 +29,15 @@ fn temp_spool(name: &str) -> PathBuf {
 }
 
 fn lead(customer: &str) -> Event {
-    TrackLeadRequest::builder()
-        .click_id("clk")
-        .event_name("Sign up")
-        .customer_external_id(customer)
-        .build()
-        .into()
+    crate::support::lead_for(customer).build().into()
 }
 
 fn sale(customer: &str, invoice: &str) -> Event {
-    TrackSaleRequest::builder()
-        .customer_external_id(customer)
-        .amount(100)
-        .invoice_id(invoice)
-        .build()
-        .into()
+    crate::support::sale_for(customer, Some(invoice)).into()
 }
 
 fn unsafe_sale(customer: &str) -> Event {
-    TrackSaleRequest::builder()
-        .customer_external_id(customer)
-        .amount(100)
-        .build()
-        .into()
+    crate::support::sale_for(customer, None).into()
 }
 
 #[tokio::test]
@@ -282,7 +267,7 @@ fn run_child(
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "spool_crash_child",
+            "spool::spool_crash_child",
             "--ignored",
             "--nocapture",
             "--test-threads=1",

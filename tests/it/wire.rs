@@ -1,18 +1,12 @@
 //! What goes over the wire, and what comes back decodes: exact request bodies and headers,
 //! 200 bodies built from the spec's schemas, the nine error bodies from the spec's examples.
 
-mod support;
-
+use crate::support::{Reply, Server, TOKEN, client, lead_body, sale_body};
 use dub::models::{LeadMode, PaymentProcessor, TrackLeadRequest, TrackSaleRequest};
 use dub::{ErrorKind, RetryConfig};
 use serde_json::{Value, json};
-use support::{Reply, Server, TOKEN, client, lead_body, sale_body};
 
-fn spec() -> Value {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
-    serde_yaml_ng::from_str(&text).unwrap()
-}
+use crate::support::schema::spec;
 
 #[tokio::test]
 async fn lead_request_is_exact() {

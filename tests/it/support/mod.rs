@@ -3,6 +3,8 @@
 //! with arrival times on tokio's clock so tests on a paused clock can assert exact schedules.
 #![allow(dead_code)]
 
+pub mod schema;
+
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -235,4 +237,36 @@ pub async fn refused_url() -> String {
     let url = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
     url
+}
+
+/// A lead for `user_42`, the one most tests send.
+pub fn lead() -> dub::models::TrackLeadRequest {
+    lead_builder().build()
+}
+
+/// [`lead`]'s builder, for a test that adds fields.
+pub fn lead_builder()
+-> dub::models::TrackLeadRequestBuilder<dub::models::Set, dub::models::Set, dub::models::Set> {
+    lead_for("user_42")
+}
+
+/// A lead for `customer`.
+pub fn lead_for(
+    customer: &str,
+) -> dub::models::TrackLeadRequestBuilder<dub::models::Set, dub::models::Set, dub::models::Set> {
+    dub::models::TrackLeadRequest::builder()
+        .click_id("clk_1")
+        .event_name("Sign up")
+        .customer_external_id(customer)
+}
+
+/// A sale of 1.00 for `customer`, deduplicated by Dub when it has an invoice id.
+pub fn sale_for(customer: &str, invoice: Option<&str>) -> dub::models::TrackSaleRequest {
+    let sale = dub::models::TrackSaleRequest::builder()
+        .customer_external_id(customer)
+        .amount(100);
+    match invoice {
+        Some(invoice) => sale.invoice_id(invoice).build(),
+        None => sale.build(),
+    }
 }

@@ -1221,3 +1221,37 @@ async fn post_status(http: &Client, dub: &MockDub, i: usize) -> u16 {
         .status()
         .as_u16()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_nested_deeper_than_serde_jsons_default_is_accepted_as_on_dub() {
+    let dub = MockDub::start().await.unwrap();
+    // 500 levels: beyond serde_json's default 128, within what JSON.parse takes, and near the
+    // mock's own bound (512), on a worker thread's stack.
+    let mut nested = json!("leaf");
+    for _ in 0..500 {
+        nested = json!({ "n": nested });
+    }
+    let mut body = lead("deep", "e");
+    body["metadata"] = json!({ "deep": nested });
+    let text = serde_json::to_vec(&body).unwrap();
+    let response = http()
+        .post(format!("{}/track/lead", dub.url()))
+        .bearer_auth(dub.token())
+        .header("content-type", "application/json")
+        .body(text)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(dub.leads().len(), 1);
+    // Invalid JSON is still 400, at any depth.
+    let broken = format!("{}{}", "[".repeat(1_000), "]".repeat(999));
+    let response = http()
+        .post(format!("{}/track/lead", dub.url()))
+        .bearer_auth(dub.token())
+        .body(broken)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+}

@@ -1,22 +1,11 @@
 //! Typed errors from real HTTP responses, validation before sending, and token redaction.
 
-mod support;
+use crate::support;
 
-use dub::models::{LeadMode, Set, TrackLeadRequest, TrackLeadRequestBuilder, TrackSaleRequest};
+use crate::support::{Reply, Server, TOKEN, client, lead, lead_builder, refused_url};
+use dub::models::{LeadMode, TrackLeadRequest, TrackSaleRequest};
 use dub::{Dub, ErrorKind};
 use serde_json::json;
-use support::{Reply, Server, TOKEN, client, refused_url};
-
-fn lead_builder() -> TrackLeadRequestBuilder<Set, Set, Set> {
-    TrackLeadRequest::builder()
-        .click_id("clk_1")
-        .event_name("Sign up")
-        .customer_external_id("user_42")
-}
-
-fn lead() -> TrackLeadRequest {
-    lead_builder().build()
-}
 
 #[tokio::test]
 async fn every_documented_status_maps_to_its_kind() {

@@ -8,18 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::lead;
 use dub::mock::{Fault, MockDub, RetryAfter};
 use dub::models::{TrackLeadRequest, TrackSaleRequest};
 use dub::{Dub, ErrorKind, RateLimit, RetryBudget, RetryConfig};
 use tokio::time::Instant;
-
-fn lead() -> TrackLeadRequest {
-    TrackLeadRequest::builder()
-        .click_id("clk_1")
-        .event_name("Sign up")
-        .customer_external_id("user_1")
-        .build()
-}
 
 fn sale_without_invoice() -> TrackSaleRequest {
     TrackSaleRequest::builder()

@@ -49,17 +49,7 @@ fn ours() -> Value {
     load(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml"))
 }
 
-/// Follows a local `$ref`.
-fn resolve<'a>(spec: &'a Value, v: &'a Value) -> &'a Value {
-    match v.get("$ref").and_then(Value::as_str) {
-        Some(r) => resolve(
-            spec,
-            spec.pointer(r.trim_start_matches('#'))
-                .unwrap_or_else(|| panic!("dangling {r}")),
-        ),
-        None => v,
-    }
-}
+use crate::support::schema::resolve;
 
 const COMPARED: [&str; 11] = [
     "type",

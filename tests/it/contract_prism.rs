@@ -13,20 +13,18 @@
 //! installs it). Without it these tests fail when `CI` is set, and otherwise skip with a
 //! message on stderr.
 
-#[path = "support/schema.rs"]
-mod schema;
-mod support;
+use crate::support::schema;
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::TOKEN;
 use dub::models::{LeadMode, PaymentProcessor, TrackLeadRequest, TrackSaleRequest};
 use dub::{Dub, Error, ErrorKind, RetryConfig};
 use schema::spec;
 use serde_json::{Map, Value, json};
-use support::TOKEN;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 

@@ -50,22 +50,10 @@ async fn delivers_leads_before_sales_and_reports_receipts() {
 }
 
 fn lead(customer: &str) -> TrackLeadRequest {
-    TrackLeadRequest::builder()
-        .click_id("clk")
-        .event_name("Sign up")
-        .customer_external_id(customer)
-        .build()
+    crate::support::lead_for(customer).build()
 }
 
-fn sale(customer: &str, invoice: Option<&str>) -> TrackSaleRequest {
-    let b = TrackSaleRequest::builder()
-        .customer_external_id(customer)
-        .amount(100);
-    match invoice {
-        Some(i) => b.invoice_id(i).build(),
-        None => b.build(),
-    }
-}
+use crate::support::sale_for as sale;
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_while_dub_is_slow_returns_by_the_deadline_and_reports_everything() {

@@ -1,13 +1,13 @@
 //! The blocking client passes the same happy-path and error tests as the async one.
 #![cfg(feature = "blocking")]
 
-mod support;
+use crate::support;
 
+use crate::support::{Reply, Server, TOKEN};
 use dub::blocking::Dub;
 use dub::models::{PaymentProcessor, TrackLeadRequest, TrackSaleRequest};
 use dub::{ErrorKind, Jitter, RetryConfig};
 use std::time::Duration;
-use support::{Reply, Server, TOKEN};
 
 /// Starts a scripted server on a runtime of its own, as a sync program's test would.
 fn server(script: Vec<Reply>) -> (tokio::runtime::Runtime, Server) {

@@ -4,12 +4,10 @@
 //! sent and a value past it is refused before sending, naming the field. A constraint added to
 //! the spec for a field this test does not know fails it.
 
-mod support;
-
+use crate::support::{Server, client};
 use dub::ErrorKind;
 use dub::models::{TrackLeadRequest, TrackSaleRequest};
 use serde_json::Value;
-use support::{Server, client};
 
 enum Req {
     Lead(TrackLeadRequest),

@@ -9,14 +9,14 @@
 //!
 //! Each property runs 256 cases (override with `PROPTEST_CASES`).
 
-#[path = "support/schema.rs"]
-mod schema;
-mod support;
+use crate::support;
+use crate::support::schema;
 
 use std::cell::Cell;
 use std::future::IntoFuture;
 use std::sync::Arc;
 
+use crate::support::{Reply, Server, TOKEN};
 use bytes::Bytes;
 use dub::models::{
     LeadMode, PaymentProcessor, TrackLeadRequest, TrackLeadResponse, TrackSaleRequest,
@@ -26,7 +26,6 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use schema::{Length, arb_instance, arb_json, component, known_part, same_json, spec, violations};
 use serde_json::{Map, Value, json};
-use support::{Reply, Server, TOKEN};
 
 /// Cases per property, unless `PROPTEST_CASES` says otherwise.
 const CASES: u32 = 256;
