@@ -318,10 +318,6 @@ pub async fn run(args: SendArgs) -> u8 {
         flusher.abort();
         (outcomes, stats.stats.rate_limited, was_interrupted)
     };
-    if let Err(e) = state.sync() {
-        eprintln!("dub-track: cannot write the state file: {e}");
-        journal_broken.store(true, Ordering::Relaxed);
-    }
 
     let mut delivered = 0u64;
     // Records never handed over (an interrupted run) are not sent, as are those the tracker
@@ -339,8 +335,18 @@ pub async fn run(args: SendArgs) -> u8 {
                 uncertain += 1;
                 failures.push(failure(&args.files, record, error_json::error(&e)));
             }
-            _ => not_sent += 1,
+            // Stopped before its turn: never attempted, so not uncertain either.
+            _ => {
+                release(&*state, record);
+                not_sent += 1;
+            }
         }
+    }
+
+    // Everything this run learnt, on disk before it says it is done.
+    if let Err(e) = state.sync() {
+        eprintln!("dub-track: cannot write the state file: {e}");
+        journal_broken.store(true, Ordering::Relaxed);
     }
 
     failures.sort_by_key(|f| f.order);
@@ -505,6 +511,7 @@ async fn deliver(
                         () = interrupted.notified() => {}
                     }
                     if stopping.load(Ordering::Relaxed) {
+                        release(state, record);
                         break 'records;
                     }
                 }
@@ -513,6 +520,7 @@ async fn deliver(
                         Some(v) => Outcome::Failed(v.clone()),
                         None => {
                             eprintln!("dub-track: {}:{}: {e}", record.file, record.line);
+                            release(state, record);
                             break 'records;
                         }
                     };
@@ -541,6 +549,16 @@ async fn deliver(
         }
     }
     done
+}
+
+/// Takes back the "started" mark of an unsafe record that was not sent after all, so that the
+/// next run sends it instead of reporting it uncertain.
+fn release(state: &dyn StateStore, record: &Record) {
+    if !record.event.is_deduplicated()
+        && let Err(e) = state.released(&record.key)
+    {
+        eprintln!("dub-track: cannot write the state file: {e}");
+    }
 }
 
 /// Makes the journal durable after each batch of outcomes: a wake-up that arrives during a
