@@ -3,7 +3,8 @@
 //!
 //! The state is an append-only journal of JSON lines, one per record that reached an end
 //! (`{"key":…,"outcome":"delivered"}`), plus a `"started"` line written (and fsynced) before a
-//! record Dub does not deduplicate is handed to the tracker. Lines are only ever appended, each
+//! record Dub does not deduplicate is handed to the tracker, and a `"released"` line if the run
+//! then stopped before sending it (a `"started"` line alone means it may have been sent). Lines are only ever appended, each
 //! with a single `write` on a file opened for appending, so a crash or `kill -9` leaves every
 //! complete line intact; a torn last line (power loss) is ignored on reading. Outcomes are
 //! written as they happen and fsynced in batches ([`StateStore::sync`]); a delivered record
