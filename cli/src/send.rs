@@ -60,8 +60,7 @@ pub struct SendArgs {
     /// The API key's limit, requests a minute (1,200 or 3,000 on Dub's plans that track
     /// conversions); requests are spaced evenly below it. Without it the limit is learned from
     /// Dub's first 429, and every 429 slows the sender down. When several processes use one
-    /// key, give each its share of the limit (or leave this out): each told the whole limit,
-    /// they overshoot together and slow down far below it
+    /// key, give each its share of the limit: that is the fastest way (see BENCHMARKS.md)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     rate_limit: Option<u32>,
 
