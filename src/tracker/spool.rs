@@ -43,7 +43,10 @@ const WRITER_QUEUE: usize = 16_384;
 const PENDING: i64 = 0;
 const CLAIMED: i64 = 1;
 
+/// Run in one immediate transaction, so that the count of undelivered rows is taken and its
+/// triggers created with no other process writing in between.
 const SCHEMA: &str = "
+BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS events (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     key         TEXT UNIQUE,
@@ -65,6 +68,22 @@ CREATE TABLE IF NOT EXISTS owners (
     pid           INTEGER NOT NULL,
     heartbeat_ms  INTEGER NOT NULL
 );
+-- The number of rows in state 0 or 1, kept by triggers: the writer checks the capacity on
+-- every commit, and counting the rows instead costs time in proportion to the backlog.
+CREATE TABLE IF NOT EXISTS undelivered (n INTEGER NOT NULL);
+INSERT INTO undelivered (n)
+    SELECT (SELECT COUNT(*) FROM events WHERE state IN (0, 1))
+    WHERE NOT EXISTS (SELECT 1 FROM undelivered);
+CREATE TRIGGER IF NOT EXISTS undelivered_insert AFTER INSERT ON events
+    WHEN NEW.state IN (0, 1)
+    BEGIN UPDATE undelivered SET n = n + 1; END;
+CREATE TRIGGER IF NOT EXISTS undelivered_delete AFTER DELETE ON events
+    WHEN OLD.state IN (0, 1)
+    BEGIN UPDATE undelivered SET n = n - 1; END;
+CREATE TRIGGER IF NOT EXISTS undelivered_update AFTER UPDATE OF state ON events
+    WHEN (OLD.state IN (0, 1)) != (NEW.state IN (0, 1))
+    BEGIN UPDATE undelivered SET n = n + (NEW.state IN (0, 1)) - (OLD.state IN (0, 1)); END;
+COMMIT;
 ";
 
 /// The heads of customers' queues that are due: a customer's oldest undelivered row, when it
@@ -99,6 +118,8 @@ pub(crate) struct Spool {
     path: PathBuf,
     owner: String,
     conn: Mutex<Connection>,
+    /// Taken around every write transaction of this process, on either connection.
+    gate: Arc<Mutex<()>>,
     writer: Mutex<Option<SyncSender<Insert>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     core: Arc<OnceLock<Weak<Core>>>,
@@ -159,9 +180,11 @@ impl Spool {
         .map_err(storage)?;
         let writer_conn = open(path).map_err(storage)?;
         let core = Arc::new(OnceLock::new());
+        let gate = Arc::new(Mutex::new(()));
         let (tx, rx) = mpsc::sync_channel(WRITER_QUEUE);
         let writer = Writer {
             conn: writer_conn,
+            gate: gate.clone(),
             owner: owner.clone(),
             capacity,
             core: core.clone(),
@@ -174,6 +197,7 @@ impl Spool {
             path: path.to_owned(),
             owner,
             conn: Mutex::new(conn),
+            gate,
             writer: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             core,
@@ -187,6 +211,14 @@ impl Spool {
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The connection, and this process's turn to write: the writer thread and the
+    /// dispatcher take turns on a mutex, which hands over as soon as a transaction ends;
+    /// SQLite's busy handler (for other processes) would sleep up to 100 ms at a time.
+    fn lock_to_write(&self) -> (MutexGuard<'_, Connection>, MutexGuard<'_, ()>) {
+        let conn = self.lock();
+        (conn, lock_gate(&self.gate))
     }
 
     /// Queues a hand-over for the writer; never blocks.
@@ -231,7 +263,7 @@ impl Spool {
     /// Takes back rows claimed by owners that are gone: the deduplicated ones go back to the
     /// queue (possibly sent), the others end uncertain; those are returned, to be announced.
     pub(crate) fn recover(&self) -> Result<Vec<Claimed>, String> {
-        let mut conn = self.lock();
+        let (mut conn, _gate) = self.lock_to_write();
         let now = crate::clock::now_ms();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -295,7 +327,7 @@ impl Spool {
     }
 
     pub(crate) fn claim(&self, max: usize, now_ms: u64) -> Result<Vec<Claimed>, String> {
-        let mut conn = self.lock();
+        let (mut conn, _gate) = self.lock_to_write();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(storage)?;
@@ -338,7 +370,7 @@ impl Spool {
     }
 
     pub(crate) fn finish(&self, done: Vec<(EventId, Terminal, Vec<u8>)>) -> Result<(), String> {
-        let mut conn = self.lock();
+        let (mut conn, _gate) = self.lock_to_write();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(storage)?;
@@ -364,15 +396,15 @@ impl Spool {
         attempts: u32,
         maybe_sent: bool,
     ) -> Result<(), String> {
-        self.lock()
-            .execute(
-                "UPDATE events SET state = 0, owner = NULL, due_ms = ?2, attempts = ?3,
+        let (conn, _gate) = self.lock_to_write();
+        conn.execute(
+            "UPDATE events SET state = 0, owner = NULL, due_ms = ?2, attempts = ?3,
                      maybe_sent = maybe_sent OR ?4
                  WHERE id = ?1",
-                params![id.0 as i64, due_ms as i64, attempts, maybe_sent],
-            )
-            .map(drop)
-            .map_err(storage)
+            params![id.0 as i64, due_ms as i64, attempts, maybe_sent],
+        )
+        .map(drop)
+        .map_err(storage)
     }
 
     /// The earliest due time of a claimable row.
@@ -494,9 +526,14 @@ fn stored_outcome(state: i64, outcome: Option<Vec<u8>>) -> Outcome {
     }
 }
 
+fn lock_gate(gate: &Mutex<()>) -> MutexGuard<'_, ()> {
+    gate.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// The thread that commits hand-overs, many per transaction.
 struct Writer {
     conn: Connection,
+    gate: Arc<Mutex<()>>,
     owner: String,
     capacity: usize,
     core: Arc<OnceLock<Weak<Core>>>,
@@ -541,6 +578,7 @@ impl Writer {
     }
 
     fn heartbeat(&self) {
+        let _gate = lock_gate(&self.gate);
         let _ = self.conn.execute(
             "INSERT OR REPLACE INTO owners (owner, pid, heartbeat_ms) VALUES (?1, ?2, ?3)",
             params![
@@ -552,15 +590,12 @@ impl Writer {
     }
 
     fn write(&mut self, batch: &mut [Insert]) -> rusqlite::Result<Vec<Written>> {
+        let _gate = lock_gate(&self.gate);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut undelivered: u64 = tx
-            .query_row(
-                "SELECT COUNT(*) FROM events WHERE state IN (0, 1)",
-                [],
-                |r| r.get::<_, i64>(0),
-            )?
+            .query_row("SELECT n FROM undelivered", [], |r| r.get::<_, i64>(0))?
             .try_into()
             .unwrap_or(0);
         let mut written = Vec::with_capacity(batch.len());

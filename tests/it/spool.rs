@@ -191,12 +191,24 @@ async fn a_hand_over_completes_only_once_committed_and_refuses_beyond_capacity()
         .call_retries(RetryConfig::none())
         .start()
         .unwrap();
+    let mut receipts = vec![];
     for c in 0..5 {
-        let _ = tracker.send(lead(&format!("u{c}"))).await.unwrap();
+        receipts.push(tracker.send(lead(&format!("u{c}"))).await.unwrap());
     }
     let refused = tracker.send(lead("u5")).await.unwrap_err();
     assert_eq!(refused.kind(), dub::tracker::HandOverErrorKind::Full);
     assert!(refused.into_event().is_some(), "the event comes back");
+    // Delivered events no longer count against the capacity.
+    mock.clear_faults();
+    for r in receipts {
+        assert!(r.await.is_delivered());
+    }
+    mock.random_faults(dub::mock::RandomFaults::new(1, 1.0).kinds([Fault::Status(503)]));
+    for c in 6..11 {
+        let _ = tracker.send(lead(&format!("u{c}"))).await.unwrap();
+    }
+    let refused = tracker.send(lead("u11")).await.unwrap_err();
+    assert_eq!(refused.kind(), dub::tracker::HandOverErrorKind::Full);
     // What was acknowledged is on disk: another connection sees it.
     let report = tracker.shutdown(Duration::from_millis(100)).await;
     assert_eq!(report.left_in_spool, 5);

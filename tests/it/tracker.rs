@@ -151,6 +151,31 @@ async fn an_outage_costs_a_trickle_of_requests_and_loses_nothing() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn the_tracker_resumes_soon_after_a_short_outage_ends() {
+    use dub::mock::{Fault, RandomFaults};
+    let mock = MockDub::start().await.unwrap();
+    mock.random_faults(RandomFaults::new(1, 1.0).kinds([Fault::Status(503)]));
+    let tracker = client(&mock).tracker().start().unwrap();
+    let mut receipts = vec![];
+    for c in 0..100 {
+        receipts.push(tracker.lead(lead(&format!("user_{c}"))).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    mock.clear_faults();
+    let ended = tokio::time::Instant::now();
+    for r in receipts {
+        assert!(r.await.is_delivered());
+    }
+    // The first wave (32 deliveries failing together) is one failure, so the pauses go 1 s,
+    // 2 s, ...; counted one each they doubled to the 60 s maximum at once.
+    let took = ended.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "drained {took:?} after the outage"
+    );
+}
+
 #[tokio::test]
 async fn hand_over_refuses_at_once_what_it_cannot_take_and_gives_it_back() {
     use dub::tracker::{Event, HandOverErrorKind};
