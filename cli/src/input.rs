@@ -225,6 +225,8 @@ impl Source<'_> {
     }
 
     fn jsonl(&self, bytes: &[u8], out: &mut Inputs) {
+        // Spreadsheet tools and Windows editors start UTF-8 files with a byte-order mark.
+        let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
         for (index, text) in bytes.split(|&b| b == b'\n').enumerate() {
             let line = index as u64 + 1;
             let text = text.strip_suffix(b"\r").unwrap_or(text);
@@ -562,6 +564,47 @@ mod tests {
             (out.problems[0].line, out.problems[0].field.as_str()),
             (4, "amount")
         );
+    }
+
+    #[test]
+    fn a_byte_order_mark_and_crlf_are_accepted() {
+        let out = check(
+            "\u{feff}{\"type\":\"sale\",\"customerExternalId\":\"u\",\"amount\":1,\"invoiceId\":\"i\"}\r\n",
+            false,
+        );
+        assert_eq!(out.records.len(), 1, "{:?}", out.problems);
+    }
+
+    #[test]
+    fn no_input_makes_it_panic() {
+        for text in [
+            "",
+            "\n\n",
+            "null",
+            "[]",
+            "{}",
+            "\"x\"",
+            "{\"type\":null}",
+            "\u{0}",
+            "{\"type\":\"sale\",\"amount\":1e400}",
+        ] {
+            let _ = check(text, false);
+        }
+        let mut out = Inputs::default();
+        let source = Source {
+            name: "f.csv",
+            identity: "/f.csv",
+            rules: Rules { allow_unsafe: true },
+        };
+        for text in [
+            &b""[..],
+            b"type\n",
+            b"type,amount\nsale\n",
+            b"\"\n",
+            b"type\n\xff\n",
+        ] {
+            source.csv(text, &mut out);
+        }
     }
 
     #[test]

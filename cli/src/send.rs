@@ -59,7 +59,8 @@ pub struct SendArgs {
 
     /// The API key's limit, requests a minute (1,200 or 3,000 on Dub's plans that track
     /// conversions); requests are spaced evenly below it. Without it the limit is learned from
-    /// Dub's first 429, and every 429 slows the sender down
+    /// Dub's first 429, and every 429 slows the sender down. When several processes use one
+    /// key, give each its share of the limit: that is the fastest way (see BENCHMARKS.md)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     rate_limit: Option<u32>,
 
@@ -316,15 +317,11 @@ pub async fn run(args: SendArgs) -> u8 {
         flusher.abort();
         (outcomes, stats.stats.rate_limited, was_interrupted)
     };
-    if let Err(e) = state.sync() {
-        eprintln!("dub-track: cannot write the state file: {e}");
-        journal_broken.store(true, Ordering::Relaxed);
-    }
 
     let mut delivered = 0u64;
     // Records never handed over (an interrupted run) are not sent, as are those the tracker
     // still held when it stopped.
-    let mut not_sent = (to_send.len() - outcomes.len()) as u64;
+    let mut not_sent = to_send.len().saturating_sub(outcomes.len()) as u64;
     for (index, outcome) in outcomes {
         let record = &inputs.records[index];
         match outcome {
@@ -337,8 +334,18 @@ pub async fn run(args: SendArgs) -> u8 {
                 uncertain += 1;
                 failures.push(failure(&args.files, record, error_json::error(&e)));
             }
-            _ => not_sent += 1,
+            // Stopped before its turn: never attempted, so not uncertain either.
+            _ => {
+                release(&*state, record);
+                not_sent += 1;
+            }
         }
+    }
+
+    // Everything this run learnt, on disk before it says it is done.
+    if let Err(e) = state.sync() {
+        eprintln!("dub-track: cannot write the state file: {e}");
+        journal_broken.store(true, Ordering::Relaxed);
     }
 
     failures.sort_by_key(|f| f.order);
@@ -503,6 +510,7 @@ async fn deliver(
                         () = interrupted.notified() => {}
                     }
                     if stopping.load(Ordering::Relaxed) {
+                        release(state, record);
                         break 'records;
                     }
                 }
@@ -511,6 +519,7 @@ async fn deliver(
                         Some(v) => Outcome::Failed(v.clone()),
                         None => {
                             eprintln!("dub-track: {}:{}: {e}", record.file, record.line);
+                            release(state, record);
                             break 'records;
                         }
                     };
@@ -520,14 +529,35 @@ async fn deliver(
             }
         }
     }
-    // What was handed over ends delivered, failed or uncertain; after Ctrl-C the tracker stops
-    // after the attempts in flight and the rest resolve as not delivered.
-    while let Some(result) = pending.join_next().await {
-        if let Ok(result) = result {
-            settle(result, &mut done);
+    // What was handed over ends delivered, failed or uncertain. After Ctrl-C (before or during
+    // this wait) the tracker stops once the attempts in flight are answered, and the records it
+    // still holds resolve as not delivered: they stay unjournaled, for the next run.
+    let mut stopped = false;
+    loop {
+        if !stopped && stopping.load(Ordering::Relaxed) {
+            stopped = true;
+            let _ = tracker.clone().stop().await;
+        }
+        tokio::select! {
+            next = pending.join_next() => match next {
+                Some(Ok(result)) => settle(result, &mut done),
+                Some(Err(_)) => {}
+                None => break,
+            },
+            () = interrupted.notified(), if !stopped => {}
         }
     }
     done
+}
+
+/// Takes back the "started" mark of an unsafe record that was not sent after all, so that the
+/// next run sends it instead of reporting it uncertain.
+fn release(state: &dyn StateStore, record: &Record) {
+    if !record.event.is_deduplicated()
+        && let Err(e) = state.released(&record.key)
+    {
+        eprintln!("dub-track: cannot write the state file: {e}");
+    }
 }
 
 /// Makes the journal durable after each batch of outcomes: a wake-up that arrives during a

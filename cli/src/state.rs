@@ -3,7 +3,8 @@
 //!
 //! The state is an append-only journal of JSON lines, one per record that reached an end
 //! (`{"key":…,"outcome":"delivered"}`), plus a `"started"` line written (and fsynced) before a
-//! record Dub does not deduplicate is handed to the tracker. Lines are only ever appended, each
+//! record Dub does not deduplicate is handed to the tracker, and a `"released"` line if the run
+//! then stopped before sending it (a `"started"` line alone means it may have been sent). Lines are only ever appended, each
 //! with a single `write` on a file opened for appending, so a crash or `kill -9` leaves every
 //! complete line intact; a torn last line (power loss) is ignored on reading. Outcomes are
 //! written as they happen and fsynced in batches ([`StateStore::sync`]); a delivered record
@@ -29,6 +30,9 @@ pub enum Mark {
     /// Handed over for sending, with no end recorded: only written for records Dub does not
     /// deduplicate, which a rerun must then report as uncertain instead of sending again.
     Started,
+    /// Handed back unsent after a `Started`: the tracker stopped before any attempt, so the
+    /// record is as good as never started.
+    Released,
     /// Dub recorded it.
     Delivered,
     /// Dub refused it (or it was invalid): certainly not recorded.
@@ -40,7 +44,7 @@ pub enum Mark {
 impl Mark {
     /// Whether a record with this mark is done with: a rerun skips it.
     pub fn is_terminal(self) -> bool {
-        !matches!(self, Mark::Started)
+        !matches!(self, Mark::Started | Mark::Released)
     }
 }
 
@@ -69,6 +73,9 @@ pub trait StateStore: Send + Sync {
     /// Records that the record `key`, which Dub does not deduplicate, is about to be sent; it is
     /// on disk when this returns.
     fn started(&self, key: &str) -> io::Result<()>;
+    /// Records that a record marked [`started`](Self::started) was not sent after all (the run
+    /// stopped before its turn), so that the next run sends it instead of calling it uncertain.
+    fn released(&self, key: &str) -> io::Result<()>;
     /// Records the end a record reached. It survives a crash of this process at once, and a
     /// crash of the machine after the next [`sync`](Self::sync).
     fn finished(&self, key: &str, mark: Mark, error: Option<&Value>) -> io::Result<()>;
@@ -85,6 +92,9 @@ impl StateStore for NoState {
         None
     }
     fn started(&self, _key: &str) -> io::Result<()> {
+        Ok(())
+    }
+    fn released(&self, _key: &str) -> io::Result<()> {
         Ok(())
     }
     fn finished(&self, _key: &str, _mark: Mark, _error: Option<&Value>) -> io::Result<()> {
@@ -158,7 +168,12 @@ impl Journal {
             let keep_terminal = prior
                 .get(&entry.key)
                 .is_some_and(|p: &Prior| p.mark.is_terminal() && !entry.outcome.is_terminal());
-            if !keep_terminal {
+            if keep_terminal {
+                continue;
+            }
+            if entry.outcome == Mark::Released {
+                prior.remove(&entry.key);
+            } else {
                 prior.insert(
                     entry.key,
                     Prior {
@@ -200,6 +215,14 @@ impl StateStore for Journal {
             error: None,
         })?;
         self.sync()
+    }
+
+    fn released(&self, key: &str) -> io::Result<()> {
+        self.append(&Line {
+            key: key.to_owned(),
+            outcome: Mark::Released,
+            error: None,
+        })
     }
 
     fn finished(&self, key: &str, mark: Mark, error: Option<&Value>) -> io::Result<()> {
@@ -252,6 +275,22 @@ mod tests {
         assert_eq!(c.mark, Mark::Failed);
         assert_eq!(c.error, Some(serde_json::json!({"x": 1})));
         assert!(j.prior("d").is_none());
+    }
+
+    #[test]
+    fn a_released_start_is_forgotten_but_an_end_is_not() {
+        let p = temp("j4");
+        {
+            let j = Journal::open(&p).unwrap();
+            j.started("a").unwrap();
+            j.released("a").unwrap();
+            j.finished("b", Mark::Uncertain, None).unwrap();
+            j.released("b").unwrap();
+            j.sync().unwrap();
+        }
+        let j = Journal::open(&p).unwrap();
+        assert!(j.prior("a").is_none());
+        assert_eq!(j.prior("b").unwrap().mark, Mark::Uncertain);
     }
 
     #[test]

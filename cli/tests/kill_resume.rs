@@ -193,7 +193,11 @@ async fn ctrl_c_stops_after_the_requests_in_flight_and_a_rerun_repeats_none() {
     let pid = i32::try_from(child.id().unwrap()).unwrap();
     // SAFETY: kill(2) on the child this test started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let at_interrupt = mock.request_count();
     let first = support::Run::from(child.wait_with_output().await.unwrap(), mock.token());
+    // It stopped handing records over: at most those already claimed went out after Ctrl-C.
+    let after = mock.request_count() - at_interrupt;
+    assert!(after <= IN_FLIGHT, "{after} requests sent after Ctrl-C");
     assert_eq!(first.code, 130, "{first:?}");
     assert!(
         first.stderr.contains("run the same command again"),
@@ -209,4 +213,50 @@ async fn ctrl_c_stops_after_the_requests_in_flight_and_a_rerun_repeats_none() {
     assert_eq!(out.count("skipped"), sent_first, "{out:?}");
     assert_eq!(mock.request_count(), 400, "a request was repeated");
     assert_eq!(mock.leads().len(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_leaves_no_unsafe_record_uncertain() {
+    let mock = MockDub::start().await.unwrap();
+    let dir = Scratch::new("ctrl-c-unsafe");
+    let records: Vec<Value> = (0..200)
+        .map(|c| {
+            json!({"type": "sale", "customerExternalId": format!("cust_{c}"),
+                   "clickId": format!("clk_{c}"), "amount": 1000 + c})
+        })
+        .collect();
+    dir.write("sales.jsonl", &jsonl(&records));
+    let args = [
+        "send",
+        "--allow-unsafe",
+        "--max-in-flight",
+        "4",
+        "sales.jsonl",
+    ];
+
+    slow(&mock, 20);
+    let child = command(&mock, &dir.0, &args).spawn().unwrap();
+    while mock.request_count() < 40 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let pid = i32::try_from(child.id().unwrap()).unwrap();
+    // SAFETY: kill(2) on the child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let first = support::Run::from(child.wait_with_output().await.unwrap(), mock.token());
+    assert_eq!(first.code, 130, "{first:?}");
+    assert_eq!(first.count("uncertain"), 0, "{first:?}");
+
+    // Ctrl-C waited for the sales in flight, and the rest were never sent: the rerun sends
+    // exactly the rest, and calls none of them uncertain.
+    mock.clear_faults();
+    let out = run(&mock, &dir.0, &args).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.count("uncertain"), 0, "{out:?}");
+    assert_eq!(
+        out.count("delivered") + out.count("skipped"),
+        200,
+        "{out:?}"
+    );
+    assert_eq!(mock.request_count(), 200);
+    assert_eq!(mock.sales().len(), 200);
 }

@@ -343,3 +343,79 @@ async fn records_are_given_up_after_give_up_after_when_dub_keeps_failing() {
     }
     assert_eq!(failed.lines().count(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customers_sales_wait_for_its_lead_through_dubs_lead_race() {
+    // Dub records an async lead in the background: a sale right after it gets 404 for a while.
+    let mock = MockDub::builder()
+        .lead_race(std::time::Duration::from_millis(300))
+        .start()
+        .await
+        .unwrap();
+    let dir = Scratch::new("race");
+    let mut records = Vec::new();
+    for c in 0..5 {
+        let customer = format!("r{c}");
+        records.push(lead(&customer));
+        records.push(sale(&customer, &format!("in_{c}"), 100));
+    }
+    dir.write("race.jsonl", &jsonl(&records));
+    let out = run(&mock, &dir.0, &["send", "race.jsonl"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.count("delivered"), 10);
+    assert_eq!(mock.leads().len(), 5);
+    assert_eq!(mock.sales().len(), 5);
+    // The sales did meet the race (404s), and were sent again after it.
+    assert!(mock.request_count() > 10, "{}", mock.request_count());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_counts_the_429s_received() {
+    let mock = MockDub::start().await.unwrap();
+    mock.push_faults([
+        dub::mock::Fault::RateLimited(dub::mock::RetryAfter::Seconds(0)),
+        dub::mock::Fault::RateLimited(dub::mock::RetryAfter::Seconds(0)),
+    ]);
+    let dir = Scratch::new("429");
+    dir.write("e.jsonl", &jsonl(&[lead("u1"), lead("u2"), lead("u3")]));
+    let out = run(&mock, &dir.0, &["send", "--max-in-flight", "1", "e.jsonl"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        (out.count("delivered"), out.count("rate_limited")),
+        (3, 2),
+        "{out:?}"
+    );
+    assert_eq!(mock.leads().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_send_on_the_same_state_file_is_refused_while_the_first_runs() {
+    let mock = MockDub::start().await.unwrap();
+    mock.random_faults(
+        dub::mock::RandomFaults::new(1, 1.0).kinds([dub::mock::Fault::Delay(
+            std::time::Duration::from_millis(20),
+        )]),
+    );
+    let dir = Scratch::new("lock");
+    let records: Vec<Value> = (0..200).map(|c| lead(&format!("l{c}"))).collect();
+    dir.write("leads.jsonl", &jsonl(&records));
+    let first = support::command(
+        &mock,
+        &dir.0,
+        &["send", "--max-in-flight", "4", "leads.jsonl"],
+    )
+    .spawn()
+    .unwrap();
+    while mock.request_count() == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let second = run(&mock, &dir.0, &["send", "leads.jsonl"]).await;
+    assert_eq!(second.code, 2, "{second:?}");
+    assert!(
+        second.stderr.contains("in use by another dub-track"),
+        "{second:?}"
+    );
+    let first = support::Run::from(first.wait_with_output().await.unwrap(), mock.token());
+    assert_eq!(first.code, 0, "{first:?}");
+    assert_eq!(mock.request_count(), 200);
+}
