@@ -55,7 +55,11 @@ use dub::models::TrackLeadRequest;
 #[tokio::main]
 async fn main() {
     let dub = dub::Dub::new(std::env::var("DUB_API_KEY").unwrap_or_default());
-    let lead = TrackLeadRequest::new("clk_123", "Sign up", "user_42");
+    let lead = TrackLeadRequest::builder()
+        .click_id("clk_123")
+        .event_name("Sign up")
+        .customer_external_id("user_42")
+        .build();
     match dub.track().lead(lead).await {
         Ok(res) => println!("click {}", res.click.id),
         Err(e) => println!("{e}"),
