@@ -23,7 +23,6 @@ pub(crate) fn now() -> SystemTime {
 }
 
 /// Now, in milliseconds since the Unix epoch (0 before 1970, saturating far in the future).
-#[allow(dead_code)]
 pub(crate) fn now_ms() -> u64 {
     to_ms(now())
 }
