@@ -29,7 +29,7 @@ use tracing::Instrument;
 
 use crate::generated::Client as Generated;
 use crate::models::ErrorBody;
-use crate::rate_limit::{Limiter, Permit};
+use crate::rate_limit::{self, Limiter, Permit};
 use crate::retry::{self, Attempt, Decision, Reason, RetryBudget, RetryConfig, Stop};
 use attempt::{Outcome, attempt};
 
@@ -392,7 +392,7 @@ fn record(
         Outcome::Response(r) => {
             let status = r.status;
             let asked = (!status.is_success())
-                .then(|| retry::retry_after(&r.headers, crate::clock::now()))
+                .then(|| rate_limit::retry_after(&r.headers, crate::clock::now()))
                 .flatten();
             let lead_race = call.sale && status == StatusCode::NOT_FOUND && is_lead_race(&r.body);
             call.update(|rep| {
