@@ -124,64 +124,44 @@ mod tests {
         assert!(at("retry-after", "18446744073709551615").is_some());
     }
 
+    type Headers<'a> = &'a [(&'static str, &'a str)];
+
+    fn refused(limit: Option<u64>, reset_in: Option<Duration>) -> Answer {
+        Answer::Refused { limit, reset_in }
+    }
+
     /// Each row: status, headers, what the limiter learns.
     #[test]
     fn answers_for_the_limiter() {
         let now = UNIX_EPOCH + NOW;
         let s = Duration::from_secs;
-        let rows: [(u16, &[(&'static str, &str)], Answer); 9] = [
+        let rows: [(u16, Headers, Answer); 9] = [
             // Only a refusal is read, whatever a success carries.
             (200, &[("x-ratelimit-limit", "60")], Answer::Accepted),
             (500, &[("retry-after", "3")], Answer::Accepted),
-            (
-                429,
-                &[],
-                Answer::Refused {
-                    limit: None,
-                    reset_in: None,
-                },
-            ),
+            (429, &[], refused(None, None)),
             // `0` means "unknown", as Dub sends it.
             (
                 429,
                 &[("x-ratelimit-limit", "0"), ("x-ratelimit-reset", "0")],
-                Answer::Refused {
-                    limit: None,
-                    reset_in: None,
-                },
+                refused(None, None),
             ),
             (
                 429,
                 &[("x-ratelimit-limit", " 3000 ")],
-                Answer::Refused {
-                    limit: Some(3000),
-                    reset_in: None,
-                },
+                refused(Some(3000), None),
             ),
-            (
-                429,
-                &[("x-ratelimit-limit", "lots")],
-                Answer::Refused {
-                    limit: None,
-                    reset_in: None,
-                },
-            ),
+            (429, &[("x-ratelimit-limit", "lots")], refused(None, None)),
             // The reset in epoch milliseconds; one in the past is now.
             (
                 429,
                 &[("x-ratelimit-reset", "1800000004000")],
-                Answer::Refused {
-                    limit: None,
-                    reset_in: Some(s(4)),
-                },
+                refused(None, Some(s(4))),
             ),
             (
                 429,
                 &[("x-ratelimit-reset", "1799999999000")],
-                Answer::Refused {
-                    limit: None,
-                    reset_in: Some(Duration::ZERO),
-                },
+                refused(None, Some(Duration::ZERO)),
             ),
             // Retry-After, here Dub's Unix milliseconds, wins over the reset.
             (
@@ -191,10 +171,7 @@ mod tests {
                     ("x-ratelimit-reset", "1800000004000"),
                     ("x-ratelimit-limit", "1200"),
                 ],
-                Answer::Refused {
-                    limit: Some(1200),
-                    reset_in: Some(s(2)),
-                },
+                refused(Some(1200), Some(s(2))),
             ),
         ];
         for (status, pairs, expected) in rows {

@@ -35,7 +35,7 @@
 //!
 //! # Where retries happen
 //!
-//! Exactly one layer retries: the generated client's `exec` hook in `transport.rs`, which owns
+//! Exactly one layer retries: the generated client's `exec` hook in `transport/`, which owns
 //! each HTTP exchange. reqwest's own retries (of HTTP/2 refused streams) are turned off on the
 //! client this crate builds, so [`Error::attempts`](crate::Error::attempts) counts every request
 //! that went out; a refused stream is classified as "never sent" here instead. A
