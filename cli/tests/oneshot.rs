@@ -312,3 +312,38 @@ async fn every_subcommand_has_complete_help() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_numbers_are_refused_by_the_rule_they_break_not_by_the_parser() {
+    let mock = MockDub::start().await.unwrap();
+    let dir = Scratch::new("negative");
+    let sale = ["sale", "--customer-external-id", "u", "--amount", "-5"];
+    let out = run(&mock, &dir.0, &sale).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    let err: Value = serde_json::from_str(out.stderr.trim()).expect("a JSON error");
+    assert_eq!(err["error"]["field"], "amount", "{out:?}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("must be from 0 to "),
+        "{out:?}"
+    );
+
+    let lead = [
+        "lead",
+        "--click-id",
+        "c",
+        "--event-name",
+        "Sign up",
+        "--customer-external-id",
+        "u",
+        "--event-quantity",
+        "-1",
+    ];
+    let out = run(&mock, &dir.0, &lead).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    let err: Value = serde_json::from_str(out.stderr.trim()).expect("a JSON error");
+    assert_eq!(err["error"]["field"], "eventQuantity", "{out:?}");
+    assert_eq!(mock.request_count(), 0, "nothing was sent");
+}
