@@ -50,6 +50,10 @@ pub struct Connection {
     /// The API's base URL [default: DUB_BASE_URL, else Dub's API, https://api.dub.co]
     #[arg(long, value_name = "URL", env = "DUB_BASE_URL", hide_env = true)]
     pub base_url: Option<String>,
+    /// Accept a plain http:// base URL for a host other than 127.0.0.1 or localhost: the API
+    /// key then crosses the network unencrypted (a warning says so)
+    #[arg(long)]
+    pub allow_insecure_http: bool,
 }
 
 impl Connection {
@@ -63,9 +67,25 @@ impl Connection {
         })?;
         if let Some(url) = self.base_url.as_deref().filter(|u| !u.trim().is_empty()) {
             builder = builder.server_url(url);
+            if self.allow_insecure_http && url.trim().to_ascii_lowercase().starts_with("http:") {
+                eprintln!(
+                    "dub-track: warning: --allow-insecure-http: the API key is sent unencrypted \
+                     to {}",
+                    url.trim()
+                );
+            }
         }
+        builder = builder.allow_insecure_http(self.allow_insecure_http);
         Ok(builder.user_agent_suffix(concat!("dub-track/", env!("CARGO_PKG_VERSION"))))
     }
+}
+
+/// The message of an error from building the client, in the CLI's words: the crate's advice
+/// names its builder method, which a CLI user reaches through a flag.
+pub fn config_error(e: &dub::Error) -> String {
+    e.message()
+        .unwrap_or("the client's configuration is unusable")
+        .replace("allow_insecure_http(true)", "--allow-insecure-http")
 }
 
 fn main() -> ExitCode {

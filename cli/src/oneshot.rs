@@ -189,12 +189,7 @@ fn usage(message: &str) -> u8 {
 
 fn client(connection: &Connection) -> Result<dub::Dub, u8> {
     let builder = connection.builder().map_err(|e| usage(&e))?;
-    builder.build().map_err(|e| {
-        usage(
-            e.message()
-                .unwrap_or("the client's configuration is unusable"),
-        )
-    })
+    builder.build().map_err(|e| usage(&crate::config_error(&e)))
 }
 
 fn report<T: serde::Serialize>(result: dub::Result<T>) -> u8 {

@@ -155,12 +155,7 @@ pub async fn run(args: SendArgs) -> u8 {
     }
     let dub = match builder.build() {
         Ok(d) => d,
-        Err(e) => {
-            return usage(
-                e.message()
-                    .unwrap_or("the client's configuration is unusable"),
-            );
-        }
+        Err(e) => return usage(&crate::config_error(&e)),
     };
 
     let state_path = args
