@@ -5,6 +5,25 @@
 //! a one-shot call failed), 2 for usage and input errors, 130 when interrupted by Ctrl-C before
 //! every record was sent.
 
+// `println!` and `eprintln!` panic when their stream is closed (`dub-track mock | head -1`,
+// `dub-track send f.jsonl | true`), which killed the server and hid what became of the records
+// behind exit 101. A closed pipe is not a crash: these two shadow the standard macros in the
+// whole crate (they are defined before the modules, so textual scope gives them precedence)
+// and drop what cannot be written; the exit code still tells what happened.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod error_json;
 mod input;
 mod mock;
