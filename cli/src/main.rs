@@ -2,8 +2,8 @@
 //! run a local Dub server for test suites in any language.
 //!
 //! Exit codes: 0 when everything was delivered, 1 when some record failed or is uncertain (or
-//! a one-shot call failed), 2 for usage and input errors, 130 when interrupted by Ctrl-C before
-//! every record was sent.
+//! a one-shot call failed), 2 for usage and input errors, 130 when interrupted by Ctrl-C (or
+//! SIGTERM, handled the same way) before every record was sent.
 
 // `println!` and `eprintln!` panic when their stream is closed (`dub-track mock | head -1`,
 // `dub-track send f.jsonl | true`), which killed the server and hid what became of the records
@@ -29,6 +29,7 @@ mod input;
 mod mock;
 mod oneshot;
 mod send;
+mod signals;
 mod state;
 
 use std::process::ExitCode;
@@ -41,7 +42,9 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 /// Exit code: usage or input error; nothing was sent.
 pub const EXIT_USAGE: u8 = 2;
-/// Exit code: interrupted (Ctrl-C) with records left to send; run the same command again.
+/// Exit code: interrupted (Ctrl-C or SIGTERM) with records left to send; run the same command
+/// again. SIGTERM gets Ctrl-C's code rather than 143 because it is handled the same way: the
+/// run stopped cleanly and can be resumed.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Send conversions (leads and sales) to Dub, and run a local Dub server for tests.

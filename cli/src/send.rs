@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::input::{self, ERROR_FIELD, Format, Record, Rules};
+use crate::signals::Stop;
 use crate::state::{Journal, Mark, NoState, StateStore};
 use crate::{Connection, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, error_json};
 
@@ -45,7 +46,7 @@ const FAILURES_LISTED: usize = 20;
 /// `delivered=N failed=N uncertain=N skipped=N rate_limited=N elapsed_s=S` (skipped: done in an
 /// earlier run; rate_limited: 429 responses received). Exit 0 when every record was delivered,
 /// 1 when some failed or are uncertain (now or in an earlier run), 2 for usage or input errors,
-/// 130 after Ctrl-C with records left (run the same command again).
+/// 130 after Ctrl-C or SIGTERM with records left (run the same command again).
 ///
 /// Example: DUB_API_KEY=dub_xxx dub-track send --rate-limit 3000 --failed failed.jsonl sales.jsonl
 #[derive(Debug, Args)]
@@ -278,7 +279,8 @@ pub async fn run(args: SendArgs) -> u8 {
 
         let interrupted = Arc::new(Notify::new());
         let stopping = Arc::new(AtomicBool::new(false));
-        let signals = tokio::spawn(watch_ctrl_c(
+        let signals = tokio::spawn(watch_signals(
+            Stop::listen(),
             interrupted.clone(),
             stopping.clone(),
             state.clone(),
@@ -568,23 +570,20 @@ async fn flush_batches(state: Arc<dyn StateStore>, flush: Arc<Notify>, broken: A
     }
 }
 
-/// First Ctrl-C: stop handing records over and let the attempts in flight finish. Second:
-/// leave at once, with the journal made durable.
-async fn watch_ctrl_c(
+/// First Ctrl-C or SIGTERM: stop handing records over and let the attempts in flight finish.
+/// Second: leave at once, with the journal made durable.
+async fn watch_signals(
+    mut stop: Stop,
     interrupted: Arc<Notify>,
     stopping: Arc<AtomicBool>,
     state: Arc<dyn StateStore>,
 ) {
-    if tokio::signal::ctrl_c().await.is_err() {
-        return;
-    }
+    stop.next().await;
     stopping.store(true, Ordering::Relaxed);
     interrupted.notify_waiters();
     interrupted.notify_one();
     eprintln!("\ndub-track: stopping after the requests in flight (Ctrl-C again to quit at once)");
-    if tokio::signal::ctrl_c().await.is_err() {
-        return;
-    }
+    stop.next().await;
     let _ = state.sync();
     eprintln!("dub-track: quit; run the same command again to send the rest");
     std::process::exit(i32::from(EXIT_INTERRUPTED));
