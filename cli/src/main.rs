@@ -25,6 +25,7 @@ macro_rules! eprintln {
 }
 
 mod error_json;
+mod failed_file;
 mod input;
 mod mock;
 mod oneshot;

@@ -178,3 +178,69 @@ async fn sigterm_stops_send_as_ctrl_c_does_and_leaves_no_unsafe_record_uncertain
     assert_eq!(mock.request_count(), 200, "a sale was sent twice");
     assert_eq!(mock.sales().len(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_failed_file_is_refused_before_anything_is_sent() {
+    let mock = MockDub::start().await.unwrap();
+    let dir = Scratch::new("failed-unwritable");
+    dir.write(
+        "leads.jsonl",
+        &jsonl(&[
+            json!({"type": "lead", "clickId": "c", "eventName": "Sign up",
+                         "customerExternalId": "u"}),
+        ]),
+    );
+    for failed in ["no-such-dir/failed.jsonl", "."] {
+        let out = run(&mock, &dir.0, &["send", "--failed", failed, "leads.jsonl"]).await;
+        assert_eq!(out.code, 2, "{out:?}");
+        assert!(out.stderr.contains(failed), "{out:?}");
+        assert_eq!(mock.request_count(), 0, "sent before the check");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_that_cannot_be_written_at_the_end_go_to_stderr() {
+    let mock = MockDub::start().await.unwrap();
+    let dir = Scratch::new("failed-lost");
+    // One invalid record (a failure to report) and enough slow leads to remove the failed
+    // file's directory while they are sent.
+    let mut records = vec![json!({"type": "sale", "customerExternalId": "bad_one",
+                                  "amount": -1, "invoiceId": "in_bad"})];
+    records.extend((0..100).map(|c| {
+        json!({"type": "lead", "clickId": "c", "eventName": "Sign up",
+               "customerExternalId": format!("u{c}")})
+    }));
+    dir.write("events.jsonl", &jsonl(&records));
+    std::fs::create_dir(dir.path("out")).unwrap();
+    mock.random_faults(RandomFaults::new(1, 1.0).kinds([Fault::Delay(Duration::from_millis(20))]));
+    let child = command(
+        &mock,
+        &dir.0,
+        &[
+            "send",
+            "--skip-invalid",
+            "--max-in-flight",
+            "4",
+            "--failed",
+            "out/failed.jsonl",
+            "events.jsonl",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    while mock.request_count() < 10 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    std::fs::remove_dir_all(dir.path("out")).unwrap();
+    let out = Run::from(child.wait_with_output().await.unwrap(), mock.token());
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.count("delivered"), 100, "{out:?}");
+    let listed: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(listed.len(), 1, "{out:?}");
+    assert_eq!(listed[0]["customerExternalId"], "bad_one");
+    assert_eq!(listed[0]["_error"]["field"], "amount");
+}
