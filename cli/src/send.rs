@@ -13,7 +13,9 @@ use serde_json::{Map, Value, json};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
+use crate::failed_file;
 use crate::input::{self, ERROR_FIELD, Entry, Format, Inputs, ReadError, Record, Reread, Rules};
+use crate::signals::Stop;
 use crate::state::{Journal, Mark, NoState, StateStore};
 use crate::{Connection, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, error_json};
 
@@ -47,7 +49,7 @@ const FAILURES_LISTED: usize = 20;
 /// `delivered=N failed=N uncertain=N skipped=N rate_limited=N elapsed_s=S` (skipped: done in an
 /// earlier run; rate_limited: 429 responses received). Exit 0 when every record was delivered,
 /// 1 when some failed or are uncertain (now or in an earlier run), 2 for usage or input errors,
-/// 130 after Ctrl-C with records left (run the same command again).
+/// 130 after Ctrl-C or SIGTERM with records left (run the same command again).
 ///
 /// Example: DUB_API_KEY=dub_xxx dub-track send --rate-limit 3000 --failed failed.jsonl sales.jsonl
 #[derive(Debug, Args)]
@@ -298,13 +300,17 @@ pub async fn run(args: SendArgs) -> u8 {
     }
     let dub = match builder.build() {
         Ok(d) => d,
-        Err(e) => {
-            return usage(
-                e.message()
-                    .unwrap_or("the client's configuration is unusable"),
-            );
-        }
+        Err(e) => return usage(&crate::config_error(&e)),
     };
+
+    if let Some(path) = &args.failed
+        && let Err(e) = failed_file::check(path)
+    {
+        return usage(&format!(
+            "nothing sent: cannot write the failed file {}: {e}",
+            path.display()
+        ));
+    }
 
     let state_path = args
         .state
@@ -402,7 +408,8 @@ pub async fn run(args: SendArgs) -> u8 {
 
         let interrupted = Arc::new(Notify::new());
         let stopping = Arc::new(AtomicBool::new(false));
-        let signals = tokio::spawn(watch_ctrl_c(
+        let signals = tokio::spawn(watch_signals(
+            Stop::listen(),
             interrupted.clone(),
             stopping.clone(),
             state.clone(),
@@ -463,11 +470,19 @@ pub async fn run(args: SendArgs) -> u8 {
 
     failures.sort_by_key(|f| f.order);
     if let Some(path) = &args.failed {
-        if let Err(e) = write_failed(path, &failures) {
+        let records: Vec<Value> = failures.iter().map(Failure::line).collect();
+        if let Err(e) = failed_file::write(path, &records) {
+            // The last place the failures can go: they must not be lost with the file.
             eprintln!(
-                "dub-track: cannot write the failed file {}: {e}",
-                path.display()
+                "dub-track: cannot write the failed file {}: {e}; its {} record{} follow, one \
+                 JSON line each",
+                path.display(),
+                records.len(),
+                if records.len() == 1 { "" } else { "s" },
             );
+            for record in &records {
+                eprintln!("{record}");
+            }
         }
     } else {
         for f in failures.iter().take(FAILURES_LISTED) {
@@ -526,6 +541,15 @@ pub async fn run(args: SendArgs) -> u8 {
 /// small.
 fn window(max_in_flight: usize) -> usize {
     (max_in_flight * 4).max(16)
+}
+
+impl Failure {
+    /// The --failed file's line: the record as read, with the error under "_error".
+    fn line(&self) -> Value {
+        let mut record = self.raw.clone();
+        record.insert(ERROR_FIELD.into(), self.error.clone());
+        Value::Object(record)
+    }
 }
 
 /// What the second pass found: this run's ends, and the failures to report.
@@ -784,23 +808,20 @@ async fn flush_batches(state: Arc<dyn StateStore>, flush: Arc<Notify>, broken: A
     }
 }
 
-/// First Ctrl-C: stop handing records over and let the attempts in flight finish. Second:
-/// leave at once, with the journal made durable.
-async fn watch_ctrl_c(
+/// First Ctrl-C or SIGTERM: stop handing records over and let the attempts in flight finish.
+/// Second: leave at once, with the journal made durable.
+async fn watch_signals(
+    mut stop: Stop,
     interrupted: Arc<Notify>,
     stopping: Arc<AtomicBool>,
     state: Arc<dyn StateStore>,
 ) {
-    if tokio::signal::ctrl_c().await.is_err() {
-        return;
-    }
+    stop.next().await;
     stopping.store(true, Ordering::Relaxed);
     interrupted.notify_waiters();
     interrupted.notify_one();
     eprintln!("\ndub-track: stopping after the requests in flight (Ctrl-C again to quit at once)");
-    if tokio::signal::ctrl_c().await.is_err() {
-        return;
-    }
+    stop.next().await;
     let _ = state.sync();
     eprintln!("dub-track: quit; run the same command again to send the rest");
     std::process::exit(i32::from(EXIT_INTERRUPTED));
@@ -879,24 +900,6 @@ impl Drop for ClearOnDrop {
             .unwrap_or_else(PoisonError::into_inner)
             .finish_and_clear();
     }
-}
-
-/// Writes the failed records (complete or not at all: a temporary file renamed over the old).
-fn write_failed(path: &Path, failures: &[Failure]) -> std::io::Result<()> {
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    {
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        for f in failures {
-            let mut record = f.raw.clone();
-            record.insert(ERROR_FIELD.into(), f.error.clone());
-            serde_json::to_writer(&mut out, &Value::Object(record))?;
-            out.write_all(b"\n")?;
-        }
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
 }
 
 fn usage(message: &str) -> u8 {

@@ -256,8 +256,8 @@ async fn deliver(
     let track = core.dub.track();
     let call = async {
         match claimed.event.clone() {
-            Event::Lead(r) => track.lead(r).retries(policy).await.map(Response::Lead),
-            Event::Sale(r) => track.sale(r).retries(policy).await.map(Response::Sale),
+            Event::Lead(r) => track.lead(r).retry_config(policy).await.map(Response::Lead),
+            Event::Sale(r) => track.sale(r).retry_config(policy).await.map(Response::Sale),
         }
     };
     // A delivery that began before shutdown is cut off at its deadline.
