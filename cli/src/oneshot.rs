@@ -1,6 +1,8 @@
 //! `dub-track lead` and `dub-track sale`: one call, by hand, for debugging an integration.
 
 use clap::Args;
+use clap::builder::PossibleValuesParser;
+use dub::models::{LeadMode, PaymentProcessor, TrackLeadRequest, TrackSaleRequest};
 use serde_json::{Map, Value};
 
 use crate::{Connection, EXIT_FAILED, EXIT_OK, EXIT_USAGE, error_json};
@@ -35,7 +37,7 @@ pub struct LeadArgs {
     customer_avatar: Option<String>,
     /// async (default: recorded in the background), wait (recorded before Dub answers), or
     /// deferred (customer and click stored, lead recorded by a later lead; not deduplicated)
-    #[arg(long, value_name = "MODE", value_parser = ["async", "wait", "deferred"])]
+    #[arg(long, value_name = "MODE", value_parser = PossibleValuesParser::new(LeadMode::KNOWN))]
     mode: Option<String>,
     /// How many leads this event counts for (1 to 100)
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
@@ -71,8 +73,8 @@ pub struct SaleArgs {
     /// A three-letter currency code [Dub's default: usd]
     #[arg(long, value_name = "CODE")]
     currency: Option<String>,
-    /// stripe, shopify, polar, paddle, revenuecat or custom [Dub's default: custom]
-    #[arg(long, value_name = "NAME")]
+    /// The payment processor [Dub's default: custom]
+    #[arg(long, value_name = "NAME", value_parser = PossibleValuesParser::new(PaymentProcessor::KNOWN))]
     payment_processor: Option<String>,
     /// The event's name [Dub's default: Purchase]
     #[arg(long, value_name = "NAME")]
@@ -102,41 +104,43 @@ pub struct SaleArgs {
 /// The largest amount Dub takes: the largest integer JavaScript represents exactly.
 const MAX_AMOUNT: u64 = (1 << 53) - 1;
 
-fn put(m: &mut Map<String, Value>, name: &str, value: Option<impl Into<Value>>) {
-    if let Some(v) = value {
-        m.insert(name.to_owned(), v.into());
-    }
-}
-
-fn metadata(m: &mut Map<String, Value>, text: Option<&str>) -> Result<(), String> {
-    let Some(text) = text else { return Ok(()) };
+fn metadata(text: Option<&str>) -> Result<Option<Map<String, Value>>, String> {
+    let Some(text) = text else { return Ok(None) };
     match serde_json::from_str::<Value>(text) {
-        Ok(v @ Value::Object(_)) => {
-            m.insert("metadata".into(), v);
-            Ok(())
-        }
+        Ok(Value::Object(m)) => Ok(Some(m)),
         _ => Err("--metadata: must be a JSON object, e.g. '{\"plan\":\"pro\"}'".into()),
     }
 }
 
 /// Runs `dub-track lead`.
 pub async fn lead(a: LeadArgs) -> u8 {
-    let mut m = Map::new();
-    put(&mut m, "clickId", Some(a.click_id));
-    put(&mut m, "eventName", Some(a.event_name));
-    put(&mut m, "customerExternalId", Some(a.customer_external_id));
-    put(&mut m, "customerName", a.customer_name);
-    put(&mut m, "customerEmail", a.customer_email);
-    put(&mut m, "customerAvatar", a.customer_avatar);
-    put(&mut m, "mode", a.mode);
-    put(&mut m, "eventQuantity", a.event_quantity);
-    if let Err(e) = metadata(&mut m, a.metadata.as_deref()) {
-        return usage(&e);
-    }
-    let request: dub::models::TrackLeadRequest = match serde_json::from_value(Value::Object(m)) {
-        Ok(r) => r,
-        Err(e) => return usage(&e.to_string()),
+    let metadata = match metadata(a.metadata.as_deref()) {
+        Ok(m) => m,
+        Err(e) => return usage(&e),
     };
+    let mut builder = TrackLeadRequest::builder()
+        .click_id(a.click_id)
+        .event_name(a.event_name)
+        .customer_external_id(a.customer_external_id);
+    if let Some(name) = a.customer_name {
+        builder = builder.customer_name(name);
+    }
+    if let Some(email) = a.customer_email {
+        builder = builder.customer_email(email);
+    }
+    if let Some(url) = a.customer_avatar {
+        builder = builder.customer_avatar(url);
+    }
+    if let Some(mode) = a.mode {
+        builder = builder.mode(LeadMode::from(mode));
+    }
+    if let Some(metadata) = metadata {
+        builder = builder.metadata(metadata);
+    }
+    let mut request = builder.build();
+    // The builder takes a count; one out of its range (`-1`) is set as given, so that the
+    // crate's validation names the rule it breaks.
+    request.event_quantity = a.event_quantity;
     let dub = match client(&a.connection) {
         Ok(d) => d,
         Err(code) => return code,
@@ -156,30 +160,48 @@ pub async fn sale(a: SaleArgs) -> u8 {
         );
         return EXIT_USAGE;
     };
-    let mut m = Map::new();
-    put(&mut m, "customerExternalId", Some(a.customer_external_id));
-    put(&mut m, "amount", Some(amount));
-    put(&mut m, "invoiceId", a.invoice_id);
-    put(&mut m, "currency", a.currency);
-    put(&mut m, "paymentProcessor", a.payment_processor);
-    put(&mut m, "eventName", a.event_name);
-    put(&mut m, "leadEventName", a.lead_event_name);
-    put(&mut m, "clickId", a.click_id);
-    put(&mut m, "customerName", a.customer_name);
-    put(&mut m, "customerEmail", a.customer_email);
-    put(&mut m, "customerAvatar", a.customer_avatar);
-    if let Err(e) = metadata(&mut m, a.metadata.as_deref()) {
-        return usage(&e);
-    }
-    let request: dub::models::TrackSaleRequest = match serde_json::from_value(Value::Object(m)) {
-        Ok(r) => r,
-        Err(e) => return usage(&e.to_string()),
+    let metadata = match metadata(a.metadata.as_deref()) {
+        Ok(m) => m,
+        Err(e) => return usage(&e),
     };
+    let mut builder = TrackSaleRequest::builder()
+        .customer_external_id(a.customer_external_id)
+        .amount(amount);
+    if let Some(id) = a.invoice_id {
+        builder = builder.invoice_id(id);
+    }
+    if let Some(currency) = a.currency {
+        builder = builder.currency(currency);
+    }
+    if let Some(processor) = a.payment_processor {
+        builder = builder.payment_processor(PaymentProcessor::from(processor));
+    }
+    if let Some(name) = a.event_name {
+        builder = builder.event_name(name);
+    }
+    if let Some(name) = a.lead_event_name {
+        builder = builder.lead_event_name(name);
+    }
+    if let Some(id) = a.click_id {
+        builder = builder.click_id(id);
+    }
+    if let Some(name) = a.customer_name {
+        builder = builder.customer_name(name);
+    }
+    if let Some(email) = a.customer_email {
+        builder = builder.customer_email(email);
+    }
+    if let Some(url) = a.customer_avatar {
+        builder = builder.customer_avatar(url);
+    }
+    if let Some(metadata) = metadata {
+        builder = builder.metadata(metadata);
+    }
     let dub = match client(&a.connection) {
         Ok(d) => d,
         Err(code) => return code,
     };
-    report(dub.track().sale(request).await)
+    report(dub.track().sale(builder.build()).await)
 }
 
 fn usage(message: &str) -> u8 {
