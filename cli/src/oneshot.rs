@@ -5,7 +5,8 @@ use clap::builder::PossibleValuesParser;
 use dub::models::{LeadMode, PaymentProcessor, TrackLeadRequest, TrackSaleRequest};
 use serde_json::{Map, Value};
 
-use crate::{Connection, EXIT_FAILED, EXIT_OK, EXIT_USAGE, error_json};
+use crate::exit::{self, CliError, Status};
+use crate::{Connection, error_json};
 
 /// Track one lead: a sign-up tied to the click that brought the visitor.
 ///
@@ -113,11 +114,8 @@ fn metadata(text: Option<&str>) -> Result<Option<Map<String, Value>>, String> {
 }
 
 /// Runs `dub-track lead`.
-pub async fn lead(a: LeadArgs) -> u8 {
-    let metadata = match metadata(a.metadata.as_deref()) {
-        Ok(m) => m,
-        Err(e) => return usage(&e),
-    };
+pub async fn lead(a: LeadArgs) -> Result<Status, CliError> {
+    let metadata = metadata(a.metadata.as_deref()).map_err(exit::usage)?;
     let mut builder = TrackLeadRequest::builder()
         .click_id(a.click_id)
         .event_name(a.event_name)
@@ -141,29 +139,21 @@ pub async fn lead(a: LeadArgs) -> u8 {
     // The builder takes a count; one out of its range (`-1`) is set as given, so that the
     // crate's validation names the rule it breaks.
     request.event_quantity = a.event_quantity;
-    let dub = match client(&a.connection) {
-        Ok(d) => d,
-        Err(code) => return code,
-    };
+    let dub = client(&a.connection)?;
     report(dub.track().lead(request).await)
 }
 
 /// Runs `dub-track sale`.
-pub async fn sale(a: SaleArgs) -> u8 {
+pub async fn sale(a: SaleArgs) -> Result<Status, CliError> {
     // The request's amount is unsigned: a negative one is refused here, in the words the
     // crate uses for an amount out of range.
     let Ok(amount) = u64::try_from(a.amount) else {
         let rule = format!("must be from 0 to {MAX_AMOUNT} (got {})", a.amount);
-        eprintln!(
-            "{}",
-            serde_json::json!({ "error": error_json::invalid("amount", &rule) })
-        );
-        return EXIT_USAGE;
+        return Err(CliError::InvalidRequest(error_json::invalid(
+            "amount", &rule,
+        )));
     };
-    let metadata = match metadata(a.metadata.as_deref()) {
-        Ok(m) => m,
-        Err(e) => return usage(&e),
-    };
+    let metadata = metadata(a.metadata.as_deref()).map_err(exit::usage)?;
     let mut builder = TrackSaleRequest::builder()
         .customer_external_id(a.customer_external_id)
         .amount(amount);
@@ -197,44 +187,36 @@ pub async fn sale(a: SaleArgs) -> u8 {
     if let Some(metadata) = metadata {
         builder = builder.metadata(metadata);
     }
-    let dub = match client(&a.connection) {
-        Ok(d) => d,
-        Err(code) => return code,
-    };
+    let dub = client(&a.connection)?;
     report(dub.track().sale(builder.build()).await)
 }
 
-fn usage(message: &str) -> u8 {
-    eprintln!("dub-track: {message}");
-    EXIT_USAGE
+fn client(connection: &Connection) -> Result<dub::Dub, CliError> {
+    let builder = connection.builder().map_err(exit::usage)?;
+    builder
+        .build()
+        .map_err(|e| exit::usage(crate::config_error(&e)))
 }
 
-fn client(connection: &Connection) -> Result<dub::Dub, u8> {
-    let builder = connection.builder().map_err(|e| usage(&e))?;
-    builder.build().map_err(|e| usage(&crate::config_error(&e)))
-}
-
-fn report<T: serde::Serialize>(result: dub::Result<T>) -> u8 {
+fn report<T: serde::Serialize>(result: dub::Result<T>) -> Result<Status, CliError> {
     match result {
         Ok(response) => match serde_json::to_string_pretty(&response) {
             Ok(text) => {
                 println!("{text}");
-                EXIT_OK
+                Ok(Status::Ok)
             }
             Err(e) => {
                 eprintln!("dub-track: Dub's response could not be printed: {e}");
-                EXIT_FAILED
+                Ok(Status::Failed)
             }
         },
+        // A request refused before sending (a field breaks a rule) is an input error.
+        Err(e) if e.kind() == dub::ErrorKind::Validation => {
+            Err(CliError::InvalidRequest(error_json::error(&e)))
+        }
         Err(e) => {
-            let body = serde_json::json!({ "error": error_json::error(&e) });
-            eprintln!("{body}");
-            // A request refused before sending (a field breaks a rule) is an input error.
-            if e.kind() == dub::ErrorKind::Validation {
-                EXIT_USAGE
-            } else {
-                EXIT_FAILED
-            }
+            eprintln!("{}", serde_json::json!({ "error": error_json::error(&e) }));
+            Ok(Status::Failed)
         }
     }
 }

@@ -13,11 +13,12 @@ use serde_json::{Map, Value, json};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
+use crate::exit::{self, CliError, Status};
 use crate::failed_file;
 use crate::input::{self, ERROR_FIELD, Entry, Format, Inputs, ReadError, Record, Reread, Rules};
 use crate::signals::Stop;
 use crate::state::{Journal, Mark, NoState, StateStore};
-use crate::{Connection, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, error_json};
+use crate::{Connection, error_json};
 
 /// How often progress lines are printed when standard error is not a terminal.
 const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -251,15 +252,15 @@ fn check_state_inputs(
     Ok(())
 }
 
-/// Runs `dub-track send`; returns the exit code.
-pub async fn run(args: SendArgs) -> u8 {
+/// Runs `dub-track send`.
+pub async fn run(args: SendArgs) -> Result<Status, CliError> {
     let started = Instant::now();
     let rules = Rules {
         allow_unsafe: args.allow_unsafe,
     };
     let inputs = match Inputs::open(&args.files, args.format, rules) {
         Ok(i) => i,
-        Err(e) => return usage(&e.to_string()),
+        Err(e) => return Err(exit::usage(e)),
     };
     // The first pass: every record checked, only its identity kept.
     let mut invalid = 0u64;
@@ -279,37 +280,36 @@ pub async fn run(args: SendArgs) -> u8 {
     });
     let entries = match entries {
         Ok(e) => e,
-        Err(e) => return usage(&e.to_string()),
+        Err(e) => return Err(exit::usage(e)),
     };
     if invalid > 0 && !args.skip_invalid {
-        eprintln!(
-            "dub-track: nothing sent: {invalid} invalid record{} (fix {}, or pass --skip-invalid \
-             to send the rest)",
+        return Err(exit::usage(format!(
+            "nothing sent: {invalid} invalid record{} (fix {}, or pass --skip-invalid to send \
+             the rest)",
             if invalid == 1 { "" } else { "s" },
             if invalid == 1 { "it" } else { "them" },
-        );
-        return EXIT_USAGE;
+        )));
     }
 
     let mut builder = match args.connection.builder() {
         Ok(b) => b,
-        Err(e) => return usage(&e),
+        Err(e) => return Err(exit::usage(e)),
     };
     if let Some(n) = args.rate_limit {
         builder = builder.rate_limit(dub::RateLimit::per_minute(n));
     }
     let dub = match builder.build() {
         Ok(d) => d,
-        Err(e) => return usage(&crate::config_error(&e)),
+        Err(e) => return Err(exit::usage(crate::config_error(&e))),
     };
 
     if let Some(path) = &args.failed
         && let Err(e) = failed_file::check(path)
     {
-        return usage(&format!(
+        return Err(exit::usage(format!(
             "nothing sent: cannot write the failed file {}: {e}",
             path.display()
-        ));
+        )));
     }
 
     let state_path = args
@@ -319,7 +319,7 @@ pub async fn run(args: SendArgs) -> u8 {
     let state: Arc<dyn StateStore> = match &state_path {
         Some(path) => match Journal::open(path) {
             Ok(j) => Arc::new(j),
-            Err(e) => return usage(&e.to_string()),
+            Err(e) => return Err(exit::usage(e)),
         },
         None => {
             eprintln!(
@@ -338,7 +338,7 @@ pub async fn run(args: SendArgs) -> u8 {
         &plan,
         args.adopt_state,
     ) {
-        return usage(&refusal);
+        return Err(exit::usage(refusal));
     }
     let identities: Vec<String> = inputs.files.iter().map(|f| f.identity.clone()).collect();
     if let Err(e) = state.add_inputs(&identities) {
@@ -399,7 +399,11 @@ pub async fn run(args: SendArgs) -> u8 {
         };
         let tracker = match tracker {
             Ok(t) => t,
-            Err(e) => return usage(e.message().unwrap_or("the sender could not start")),
+            Err(e) => {
+                return Err(exit::usage(
+                    e.message().unwrap_or("the sender could not start"),
+                ));
+            }
         };
         // Tracker::stop right after start can miss the tracker's task before it first runs (it then
         // never stops): give it a moment to start.
@@ -527,13 +531,13 @@ pub async fn run(args: SendArgs) -> u8 {
         started.elapsed().as_secs_f64()
     );
     let _ = std::io::stdout().flush();
-    if was_interrupted && not_sent > 0 {
-        EXIT_INTERRUPTED
+    Ok(if was_interrupted && not_sent > 0 {
+        Status::Interrupted
     } else if failed + uncertain + earlier_undelivered + not_sent > 0 {
-        EXIT_FAILED
+        Status::Failed
     } else {
-        EXIT_OK
-    }
+        Status::Ok
+    })
 }
 
 /// How many records are handed to the tracker ahead of their turn: enough to keep every slot
@@ -824,7 +828,7 @@ async fn watch_signals(
     stop.next().await;
     let _ = state.sync();
     eprintln!("dub-track: quit; run the same command again to send the rest");
-    std::process::exit(i32::from(EXIT_INTERRUPTED));
+    std::process::exit(i32::from(Status::Interrupted.code()));
 }
 
 /// A bar when standard error is a terminal; a plain line every few seconds when it is not.
@@ -900,9 +904,4 @@ impl Drop for ClearOnDrop {
             .unwrap_or_else(PoisonError::into_inner)
             .finish_and_clear();
     }
-}
-
-fn usage(message: &str) -> u8 {
-    eprintln!("dub-track: {message}");
-    EXIT_USAGE
 }
