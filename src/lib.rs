@@ -16,6 +16,7 @@ mod track;
 pub mod tracker;
 mod transport;
 mod validate;
+mod wait;
 
 #[allow(missing_docs, clippy::all, private_interfaces, dead_code)]
 mod generated {
