@@ -283,3 +283,64 @@ fn a_tracker_whose_runtime_is_gone_refuses_and_reports_what_it_holds() {
         assert!(matches!(outcome, Ok(Outcome::NotDelivered)), "{outcome:?}");
     }
 }
+
+/// Issue 18, SIGTERM (the library's part): the sign-up example, run as a service, shuts its
+/// tracker down on SIGTERM as on Ctrl-C, so a lead handed over just before is delivered, not
+/// lost with the process.
+#[cfg(unix)]
+#[test]
+fn the_signup_example_shuts_its_tracker_down_on_sigterm() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(cargo)
+        .args(["build", "--all-features", "--example", "signup_handler"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(built.success());
+    // target/<profile>/deps/it-... -> target/<profile>/examples/signup_handler
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/signup_handler");
+    let mut child = Command::new(&example)
+        .arg("--serve")
+        .env_remove("DUB_API_KEY")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", example.display()));
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    let rt = runtime();
+    let status = rt.block_on(async {
+        reqwest::Client::new()
+            .post(url)
+            .body(r#"{"user_id":"user_1","dub_id":"clk_1"}"#)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status.as_u16(), 201);
+    // SAFETY: kill(2) with the pid of a child this test started and has not reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}: {rest}");
+    assert!(
+        rest.contains("shut down: 1 delivered, 0 left undelivered"),
+        "{rest}"
+    );
+}
