@@ -21,4 +21,5 @@ mod spec_constraints;
 mod spec_coverage;
 mod spool;
 mod tracker;
+mod tracker_edges;
 mod wire;
