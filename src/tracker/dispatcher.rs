@@ -23,6 +23,9 @@ const OUTAGE_PAUSE: Duration = Duration::from_secs(1);
 const MAX_OUTAGE_PAUSE: Duration = Duration::from_secs(60);
 /// How often a spool is checked for events left in flight by processes that died.
 const RECOVER_EVERY: Duration = Duration::from_secs(10);
+/// How often receipts waiting on a shared spool's rows are checked for rows another process
+/// settled.
+const SETTLED_ELSEWHERE_EVERY: Duration = Duration::from_secs(1);
 /// How often the counts are traced while there is work.
 const TRACE_EVERY: Duration = Duration::from_secs(10);
 
@@ -179,10 +182,15 @@ pub(super) async fn run(core: Arc<Core>) {
     let mut shutdown = core.shutdown.subscribe();
     let mut traced = Instant::now();
     let mut recovered: Option<Instant> = None;
+    let mut looked_elsewhere = Instant::now();
     loop {
         if recovered.is_none_or(|at| at.elapsed() >= RECOVER_EVERY) {
             recovered = Some(Instant::now());
             recover(&core).await;
+        }
+        if core.store.is_durable() && looked_elsewhere.elapsed() >= SETTLED_ELSEWHERE_EVERY {
+            looked_elsewhere = Instant::now();
+            settled_elsewhere(&core).await;
         }
         let stopping = *shutdown.borrow_and_update();
         let now = Instant::now();
@@ -233,7 +241,7 @@ pub(super) async fn run(core: Arc<Core>) {
         // at once, again and again, while it waits for a slot or the end of an outage pause.
         let free = core.config.max_in_flight.saturating_sub(tasks.len());
         let could_claim = !past_deadline && outage.allowed(now, free, tasks.len()) > 0;
-        let wake_at = next_wake(
+        let mut wake_at = next_wake(
             &core,
             &outage,
             stopping.map(|s| s.claim_until),
@@ -241,6 +249,9 @@ pub(super) async fn run(core: Arc<Core>) {
             traced,
             now,
         );
+        if core.store.is_durable() {
+            wake_at = wake_at.min((looked_elsewhere + SETTLED_ELSEWHERE_EVERY).max(now));
+        }
         tokio::select! {
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Ok(delivery) = done {
@@ -314,6 +325,28 @@ async fn recover(core: &Arc<Core>) {
             }
         }
         Err(e) => tracing::error!(error = %e, "dub tracker: cannot recover the spool"),
+    }
+}
+
+/// Resolves the receipts of events another process sharing the spool settled: this tracker
+/// will never announce them itself. Only receipts learn of them, not the outcome callback,
+/// which tells what this tracker settled.
+async fn settled_elsewhere(core: &Arc<Core>) {
+    let waiting = core.receipts.waiting();
+    if waiting.is_empty() {
+        return;
+    }
+    let waiting: Vec<_> = waiting
+        .into_iter()
+        .filter(|&id| !core.in_flight.contains(id))
+        .collect();
+    match store_op(core, move |s| s.settled(&waiting)).await {
+        Ok(settled) => {
+            for (id, outcome) in settled {
+                core.receipts.announce(id, &outcome);
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "dub tracker: cannot read the spool"),
     }
 }
 

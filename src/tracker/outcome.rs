@@ -96,6 +96,15 @@ pub struct EventOutcome {
 ///
 /// Dropping a receipt changes nothing: the event is delivered all the same, and its outcome
 /// still reaches the tracker's outcome callback.
+///
+/// With a spool shared by several processes, another process may deliver the event (its
+/// dispatcher claims any pending row): the receipt then resolves with the outcome that process
+/// stored, within about a second of it; the outcome callback and [`Tracker::stats`] of this
+/// tracker do not count it, since this tracker did not settle it. A key handed over again
+/// after its event was settled (in an earlier run, say) gets a receipt that is ready at once
+/// with the stored outcome, again without the callback or the counts.
+///
+/// [`Tracker::stats`]: super::Tracker::stats
 #[must_use = "await the receipt, or drop it if the outcome callback is enough"]
 pub struct Receipt {
     pub(crate) id: EventId,

@@ -3,6 +3,7 @@
 
 use super::event::{Event, EventId};
 use super::memory::MemoryQueue;
+use super::outcome::Outcome;
 #[cfg(feature = "spool")]
 use super::spool::Spool;
 
@@ -105,6 +106,28 @@ impl Store {
             Store::Memory(q) => q.counts(),
             #[cfg(feature = "spool")]
             Store::Spool(s) => s.counts(),
+        }
+    }
+
+    /// Of `ids` (events this tracker holds receipts for), those another process sharing the
+    /// store settled, with their outcomes. Only a spool is shared.
+    pub(crate) fn settled(&self, ids: &[EventId]) -> Result<Vec<(EventId, Outcome)>, String> {
+        match self {
+            Store::Memory(_) => {
+                let _ = ids;
+                Ok(Vec::new())
+            }
+            #[cfg(feature = "spool")]
+            Store::Spool(s) => s.settled(ids),
+        }
+    }
+
+    /// Whether `key` was handed over to the store: queued, in flight, or (in a spool) settled.
+    pub(crate) fn has_key(&self, key: &str) -> Result<bool, String> {
+        match self {
+            Store::Memory(q) => Ok(q.has_key(key)),
+            #[cfg(feature = "spool")]
+            Store::Spool(s) => s.has_key(key),
         }
     }
 
