@@ -56,19 +56,6 @@ impl fmt::Display for Key {
     }
 }
 
-impl Key {
-    /// Whether `text` has the shape of a key (`<32 hex digits>-<occurrence>`): keys of other
-    /// shapes were written by an earlier version of `dub-track`.
-    pub fn is_key(text: &str) -> bool {
-        text.split_once('-').is_some_and(|(digest, n)| {
-            digest.len() == 32
-                && digest.bytes().all(|b| b.is_ascii_hexdigit())
-                && !n.is_empty()
-                && n.bytes().all(|b| b.is_ascii_digit())
-        })
-    }
-}
-
 /// What the first pass keeps of a valid record: 24 bytes (the digest as two halves, so that it
 /// needs no 16-byte alignment).
 #[derive(Debug, Clone, Copy)]
@@ -1188,8 +1175,6 @@ mod tests {
         a.sort_by_key(|k| (k.digest, k.occurrence));
         b.sort_by_key(|k| (k.digest, k.occurrence));
         assert_eq!(a, b);
-        assert!(Key::is_key(&base[2].to_string()));
-        assert!(!Key::is_key("/tmp/f.jsonl:3:0123456789abcdef"));
     }
 
     #[test]

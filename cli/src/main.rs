@@ -32,7 +32,7 @@ mod mock;
 mod oneshot;
 mod send;
 mod signals;
-mod state;
+mod state_file;
 
 use std::process::ExitCode;
 

@@ -1,6 +1,9 @@
-//! `dub-track send`: every record of some files, through the SDK's background tracker, with a
-//! journal that lets the same command, run again, send only what is not yet done.
+//! `dub-track send`: every record of some files, through the SDK's background tracker, whose
+//! spool is the state file that lets the same command, run again, send only what is not yet
+//! done. In three steps: planning (read and check every record, check the state file), sending
+//! (hand each record over under its identity), and the summary.
 
+use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -8,8 +11,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use dub::tracker::{HandOverErrorKind, Outcome, Tracker};
-use serde_json::{Map, Value, json};
+use dub::tracker::{HandOverError, Outcome, Tracker};
+use serde_json::{Map, Value};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
@@ -17,7 +20,7 @@ use crate::exit::{self, CliError, Status};
 use crate::failed_file;
 use crate::input::{self, ERROR_FIELD, Entry, Format, Inputs, ReadError, Record, Reread, Rules};
 use crate::signals::Stop;
-use crate::state::{Journal, Mark, NoState, StateStore};
+use crate::state_file;
 use crate::{Connection, error_json};
 
 /// How often progress lines are printed when standard error is not a terminal.
@@ -37,18 +40,20 @@ const FAILURES_LISTED: usize = 20;
 /// deduplicate (a sale without invoiceId, a lead with mode "deferred") are refused unless
 /// --allow-unsafe, since a retry or a resumed run could record them twice.
 ///
-/// The run is resumable: the state file records each record's end (delivered, failed,
-/// uncertain) as it happens. A record is known by its content (its fields, in any order or
-/// format) and its rank among identical records, so editing other lines of a file, or naming a
-/// file twice, never sends a record again. After Ctrl-C, a crash or kill -9, the same command sends only what
-/// is not done yet. Records Dub deduplicates that were in flight at a crash are sent again
-/// (Dub records them once); an unsafe record that was being sent is reported uncertain, never
-/// sent again. A customer's records are sent in file order, so put a customer's lead before its
-/// sales.
+/// The run is resumable: the state file (an SQLite file, the SDK tracker's spool) holds each
+/// record from its hand-over to its end (delivered, failed, uncertain). A record is known by its
+/// content (its fields, in any order or format) and its rank among identical records, so
+/// editing other lines of a file, or naming a file twice, never sends a record again. After
+/// Ctrl-C, a crash or kill -9, the same command sends only what is not done yet. Records Dub
+/// deduplicates that were in flight at a crash are sent again (Dub records them once); an
+/// unsafe record that was being sent is reported uncertain, never sent again. Two processes
+/// running the same command on one state file share the work, each record sent once. A
+/// customer's records are sent in file order, so put a customer's lead before its sales.
 ///
 /// At the end one line goes to standard output:
-/// `delivered=N failed=N uncertain=N skipped=N rate_limited=N elapsed_s=S` (skipped: done in an
-/// earlier run; rate_limited: 429 responses received). Exit 0 when every record was delivered,
+/// `delivered=N failed=N uncertain=N skipped=N rate_limited=N elapsed_s=S` (delivered, failed,
+/// uncertain: by this process in this run; skipped: done in an earlier run or by another process
+/// on the state file; rate_limited: 429 responses received). Exit 0 when every record was delivered,
 /// 1 when some failed or are uncertain (now or in an earlier run), 2 for usage or input errors,
 /// 130 after Ctrl-C or SIGTERM with records left (run the same command again).
 ///
@@ -69,9 +74,9 @@ pub struct SendArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     rate_limit: Option<u32>,
 
-    /// The state file that makes the run resumable [default: beside the first file, named
-    /// after it, e.g. sales.jsonl.dub-state; none for standard input]. Delete it to send
-    /// everything again
+    /// The state file that makes the run resumable, an SQLite file [default: beside the first
+    /// file, named after it, e.g. sales.jsonl.dub-state; none for standard input]. Processes
+    /// given the same file share the work. Delete it to send everything again
     #[arg(long, value_name = "FILE")]
     state: Option<PathBuf>,
 
@@ -129,114 +134,47 @@ struct Counts {
     uncertain: AtomicU64,
 }
 
-/// What the plan says of one record, decided from the state before anything is sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Decision {
-    /// Send it.
-    Send,
-    /// Delivered in an earlier run.
-    Done,
-    /// Failed or uncertain in an earlier run: reported again, not sent.
-    Earlier,
-    /// Handed over by an earlier run that stopped before its end: uncertain, not sent.
-    Interrupted,
-}
-
-/// What planning decided for every record of the first pass, in order.
-struct Plan {
-    decisions: Vec<Decision>,
-    /// How many records are to be sent.
-    to_send: u64,
-    /// Of those, how many Dub does not deduplicate.
-    unsafe_to_send: u64,
-    /// Records done in an earlier run (delivered, failed or uncertain).
-    skipped: u64,
-    /// Of those, how many failed or are uncertain.
-    earlier_undelivered: u64,
-    /// Records found interrupted: uncertain now.
-    interrupted: u64,
-}
-
-/// Decides what becomes of each record from what earlier runs recorded. An unsafe record an
-/// earlier run handed over without an end is marked uncertain in the state here.
-fn plan(entries: &[Entry], state: &dyn StateStore) -> Plan {
-    let mut plan = Plan {
-        decisions: Vec::with_capacity(entries.len()),
-        to_send: 0,
-        unsafe_to_send: 0,
-        skipped: 0,
-        earlier_undelivered: 0,
-        interrupted: 0,
-    };
-    let mut key = String::new();
-    for entry in entries {
-        use std::fmt::Write as _;
-        key.clear();
-        let _ = write!(key, "{}", entry.key());
-        let decision = match state.prior(&key) {
-            Some(prior) if prior.mark == Mark::Delivered => Decision::Done,
-            Some(prior) if prior.mark.is_terminal() => Decision::Earlier,
-            Some(_) => {
-                if let Err(e) = state.finished(&key, Mark::Uncertain, Some(&interrupted_error())) {
-                    eprintln!("dub-track: cannot write the state file: {e}");
-                }
-                Decision::Interrupted
-            }
-            None => Decision::Send,
-        };
-        match decision {
-            Decision::Send => {
-                plan.to_send += 1;
-                plan.unsafe_to_send += u64::from(!entry.deduplicated);
-            }
-            Decision::Done => plan.skipped += 1,
-            Decision::Earlier => {
-                plan.skipped += 1;
-                plan.earlier_undelivered += 1;
-            }
-            Decision::Interrupted => plan.interrupted += 1,
-        }
-        plan.decisions.push(decision);
-    }
-    plan
-}
-
-/// The error of a record an earlier run stopped in the middle of sending.
-fn interrupted_error() -> Value {
-    json!({
-        "kind": "interrupted",
-        "message": "an earlier run stopped while sending this record, which Dub does not \
-                    deduplicate: it may have been recorded; check in Dub before sending it again",
-        "mayHaveBeenRecorded": true,
-    })
-}
-
-/// Whether the state file was written for other inputs than these: then says so, and returns
-/// the refusal when records Dub does not deduplicate would be sent on its word.
-fn check_state_inputs(
-    state: &dyn StateStore,
-    state_path: Option<&Path>,
+/// Whether the state file was written for other inputs than these: then says so, and refuses
+/// when records Dub does not deduplicate would be sent on its word (records the file does not
+/// know, which another state file may have sent).
+async fn check_state_inputs(
+    known: &BTreeSet<String>,
+    state_path: &Path,
     inputs: &Inputs,
-    plan: &Plan,
+    entries: &[Entry],
+    tracker: &Tracker,
     adopt: bool,
 ) -> Result<(), String> {
-    let known = state.inputs();
     let ours: Vec<&String> = inputs.files.iter().map(|f| &f.identity).collect();
-    if state.len() == 0 || known.is_empty() || ours.iter().any(|i| known.contains(*i)) {
+    if known.is_empty() || ours.iter().any(|i| known.contains(*i)) {
         return Ok(());
     }
-    let path = state_path.map_or_else(|| "-".into(), |p| p.display().to_string());
     let written_for = known.iter().cloned().collect::<Vec<_>>().join(", ");
     eprintln!(
-        "dub-track: the state file {path} was written for {written_for}, not for {}: records \
-         are matched by their content, so those it holds are not sent again",
+        "dub-track: the state file {} was written for {written_for}, not for {}: records are \
+         matched by their content, so those it holds are not sent again",
+        state_path.display(),
         ours.iter()
             .map(|s| s.as_str())
             .collect::<Vec<_>>()
             .join(", ")
     );
-    if plan.unsafe_to_send > 0 && !adopt {
-        let n = plan.unsafe_to_send;
+    if adopt {
+        return Ok(());
+    }
+    let mut unknown_unsafe = 0u64;
+    let mut key = String::new();
+    for entry in entries.iter().filter(|e| !e.deduplicated) {
+        use std::fmt::Write as _;
+        key.clear();
+        let _ = write!(key, "{}", entry.key());
+        let known = tokio::task::block_in_place(|| tracker.knows_key(&key));
+        if !known.map_err(|e| e.to_string())? {
+            unknown_unsafe += 1;
+        }
+    }
+    if unknown_unsafe > 0 {
+        let n = unknown_unsafe;
         return Err(format!(
             "nothing sent: {n} record{} Dub does not deduplicate {} not in this state file; if \
              {} already sent with another state file, sending {} again would record {} twice. \
@@ -258,10 +196,7 @@ pub async fn run(args: SendArgs) -> Result<Status, CliError> {
     let rules = Rules {
         allow_unsafe: args.allow_unsafe,
     };
-    let inputs = match Inputs::open(&args.files, args.format, rules) {
-        Ok(i) => i,
-        Err(e) => return Err(exit::usage(e)),
-    };
+    let inputs = Inputs::open(&args.files, args.format, rules).map_err(exit::usage)?;
     // The first pass: every record checked, only its identity kept.
     let mut invalid = 0u64;
     let mut failures: Vec<Failure> = Vec::new();
@@ -278,10 +213,7 @@ pub async fn run(args: SendArgs) -> Result<Status, CliError> {
             });
         }
     });
-    let entries = match entries {
-        Ok(e) => e,
-        Err(e) => return Err(exit::usage(e)),
-    };
+    let entries = entries.map_err(exit::usage)?;
     if invalid > 0 && !args.skip_invalid {
         return Err(exit::usage(format!(
             "nothing sent: {invalid} invalid record{} (fix {}, or pass --skip-invalid to send \
@@ -291,17 +223,13 @@ pub async fn run(args: SendArgs) -> Result<Status, CliError> {
         )));
     }
 
-    let mut builder = match args.connection.builder() {
-        Ok(b) => b,
-        Err(e) => return Err(exit::usage(e)),
-    };
+    let mut builder = args.connection.builder().map_err(exit::usage)?;
     if let Some(n) = args.rate_limit {
         builder = builder.rate_limit(dub::RateLimit::per_minute(n));
     }
-    let dub = match builder.build() {
-        Ok(d) => d,
-        Err(e) => return Err(exit::usage(crate::config_error(&e))),
-    };
+    let dub = builder
+        .build()
+        .map_err(|e| exit::usage(crate::config_error(&e)))?;
 
     if let Some(path) = &args.failed
         && let Err(e) = failed_file::check(path)
@@ -316,162 +244,119 @@ pub async fn run(args: SendArgs) -> Result<Status, CliError> {
         .state
         .clone()
         .or_else(|| input::default_state_path(&args.files[0]));
-    let state: Arc<dyn StateStore> = match &state_path {
-        Some(path) => match Journal::open(path) {
-            Ok(j) => Arc::new(j),
-            Err(e) => return Err(exit::usage(e)),
-        },
-        None => {
-            eprintln!(
-                "dub-track: no --state for standard input: this run cannot be resumed, and a \
-                 rerun sends everything again"
-            );
-            Arc::new(NoState)
-        }
-    };
+    if let Some(path) = &state_path {
+        state_file::check_format(path).map_err(exit::usage)?;
+    } else {
+        eprintln!(
+            "dub-track: no --state for standard input: this run cannot be resumed, and a rerun \
+             sends everything again"
+        );
+    }
 
-    let plan = plan(&entries, &*state);
-    if let Err(refusal) = check_state_inputs(
-        &*state,
-        state_path.as_deref(),
-        &inputs,
-        &plan,
-        args.adopt_state,
-    ) {
-        return Err(exit::usage(refusal));
+    // The state is the tracker's spool: a record's key is on disk before it is sent, claimed
+    // right before each attempt, and kept with its outcome, so a rerun (or another process on
+    // the same file) answers from the file instead of sending again; a record Dub does not
+    // deduplicate that was in flight at a crash ends uncertain, never resent.
+    let in_flight = usize::from(args.max_in_flight);
+    let mut tracker = dub
+        .tracker()
+        .max_in_flight(in_flight)
+        .max_age(Duration::from_secs(args.give_up_after));
+    tracker = match &state_path {
+        // Undelivered rows of earlier runs and of other processes count against the capacity:
+        // the window below is what bounds this run's hand-overs.
+        Some(path) => tracker.spool(path).capacity(usize::MAX >> 1),
+        None => tracker.capacity(window(in_flight) * 2),
+    };
+    let tracker = tracker.start().map_err(|e| {
+        exit::usage(format!(
+            "the state file{}: {}",
+            state_path
+                .as_deref()
+                .map_or_else(String::new, |p| format!(" {}", p.display())),
+            e.message().unwrap_or("the sender could not start")
+        ))
+    })?;
+    if let Some(path) = &state_path {
+        let checked = async {
+            let table = state_file::Inputs::open(path)?;
+            let known = table.known()?;
+            check_state_inputs(&known, path, &inputs, &entries, &tracker, args.adopt_state).await?;
+            let identities: Vec<String> = inputs.files.iter().map(|f| f.identity.clone()).collect();
+            table.add(&identities)
+        }
+        .await;
+        if let Err(refusal) = checked {
+            tracker.stop().await;
+            return Err(exit::usage(refusal));
+        }
     }
-    let identities: Vec<String> = inputs.files.iter().map(|f| f.identity.clone()).collect();
-    if let Err(e) = state.add_inputs(&identities) {
-        eprintln!("dub-track: cannot write the state file: {e}");
+
+    // The second pass: the records again, handed over as they are read.
+    let mut records = inputs.reread(&entries);
+    let mut tally = Tally {
+        failures,
+        ..Tally::default()
+    };
+    let interrupted = Arc::new(Notify::new());
+    let stopping = Arc::new(AtomicBool::new(false));
+    let signals = tokio::spawn(watch_signals(
+        Stop::listen(),
+        interrupted.clone(),
+        stopping.clone(),
+    ));
+    let counts = Arc::new(Counts::default());
+    let progress = tokio::spawn(show_progress(
+        counts.clone(),
+        entries.len() as u64,
+        tracker.clone(),
+        started,
+        stopping.clone(),
+    ));
+    deliver(
+        &tracker,
+        &mut records,
+        in_flight,
+        &counts,
+        &interrupted,
+        &stopping,
+        &mut tally,
+    )
+    .await;
+    let was_interrupted = stopping.load(Ordering::Relaxed);
+    let report = tracker.stop().await;
+    progress.abort();
+    let _ = progress.await;
+    signals.abort();
+    let rate_limited = report.stats.rate_limited;
+
+    // What this process settled is in the tracker's counts; what the receipts answered beyond
+    // that was settled before (an earlier run) or elsewhere (another process on the file).
+    let ours = report.stats.delivered + report.stats.failed + report.stats.uncertain;
+    let answered = tally.delivered + tally.failed + tally.uncertain;
+    let delivered = report.stats.delivered;
+    let failed = invalid + report.stats.failed;
+    let uncertain = report.stats.uncertain;
+    let skipped = answered.saturating_sub(ours);
+    let earlier_undelivered = (tally.failed + tally.uncertain)
+        .saturating_sub(report.stats.failed + report.stats.uncertain);
+    // Records never handed over (an interrupted run) are not sent, as are those the tracker
+    // still held when it stopped.
+    let not_sent = (entries.len() as u64).saturating_sub(answered);
+    let mut failures = tally.failures;
+    if let Some(e) = &tally.read_error {
+        eprintln!("dub-track: {e}");
     }
-    let mut failed = invalid;
-    let mut uncertain = plan.interrupted;
-    let skipped = plan.skipped;
-    let earlier_undelivered = plan.earlier_undelivered;
     if skipped > 0 {
         eprintln!(
-            "dub-track: {skipped} record{} done in an earlier run (state: {})",
+            "dub-track: {skipped} record{} done in an earlier run or by another process (state: \
+             {})",
             if skipped == 1 { "" } else { "s" },
             state_path
                 .as_deref()
                 .map_or_else(|| "-".into(), |p| p.display().to_string())
         );
     }
-
-    // The second pass: the records again, sent (or reported) one by one as they are read.
-    let mut records = inputs.reread(&entries);
-    let mut tally = Tally {
-        failures,
-        ..Tally::default()
-    };
-    // Outcomes are written to the journal from the tracker's own task, before the tracker
-    // starts another delivery: a crash can then only lose the ends of requests still in
-    // flight, which is what bounds the requests a rerun repeats.
-    let journal_broken = Arc::new(AtomicBool::new(false));
-    let (rate_limited, was_interrupted) = if plan.to_send == 0 {
-        report_earlier(&mut records, &plan.decisions, &*state, &mut tally);
-        (0, false)
-    } else {
-        let flush = Arc::new(Notify::new());
-        let tracker = {
-            let state = state.clone();
-            let broken = journal_broken.clone();
-            let flush = flush.clone();
-            let in_flight = usize::from(args.max_in_flight);
-            dub.tracker()
-                .max_in_flight(in_flight)
-                .max_age(Duration::from_secs(args.give_up_after))
-                .capacity(window(in_flight) * 2)
-                .on_outcome(move |o| {
-                    let (mark, error) = match &o.outcome {
-                        Outcome::Delivered(_) => (Mark::Delivered, None),
-                        Outcome::Failed(e) => (Mark::Failed, Some(error_json::error(e))),
-                        Outcome::Uncertain(e) => (Mark::Uncertain, Some(error_json::error(e))),
-                        _ => return,
-                    };
-                    let Some(key) = &o.key else { return };
-                    if state.finished(key, mark, error.as_ref()).is_err() {
-                        broken.store(true, Ordering::Relaxed);
-                    }
-                    flush.notify_one();
-                })
-                .start()
-        };
-        let tracker = match tracker {
-            Ok(t) => t,
-            Err(e) => {
-                return Err(exit::usage(
-                    e.message().unwrap_or("the sender could not start"),
-                ));
-            }
-        };
-        // Tracker::stop right after start can miss the tracker's task before it first runs (it then
-        // never stops): give it a moment to start.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let flusher = tokio::spawn(flush_batches(state.clone(), flush, journal_broken.clone()));
-
-        let interrupted = Arc::new(Notify::new());
-        let stopping = Arc::new(AtomicBool::new(false));
-        let signals = tokio::spawn(watch_signals(
-            Stop::listen(),
-            interrupted.clone(),
-            stopping.clone(),
-            state.clone(),
-        ));
-
-        let counts = Arc::new(Counts::default());
-        let progress = tokio::spawn(show_progress(
-            counts.clone(),
-            plan.to_send,
-            tracker.clone(),
-            started,
-            stopping.clone(),
-        ));
-
-        deliver(
-            &tracker,
-            &mut records,
-            &plan.decisions,
-            &*state,
-            usize::from(args.max_in_flight),
-            &counts,
-            &interrupted,
-            &stopping,
-            &mut tally,
-        )
-        .await;
-        let was_interrupted = stopping.load(Ordering::Relaxed);
-        let stats = tracker.stop().await;
-        progress.abort();
-        let _ = progress.await;
-        signals.abort();
-        flusher.abort();
-        // Records reported from earlier runs that come after where sending stopped.
-        if plan.earlier_undelivered + plan.interrupted > tally.reported_earlier {
-            report_earlier(&mut records, &plan.decisions, &*state, &mut tally);
-        }
-        (stats.stats.rate_limited, was_interrupted)
-    };
-
-    let delivered = tally.delivered;
-    failed += tally.failed;
-    uncertain += tally.uncertain;
-    // Records never handed over (an interrupted run) are not sent, as are those the tracker
-    // still held when it stopped.
-    let not_sent = plan
-        .to_send
-        .saturating_sub(tally.delivered + tally.failed + tally.uncertain);
-    let mut failures = tally.failures;
-    if let Some(e) = &tally.read_error {
-        eprintln!("dub-track: {e}");
-    }
-
-    // Everything this run learnt, on disk before it says it is done.
-    if let Err(e) = state.sync() {
-        eprintln!("dub-track: cannot write the state file: {e}");
-        journal_broken.store(true, Ordering::Relaxed);
-    }
-
     failures.sort_by_key(|f| f.order);
     if let Some(path) = &args.failed {
         let records: Vec<Value> = failures.iter().map(Failure::line).collect();
@@ -500,9 +385,6 @@ pub async fn run(args: SendArgs) -> Result<Status, CliError> {
                 failures.len() - FAILURES_LISTED
             );
         }
-    }
-    if journal_broken.load(Ordering::Relaxed) {
-        eprintln!("dub-track: the state file could not be written: a rerun may send records again");
     }
     if earlier_undelivered > 0 {
         eprintln!(
@@ -556,14 +438,13 @@ impl Failure {
     }
 }
 
-/// What the second pass found: this run's ends, and the failures to report.
+/// What the second pass found: the outcome of each record handed over, and the failures to
+/// report.
 #[derive(Default)]
 struct Tally {
     delivered: u64,
     failed: u64,
     uncertain: u64,
-    /// Failed and uncertain records of earlier runs reported so far.
-    reported_earlier: u64,
     failures: Vec<Failure>,
     /// Why the second pass stopped before the end of the inputs, if it did.
     read_error: Option<ReadError>,
@@ -571,8 +452,6 @@ struct Tally {
 
 /// What is kept of a record while it is being sent: enough to report it.
 struct Sent {
-    key: String,
-    deduplicated: bool,
     order: (usize, u64),
     file: String,
     line: u64,
@@ -582,9 +461,7 @@ struct Sent {
 impl Sent {
     fn of(record: Record) -> Sent {
         Sent {
-            deduplicated: record.event.is_deduplicated(),
             order: (record.file_index, record.line),
-            key: record.key,
             file: record.file,
             line: record.line,
             raw: record.raw,
@@ -602,63 +479,15 @@ impl Sent {
     }
 }
 
-fn failure(record: Record, error: Value) -> Failure {
-    Sent::of(record).failure(error)
-}
+/// What became of a hand-over: the record's outcome, or why it could not be handed over.
+type Handed = (Sent, Result<Outcome, HandOverError>);
 
-/// The failure an earlier run left for a record planned `decision`, if any.
-fn earlier_failure(decision: Decision, record: Record, state: &dyn StateStore) -> Option<Failure> {
-    match decision {
-        Decision::Earlier => {
-            let error = state
-                .prior(&record.key)
-                .and_then(|p| p.error)
-                .unwrap_or(Value::Null);
-            Some(failure(record, error))
-        }
-        Decision::Interrupted => Some(failure(record, interrupted_error())),
-        Decision::Send | Decision::Done => None,
-    }
-}
-
-/// Reads the rest of the records, sending none, to report those earlier runs left failed or
-/// uncertain.
-fn report_earlier(
-    records: &mut Reread<'_>,
-    decisions: &[Decision],
-    state: &dyn StateStore,
-    tally: &mut Tally,
-) {
-    if tally.read_error.is_some() {
-        return;
-    }
-    for next in records {
-        match next {
-            Ok((index, record)) => {
-                if let Some(f) = earlier_failure(decisions[index], record, state) {
-                    tally.reported_earlier += 1;
-                    tally.failures.push(f);
-                }
-            }
-            Err(e) => {
-                tally.read_error = Some(e);
-                return;
-            }
-        }
-    }
-}
-
-/// Hands the records planned for sending over in order as the second pass reads them, keeping
-/// at most a window of them undelivered, and counts each one's end in `tally`.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one call site; a struct would only rename the arguments"
-)]
+/// Hands the records over in order as the second pass reads them, keeping at most a window of
+/// them unanswered, and counts each one's outcome in `tally`. A record the state file already
+/// settled is answered at once from the file.
 async fn deliver(
     tracker: &Tracker,
     records: &mut Reread<'_>,
-    decisions: &[Decision],
-    state: &dyn StateStore,
     max_in_flight: usize,
     counts: &Arc<Counts>,
     interrupted: &Notify,
@@ -666,31 +495,59 @@ async fn deliver(
     tally: &mut Tally,
 ) {
     let window = window(max_in_flight);
-    let mut pending: JoinSet<(Sent, Outcome)> = JoinSet::new();
-    let settle = |(sent, outcome): (Sent, Outcome), tally: &mut Tally| match outcome {
-        Outcome::Delivered(_) => {
+    let mut pending: JoinSet<Handed> = JoinSet::new();
+    // Whether a hand-over was refused: then nothing more is handed over.
+    let mut refused = false;
+    let mut settle = |(sent, result): Handed, tally: &mut Tally| match result {
+        Ok(Outcome::Delivered(_)) => {
             counts.delivered.fetch_add(1, Ordering::Relaxed);
             tally.delivered += 1;
         }
-        Outcome::Failed(e) => {
+        Ok(Outcome::Failed(e)) => {
             counts.failed.fetch_add(1, Ordering::Relaxed);
             tally.failed += 1;
             tally.failures.push(sent.failure(error_json::error(&e)));
         }
-        Outcome::Uncertain(e) => {
+        Ok(Outcome::Uncertain(e)) => {
             counts.uncertain.fetch_add(1, Ordering::Relaxed);
             tally.uncertain += 1;
             tally.failures.push(sent.failure(error_json::error(&e)));
         }
-        // Stopped before its turn: never attempted, so not uncertain either.
-        _ => release(state, &sent),
+        // Stopped before its turn: it stays in the state file, for the next run.
+        Ok(_) => {}
+        Err(e) => match e.validation() {
+            Some(v) => {
+                counts.failed.fetch_add(1, Ordering::Relaxed);
+                tally.failed += 1;
+                tally.failures.push(sent.failure(error_json::error(v)));
+            }
+            None => {
+                if !refused {
+                    eprintln!("dub-track: {}:{}: {e}", sent.file, sent.line);
+                }
+                refused = true;
+                stopping.store(true, Ordering::Relaxed);
+            }
+        },
     };
 
-    'records: loop {
+    loop {
         if stopping.load(Ordering::Relaxed) {
             break;
         }
-        let (index, record) = match records.next() {
+        while pending.len() >= window {
+            tokio::select! {
+                Some(Ok(handed)) = pending.join_next() => settle(handed, tally),
+                () = interrupted.notified() => {}
+            }
+            if stopping.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+        if stopping.load(Ordering::Relaxed) {
+            break;
+        }
+        let (_, record) = match records.next() {
             None => break,
             Some(Ok(next)) => next,
             Some(Err(e)) => {
@@ -698,80 +555,21 @@ async fn deliver(
                 break;
             }
         };
-        if decisions[index] != Decision::Send {
-            if let Some(f) = earlier_failure(decisions[index], record, state) {
-                tally.reported_earlier += 1;
-                tally.failures.push(f);
-            }
-            continue;
-        }
-        // An unsafe record's "started" line is written just before its hand-over; handing it
-        // over only when a slot is nearly free keeps "started" close to "sent", so that an
-        // interruption leaves few such records uncertain that were never sent.
-        let room = if record.event.is_deduplicated() {
-            window
-        } else {
-            max_in_flight
-        };
-        loop {
-            if stopping.load(Ordering::Relaxed) {
-                break 'records;
-            }
-            if pending.len() < room {
-                break;
-            }
-            tokio::select! {
-                Some(Ok(result)) = pending.join_next() => settle(result, tally),
-                () = interrupted.notified() => {}
-            }
-        }
-        if !record.event.is_deduplicated() {
-            let key = record.key.clone();
-            if let Err(e) = tokio::task::block_in_place(|| state.started(&key)) {
-                eprintln!(
-                    "dub-track: cannot write the state file ({e}): stopping, since {}:{} could \
-                     not be sent safely",
-                    record.file, record.line
-                );
-                stopping.store(true, Ordering::Relaxed);
-                break;
-            }
-        }
-        let event = record.event.clone();
+        // Handed over without waiting for the commit: the spool commits whatever has arrived
+        // meanwhile in one transaction.
+        let hand_over = tracker.send_with_key(record.key.clone(), record.event.clone());
         let sent = Sent::of(record);
-        loop {
-            match tracker.send_with_key(sent.key.clone(), event.clone()).await {
-                Ok(receipt) => {
-                    pending.spawn(async move { (sent, receipt.await) });
-                    break;
-                }
-                Err(e) if e.kind() == HandOverErrorKind::Full && !pending.is_empty() => {
-                    tokio::select! {
-                        Some(Ok(result)) = pending.join_next() => settle(result, tally),
-                        () = interrupted.notified() => {}
-                    }
-                    if stopping.load(Ordering::Relaxed) {
-                        release(state, &sent);
-                        break 'records;
-                    }
-                }
-                Err(e) => {
-                    match e.validation() {
-                        Some(v) => settle((sent, Outcome::Failed(v.clone())), tally),
-                        None => {
-                            eprintln!("dub-track: {}:{}: {e}", sent.file, sent.line);
-                            release(state, &sent);
-                            break 'records;
-                        }
-                    }
-                    break;
-                }
-            }
-        }
+        pending.spawn(async move {
+            let result = match hand_over.await {
+                Ok(receipt) => Ok(receipt.await),
+                Err(e) => Err(e),
+            };
+            (sent, result)
+        });
     }
     // What was handed over ends delivered, failed or uncertain. After Ctrl-C (before or during
     // this wait) the tracker stops once the attempts in flight are answered, and the records it
-    // still holds resolve as not delivered: they stay unjournaled, for the next run.
+    // still holds stay in the state file, for the next run.
     let mut stopped = false;
     loop {
         if !stopped && stopping.load(Ordering::Relaxed) {
@@ -780,7 +578,7 @@ async fn deliver(
         }
         tokio::select! {
             next = pending.join_next() => match next {
-                Some(Ok(result)) => settle(result, tally),
+                Some(Ok(handed)) => settle(handed, tally),
                 Some(Err(_)) => {}
                 None => break,
             },
@@ -788,45 +586,15 @@ async fn deliver(
         }
     }
 }
-
-/// Takes back the "started" mark of an unsafe record that was not sent after all, so that the
-/// next run sends it instead of reporting it uncertain.
-fn release(state: &dyn StateStore, sent: &Sent) {
-    if !sent.deduplicated
-        && let Err(e) = state.released(&sent.key)
-    {
-        eprintln!("dub-track: cannot write the state file: {e}");
-    }
-}
-
-/// Makes the journal durable after each batch of outcomes: a wake-up that arrives during a
-/// fsync is served by the next one, so the fsyncs never queue up behind deliveries.
-async fn flush_batches(state: Arc<dyn StateStore>, flush: Arc<Notify>, broken: Arc<AtomicBool>) {
-    loop {
-        flush.notified().await;
-        let state = state.clone();
-        let synced = tokio::task::spawn_blocking(move || state.sync()).await;
-        if !matches!(synced, Ok(Ok(()))) {
-            broken.store(true, Ordering::Relaxed);
-        }
-    }
-}
-
 /// First Ctrl-C or SIGTERM: stop handing records over and let the attempts in flight finish.
-/// Second: leave at once, with the journal made durable.
-async fn watch_signals(
-    mut stop: Stop,
-    interrupted: Arc<Notify>,
-    stopping: Arc<AtomicBool>,
-    state: Arc<dyn StateStore>,
-) {
+/// Second: leave at once (the state file holds everything handed over).
+async fn watch_signals(mut stop: Stop, interrupted: Arc<Notify>, stopping: Arc<AtomicBool>) {
     stop.next().await;
     stopping.store(true, Ordering::Relaxed);
     interrupted.notify_waiters();
     interrupted.notify_one();
     eprintln!("\ndub-track: stopping after the requests in flight (Ctrl-C again to quit at once)");
     stop.next().await;
-    let _ = state.sync();
     eprintln!("dub-track: quit; run the same command again to send the rest");
     std::process::exit(i32::from(Status::Interrupted.code()));
 }
