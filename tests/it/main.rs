@@ -19,5 +19,6 @@ mod schemars;
 mod spec_constraints;
 mod spec_coverage;
 mod spool;
+mod spool_edges;
 mod tracker;
 mod wire;
