@@ -10,6 +10,7 @@ mod errors;
 mod hardening;
 mod hostile;
 mod mock_server;
+mod outbox;
 mod properties;
 mod rate_limits;
 mod reliability;
