@@ -357,15 +357,21 @@ impl Core {
     /// either queued before (then delivered or in the report) or refused.
     fn stop_taking(&self) {
         self.accepting.store(false, Ordering::Release);
+        #[allow(irrefutable_let_patterns)] // without the `spool` feature memory is the only store
         if let Store::Memory(queue) = &self.store {
             queue.close();
         }
     }
 
     fn stats(&self) -> Stats {
-        let (queued, in_flight, oldest) = self.store.counts();
+        let (counts, store_error) = match self.store.counts() {
+            Ok(counts) => (counts, None),
+            Err(e) => ((0, 0, None), Some(e)),
+        };
+        let (queued, in_flight, oldest) = counts;
         let now = crate::clock::now_ms();
         Stats {
+            store_error,
             queued,
             in_flight,
             delivered: self.counters.delivered.load(Ordering::Relaxed),

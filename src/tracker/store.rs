@@ -100,10 +100,10 @@ impl Store {
         }
     }
 
-    /// (queued, in flight, creation time of the oldest).
-    pub(crate) fn counts(&self) -> (u64, u64, Option<u64>) {
+    /// (queued, in flight, creation time of the oldest), or why they cannot be known.
+    pub(crate) fn counts(&self) -> Result<(u64, u64, Option<u64>), String> {
         match self {
-            Store::Memory(q) => q.counts(),
+            Store::Memory(q) => Ok(q.counts()),
             #[cfg(feature = "spool")]
             Store::Spool(s) => s.counts(),
         }
