@@ -3,25 +3,25 @@
 //! done. In three steps: planning (read and check every record, check the state file), sending
 //! (hand each record over under its identity), and the summary.
 
-use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use dub::tracker::{HandOverError, Outcome, Tracker};
+use dub::tracker::Tracker;
 use serde_json::{Map, Value};
-use tokio::sync::Notify;
-use tokio::task::JoinSet;
 
-use crate::exit::{self, CliError, Status};
+mod plan;
+mod sending;
+
+use plan::Plan;
+
+use crate::Connection;
+use crate::exit::{CliError, Status};
 use crate::failed_file;
-use crate::input::{self, ERROR_FIELD, Entry, Format, Inputs, ReadError, Record, Reread, Rules};
-use crate::signals::Stop;
-use crate::state_file;
-use crate::{Connection, error_json};
+use crate::input::{ERROR_FIELD, Format};
 
 /// How often progress lines are printed when standard error is not a terminal.
 const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -134,216 +134,38 @@ struct Counts {
     uncertain: AtomicU64,
 }
 
-/// Whether the state file was written for other inputs than these: then says so, and refuses
-/// when records Dub does not deduplicate would be sent on its word (records the file does not
-/// know, which another state file may have sent).
-async fn check_state_inputs(
-    known: &BTreeSet<String>,
-    state_path: &Path,
-    inputs: &Inputs,
-    entries: &[Entry],
-    tracker: &Tracker,
-    adopt: bool,
-) -> Result<(), String> {
-    let ours: Vec<&String> = inputs.files.iter().map(|f| &f.identity).collect();
-    if known.is_empty() || ours.iter().any(|i| known.contains(*i)) {
-        return Ok(());
-    }
-    let written_for = known.iter().cloned().collect::<Vec<_>>().join(", ");
-    eprintln!(
-        "dub-track: the state file {} was written for {written_for}, not for {}: records are \
-         matched by their content, so those it holds are not sent again",
-        state_path.display(),
-        ours.iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    if adopt {
-        return Ok(());
-    }
-    let mut unknown_unsafe = 0u64;
-    let mut key = String::new();
-    for entry in entries.iter().filter(|e| !e.deduplicated) {
-        use std::fmt::Write as _;
-        key.clear();
-        let _ = write!(key, "{}", entry.key());
-        let known = tokio::task::block_in_place(|| tracker.knows_key(&key));
-        if !known.map_err(|e| e.to_string())? {
-            unknown_unsafe += 1;
-        }
-    }
-    if unknown_unsafe > 0 {
-        let n = unknown_unsafe;
-        return Err(format!(
-            "nothing sent: {n} record{} Dub does not deduplicate {} not in this state file; if \
-             {} already sent with another state file, sending {} again would record {} twice. \
-             Pass the state file written for these inputs with --state, or --adopt-state if \
-             this one is theirs (after renaming the files, say)",
-            if n == 1 { "" } else { "s" },
-            if n == 1 { "is" } else { "are" },
-            if n == 1 { "it was" } else { "they were" },
-            if n == 1 { "it" } else { "them" },
-            if n == 1 { "it" } else { "them" },
-        ));
-    }
-    Ok(())
-}
-
-/// Runs `dub-track send`.
+/// Runs `dub-track send`: planning, sending, the summary.
 pub async fn run(args: SendArgs) -> Result<Status, CliError> {
     let started = Instant::now();
-    let rules = Rules {
-        allow_unsafe: args.allow_unsafe,
-    };
-    let inputs = Inputs::open(&args.files, args.format, rules).map_err(exit::usage)?;
-    // The first pass: every record checked, only its identity kept.
-    let mut invalid = 0u64;
-    let mut failures: Vec<Failure> = Vec::new();
-    let entries = inputs.scan(|p| {
-        eprintln!("{p}");
-        invalid += 1;
-        if args.skip_invalid {
-            failures.push(Failure {
-                order: (p.file_index, p.line),
-                error: error_json::invalid(&p.field, &p.rule),
-                file: p.file,
-                line: p.line,
-                raw: p.raw.unwrap_or_default(),
-            });
-        }
-    });
-    let entries = entries.map_err(exit::usage)?;
-    if invalid > 0 && !args.skip_invalid {
-        return Err(exit::usage(format!(
-            "nothing sent: {invalid} invalid record{} (fix {}, or pass --skip-invalid to send \
-             the rest)",
-            if invalid == 1 { "" } else { "s" },
-            if invalid == 1 { "it" } else { "them" },
-        )));
-    }
+    let plan = plan::plan(&args).await?;
+    let sent = sending::send(&plan, usize::from(args.max_in_flight), started).await;
+    Ok(summary(&args, plan, sent, started))
+}
 
-    let mut builder = args.connection.builder().map_err(exit::usage)?;
-    if let Some(n) = args.rate_limit {
-        builder = builder.rate_limit(dub::RateLimit::per_minute(n));
-    }
-    let dub = builder
-        .build()
-        .map_err(|e| exit::usage(crate::config_error(&e)))?;
-
-    if let Some(path) = &args.failed
-        && let Err(e) = failed_file::check(path)
-    {
-        return Err(exit::usage(format!(
-            "nothing sent: cannot write the failed file {}: {e}",
-            path.display()
-        )));
-    }
-
-    let state_path = args
-        .state
-        .clone()
-        .or_else(|| input::default_state_path(&args.files[0]));
-    if let Some(path) = &state_path {
-        state_file::check_format(path).map_err(exit::usage)?;
-    } else {
-        eprintln!(
-            "dub-track: no --state for standard input: this run cannot be resumed, and a rerun \
-             sends everything again"
-        );
-    }
-
-    // The state is the tracker's spool: a record's key is on disk before it is sent, claimed
-    // right before each attempt, and kept with its outcome, so a rerun (or another process on
-    // the same file) answers from the file instead of sending again; a record Dub does not
-    // deduplicate that was in flight at a crash ends uncertain, never resent.
-    let in_flight = usize::from(args.max_in_flight);
-    let mut tracker = dub
-        .tracker()
-        .max_in_flight(in_flight)
-        .max_age(Duration::from_secs(args.give_up_after));
-    tracker = match &state_path {
-        // Undelivered rows of earlier runs and of other processes count against the capacity:
-        // the window below is what bounds this run's hand-overs.
-        Some(path) => tracker.spool(path).capacity(usize::MAX >> 1),
-        None => tracker.capacity(window(in_flight) * 2),
-    };
-    let tracker = tracker.start().map_err(|e| {
-        exit::usage(format!(
-            "the state file{}: {}",
-            state_path
-                .as_deref()
-                .map_or_else(String::new, |p| format!(" {}", p.display())),
-            e.message().unwrap_or("the sender could not start")
-        ))
-    })?;
-    if let Some(path) = &state_path {
-        let checked = async {
-            let table = state_file::Inputs::open(path)?;
-            let known = table.known()?;
-            check_state_inputs(&known, path, &inputs, &entries, &tracker, args.adopt_state).await?;
-            let identities: Vec<String> = inputs.files.iter().map(|f| f.identity.clone()).collect();
-            table.add(&identities)
-        }
-        .await;
-        if let Err(refusal) = checked {
-            tracker.stop().await;
-            return Err(exit::usage(refusal));
-        }
-    }
-
-    // The second pass: the records again, handed over as they are read.
-    let mut records = inputs.reread(&entries);
-    let mut tally = Tally {
-        failures,
-        ..Tally::default()
-    };
-    let interrupted = Arc::new(Notify::new());
-    let stopping = Arc::new(AtomicBool::new(false));
-    let signals = tokio::spawn(watch_signals(
-        Stop::listen(),
-        interrupted.clone(),
-        stopping.clone(),
-    ));
-    let counts = Arc::new(Counts::default());
-    let progress = tokio::spawn(show_progress(
-        counts.clone(),
-        entries.len() as u64,
-        tracker.clone(),
-        started,
-        stopping.clone(),
-    ));
-    deliver(
-        &tracker,
-        &mut records,
-        in_flight,
-        &counts,
-        &interrupted,
-        &stopping,
-        &mut tally,
-    )
-    .await;
-    let was_interrupted = stopping.load(Ordering::Relaxed);
-    let report = tracker.stop().await;
-    progress.abort();
-    let _ = progress.await;
-    signals.abort();
-    let rate_limited = report.stats.rate_limited;
-
+/// Says what became of the records: the failures (to the --failed file, or the first of them
+/// on standard error), then the summary line; returns how the run ends.
+fn summary(args: &SendArgs, plan: Plan, done: sending::Done, started: Instant) -> Status {
+    let sending::Done {
+        tally,
+        stats,
+        was_interrupted,
+    } = done;
     // What this process settled is in the tracker's counts; what the receipts answered beyond
     // that was settled before (an earlier run) or elsewhere (another process on the file).
-    let ours = report.stats.delivered + report.stats.failed + report.stats.uncertain;
+    let ours = stats.delivered + stats.failed + stats.uncertain;
     let answered = tally.delivered + tally.failed + tally.uncertain;
-    let delivered = report.stats.delivered;
-    let failed = invalid + report.stats.failed;
-    let uncertain = report.stats.uncertain;
+    let delivered = stats.delivered;
+    let failed = plan.invalid + stats.failed;
+    let uncertain = stats.uncertain;
     let skipped = answered.saturating_sub(ours);
-    let earlier_undelivered = (tally.failed + tally.uncertain)
-        .saturating_sub(report.stats.failed + report.stats.uncertain);
+    let earlier_undelivered =
+        (tally.failed + tally.uncertain).saturating_sub(stats.failed + stats.uncertain);
     // Records never handed over (an interrupted run) are not sent, as are those the tracker
     // still held when it stopped.
-    let not_sent = (entries.len() as u64).saturating_sub(answered);
-    let mut failures = tally.failures;
+    let not_sent = (plan.entries.len() as u64).saturating_sub(answered);
+    let rate_limited = stats.rate_limited;
+    let mut failures = plan.failures;
+    failures.extend(tally.failures);
     if let Some(e) = &tally.read_error {
         eprintln!("dub-track: {e}");
     }
@@ -352,7 +174,7 @@ pub async fn run(args: SendArgs) -> Result<Status, CliError> {
             "dub-track: {skipped} record{} done in an earlier run or by another process (state: \
              {})",
             if skipped == 1 { "" } else { "s" },
-            state_path
+            plan.state_path
                 .as_deref()
                 .map_or_else(|| "-".into(), |p| p.display().to_string())
         );
@@ -413,20 +235,13 @@ pub async fn run(args: SendArgs) -> Result<Status, CliError> {
         started.elapsed().as_secs_f64()
     );
     let _ = std::io::stdout().flush();
-    Ok(if was_interrupted && not_sent > 0 {
+    if was_interrupted && not_sent > 0 {
         Status::Interrupted
     } else if failed + uncertain + earlier_undelivered + not_sent > 0 {
         Status::Failed
     } else {
         Status::Ok
-    })
-}
-
-/// How many records are handed to the tracker ahead of their turn: enough to keep every slot
-/// busy while some customers wait on their earlier events, few enough that the queue stays
-/// small.
-fn window(max_in_flight: usize) -> usize {
-    (max_in_flight * 4).max(16)
+    }
 }
 
 impl Failure {
@@ -436,167 +251,6 @@ impl Failure {
         record.insert(ERROR_FIELD.into(), self.error.clone());
         Value::Object(record)
     }
-}
-
-/// What the second pass found: the outcome of each record handed over, and the failures to
-/// report.
-#[derive(Default)]
-struct Tally {
-    delivered: u64,
-    failed: u64,
-    uncertain: u64,
-    failures: Vec<Failure>,
-    /// Why the second pass stopped before the end of the inputs, if it did.
-    read_error: Option<ReadError>,
-}
-
-/// What is kept of a record while it is being sent: enough to report it.
-struct Sent {
-    order: (usize, u64),
-    file: String,
-    line: u64,
-    raw: Map<String, Value>,
-}
-
-impl Sent {
-    fn of(record: Record) -> Sent {
-        Sent {
-            order: (record.file_index, record.line),
-            file: record.file,
-            line: record.line,
-            raw: record.raw,
-        }
-    }
-
-    fn failure(self, error: Value) -> Failure {
-        Failure {
-            order: self.order,
-            file: self.file,
-            line: self.line,
-            raw: self.raw,
-            error,
-        }
-    }
-}
-
-/// What became of a hand-over: the record's outcome, or why it could not be handed over.
-type Handed = (Sent, Result<Outcome, HandOverError>);
-
-/// Hands the records over in order as the second pass reads them, keeping at most a window of
-/// them unanswered, and counts each one's outcome in `tally`. A record the state file already
-/// settled is answered at once from the file.
-async fn deliver(
-    tracker: &Tracker,
-    records: &mut Reread<'_>,
-    max_in_flight: usize,
-    counts: &Arc<Counts>,
-    interrupted: &Notify,
-    stopping: &AtomicBool,
-    tally: &mut Tally,
-) {
-    let window = window(max_in_flight);
-    let mut pending: JoinSet<Handed> = JoinSet::new();
-    // Whether a hand-over was refused: then nothing more is handed over.
-    let mut refused = false;
-    let mut settle = |(sent, result): Handed, tally: &mut Tally| match result {
-        Ok(Outcome::Delivered(_)) => {
-            counts.delivered.fetch_add(1, Ordering::Relaxed);
-            tally.delivered += 1;
-        }
-        Ok(Outcome::Failed(e)) => {
-            counts.failed.fetch_add(1, Ordering::Relaxed);
-            tally.failed += 1;
-            tally.failures.push(sent.failure(error_json::error(&e)));
-        }
-        Ok(Outcome::Uncertain(e)) => {
-            counts.uncertain.fetch_add(1, Ordering::Relaxed);
-            tally.uncertain += 1;
-            tally.failures.push(sent.failure(error_json::error(&e)));
-        }
-        // Stopped before its turn: it stays in the state file, for the next run.
-        Ok(_) => {}
-        Err(e) => match e.validation() {
-            Some(v) => {
-                counts.failed.fetch_add(1, Ordering::Relaxed);
-                tally.failed += 1;
-                tally.failures.push(sent.failure(error_json::error(v)));
-            }
-            None => {
-                if !refused {
-                    eprintln!("dub-track: {}:{}: {e}", sent.file, sent.line);
-                }
-                refused = true;
-                stopping.store(true, Ordering::Relaxed);
-            }
-        },
-    };
-
-    loop {
-        if stopping.load(Ordering::Relaxed) {
-            break;
-        }
-        while pending.len() >= window {
-            tokio::select! {
-                Some(Ok(handed)) = pending.join_next() => settle(handed, tally),
-                () = interrupted.notified() => {}
-            }
-            if stopping.load(Ordering::Relaxed) {
-                break;
-            }
-        }
-        if stopping.load(Ordering::Relaxed) {
-            break;
-        }
-        let (_, record) = match records.next() {
-            None => break,
-            Some(Ok(next)) => next,
-            Some(Err(e)) => {
-                tally.read_error = Some(e);
-                break;
-            }
-        };
-        // Handed over without waiting for the commit: the spool commits whatever has arrived
-        // meanwhile in one transaction.
-        let hand_over = tracker.send_with_key(record.key.clone(), record.event.clone());
-        let sent = Sent::of(record);
-        pending.spawn(async move {
-            let result = match hand_over.await {
-                Ok(receipt) => Ok(receipt.await),
-                Err(e) => Err(e),
-            };
-            (sent, result)
-        });
-    }
-    // What was handed over ends delivered, failed or uncertain. After Ctrl-C (before or during
-    // this wait) the tracker stops once the attempts in flight are answered, and the records it
-    // still holds stay in the state file, for the next run.
-    let mut stopped = false;
-    loop {
-        if !stopped && stopping.load(Ordering::Relaxed) {
-            stopped = true;
-            let _ = tracker.clone().stop().await;
-        }
-        tokio::select! {
-            next = pending.join_next() => match next {
-                Some(Ok(handed)) => settle(handed, tally),
-                Some(Err(_)) => {}
-                None => break,
-            },
-            () = interrupted.notified(), if !stopped => {}
-        }
-    }
-}
-/// First Ctrl-C or SIGTERM: stop handing records over and let the attempts in flight finish.
-/// Second: leave at once (the state file holds everything handed over).
-async fn watch_signals(mut stop: Stop, interrupted: Arc<Notify>, stopping: Arc<AtomicBool>) {
-    stop.next().await;
-    stopping.store(true, Ordering::Relaxed);
-    interrupted.notify_waiters();
-    interrupted.notify_one();
-    eprintln!("\ndub-track: stopping after the requests in flight (Ctrl-C again to quit at once)");
-    stop.next().await;
-    eprintln!("dub-track: quit; run the same command again to send the rest");
-    std::process::exit(i32::from(Status::Interrupted.code()));
 }
 
 /// A bar when standard error is a terminal; a plain line every few seconds when it is not.
