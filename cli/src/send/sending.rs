@@ -57,7 +57,7 @@ pub(super) async fn send(plan: &Plan, in_flight: usize, started: Instant) -> Don
         &mut tally,
     )
     .await;
-    let was_interrupted = stopping.load(Ordering::Relaxed);
+    let was_interrupted = stopping.load(Ordering::Relaxed) && !tally.refused;
     let report = tracker.clone().stop().await;
     progress.abort();
     let _ = progress.await;
@@ -79,6 +79,9 @@ pub(super) struct Tally {
     pub failures: Vec<Failure>,
     /// Why the second pass stopped before the end of the inputs, if it did.
     pub read_error: Option<ReadError>,
+    /// A hand-over was refused (the state file cannot be written, say): nothing more was handed
+    /// over. Not an interruption: the run does not end 130.
+    pub refused: bool,
 }
 
 /// What is kept of a record while it is being sent: enough to report it.
@@ -127,9 +130,7 @@ async fn deliver(
 ) {
     let window = window(max_in_flight);
     let mut pending: JoinSet<Handed> = JoinSet::new();
-    // Whether a hand-over was refused: then nothing more is handed over.
-    let mut refused = false;
-    let mut settle = |(sent, result): Handed, tally: &mut Tally| match result {
+    let settle = |(sent, result): Handed, tally: &mut Tally| match result {
         Ok(Outcome::Delivered(_)) => {
             counts.delivered.fetch_add(1, Ordering::Relaxed);
             tally.delivered += 1;
@@ -153,10 +154,10 @@ async fn deliver(
                 tally.failures.push(sent.failure(error_json::error(v)));
             }
             None => {
-                if !refused {
+                if !tally.refused {
                     eprintln!("dub-track: {}:{}: {e}", sent.file, sent.line);
                 }
-                refused = true;
+                tally.refused = true;
                 stopping.store(true, Ordering::Relaxed);
             }
         },
