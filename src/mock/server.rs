@@ -2,6 +2,7 @@
 //! socket itself (resets, truncated bodies, header text hyper refuses to send).
 
 use super::Shared;
+use super::control;
 use super::fault::Fault;
 use super::records::ReceivedRequest;
 use super::reply::Reply;
@@ -131,6 +132,13 @@ async fn respond(
     shutdown: watch::Receiver<bool>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
+    if parts.uri.path().starts_with(control::PREFIX) {
+        let mut reply = control::answer(parts.method.as_str(), parts.uri.path(), &shared);
+        reply.finish();
+        if let Some(response) = to_response(&reply) {
+            return Ok(response);
+        }
+    }
     let body = read_body(&parts.headers, body).await;
     let request = ReceivedRequest {
         method: parts.method.as_str().to_owned(),
@@ -153,6 +161,7 @@ async fn respond(
         .map(lossy)
         .collect();
     let (fault, index) = shared.arrive(request.clone());
+    let faulted = fault.is_some();
     let log = shared.clone();
     // Processing runs in its own task so that a client hanging up (say, on a timeout during
     // Fault::Delay) does not cancel it: like a real server, the mock finishes the work.
@@ -178,7 +187,7 @@ async fn respond(
     let takeover_now = match outcome {
         Outcome::Respond(reply) => match to_response(&reply) {
             Some(response) => {
-                log.answered(index, reply.status);
+                log.answered(index, reply.status, faulted);
                 return Ok(response);
             }
             None => Takeover::Write(raw(&reply, reply.body.len())),

@@ -1257,3 +1257,73 @@ async fn metadata_nested_deeper_than_serde_jsons_default_is_accepted_as_on_dub()
         .unwrap();
     assert_eq!(response.status(), 400);
 }
+
+#[tokio::test]
+async fn history_keeps_the_last_requests_and_events_and_counts_them_all() {
+    let dub = MockDub::builder().history(3).start().await.unwrap();
+    for i in 0..5 {
+        let response = post(&dub, "/track/lead", &lead(&format!("u{i}"), "Sign up")).await;
+        assert_eq!(response.status(), 200);
+    }
+    dub.push_fault(Fault::Status(503));
+    assert_eq!(
+        post(&dub, "/track/lead", &lead("u9", "x")).await.status(),
+        503
+    );
+
+    // The last three requests and leads are kept; all are counted.
+    let kept = dub.requests();
+    assert_eq!(kept.len(), 3);
+    assert_eq!(kept[2].status, Some(503));
+    assert_eq!(dub.request_count(), 6);
+    let leads = dub.leads();
+    assert_eq!(leads.len(), 3);
+    assert_eq!(leads[2].customer_external_id, "u4");
+    let stats = dub.stats();
+    assert_eq!((stats.requests, stats.requests_kept), (6, 3));
+    assert_eq!((stats.leads, stats.sales, stats.faults), (5, 0, 1));
+    assert_eq!(stats.statuses.get(&200), Some(&5));
+    assert_eq!(stats.statuses.get(&503), Some(&1));
+
+    // The same over HTTP, for clients in other languages; these requests are not counted.
+    let http = http();
+    let get = |path: &str| http.get(format!("{}{path}", dub.url())).send();
+    let body: Value = get("/__mock/stats").await.unwrap().json().await.unwrap();
+    assert_eq!(body["requests"], 6);
+    assert_eq!(body["requestsKept"], 3);
+    assert_eq!(body["statuses"]["200"], 5);
+    assert_eq!(body["leads"], 5);
+    let body: Value = get("/__mock/requests").await.unwrap().json().await.unwrap();
+    let listed = body["requests"].as_array().unwrap();
+    let numbers: Vec<_> = listed.iter().map(|r| r["n"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, [3, 4, 5]);
+    assert_eq!(listed[0]["path"], "/track/lead");
+    assert_eq!(listed[0]["body"]["customerExternalId"], "u3");
+    assert_eq!(listed[2]["status"], 503);
+    assert!(listed[2]["fault"].as_str().unwrap().contains("503"));
+    assert_eq!(dub.request_count(), 6, "/__mock/ requests are not counted");
+
+    let cleared = http
+        .delete(format!("{}/__mock/requests", dub.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cleared.status(), 200);
+    assert_eq!(dub.request_count(), 0);
+    assert!(dub.requests().is_empty());
+    assert_eq!(dub.stats().statuses.len(), 0);
+    assert_eq!(dub.leads().len(), 3, "recorded events stay");
+    assert_eq!(get("/__mock/nothing").await.unwrap().status(), 404);
+    let wrong = http
+        .post(format!("{}/__mock/stats", dub.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 405);
+
+    // A request counted after the clear is numbered on.
+    post(&dub, "/track/lead", &lead("u5", "Sign up")).await;
+    let body: Value = get("/__mock/requests").await.unwrap().json().await.unwrap();
+    assert_eq!(body["requests"][0]["n"], 6);
+    assert_eq!(dub.request_count(), 1);
+}
