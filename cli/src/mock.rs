@@ -54,6 +54,10 @@ pub struct MockArgs {
     /// ones are only counted)
     #[arg(long, value_name = "N", default_value_t = 1000)]
     history: usize,
+    /// Close a connection that has been silent this long while none of its requests is being
+    /// handled (a client that connected and stalled, or an idle keep-alive connection)
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout: u64,
 }
 
 /// Runs `dub-track mock` until Ctrl-C (or SIGTERM).
@@ -88,7 +92,8 @@ pub async fn run(args: MockArgs) -> u8 {
 async fn start(args: &MockArgs) -> std::io::Result<MockDub> {
     let mut builder = MockDub::builder()
         .port(args.port.unwrap_or(0))
-        .history(args.history);
+        .history(args.history)
+        .idle_timeout(Duration::from_secs(args.idle_timeout));
     if let Some(n) = args.rate_limit {
         builder = builder.rate_limit(u64::from(n));
     }

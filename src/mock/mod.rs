@@ -60,6 +60,10 @@
 //!   without it nothing is refused and errors report a limit of 600.
 //! - The lead-then-sale race, opt-in with [`MockDubBuilder::lead_race`]: a sale right after an
 //!   `async` lead gets Dub's 404 "Lead event not found" until the lead's event is written.
+//! - Connections: HTTP/1.1 with keep-alive; a client may shut its side down after sending
+//!   and still gets its answer; a connection silent for 30 s while none of its requests is
+//!   being handled is closed ([`MockDubBuilder::idle_timeout`]), so stalled or forgotten
+//!   clients do not pile up.
 //!
 //! Every click ID is accepted as a click on one mock link, amounts are never converted to USD,
 //! and the error `message`s match Dub's where Dub's source states them.
@@ -185,7 +189,12 @@ impl MockDub {
             shared.lock().faults.set_random(faults);
         }
         let (stop, stopped) = watch::channel(false);
-        let server = tokio::spawn(server::run(listener, shared.clone(), stopped));
+        let server = tokio::spawn(server::run(
+            listener,
+            shared.clone(),
+            stopped,
+            builder.idle_timeout,
+        ));
         Ok(MockDub {
             inner: Arc::new(Inner {
                 shared,
@@ -323,6 +332,7 @@ pub struct MockDubBuilder {
     lead_race: Option<Duration>,
     random_faults: Option<RandomFaults>,
     history: usize,
+    idle_timeout: Duration,
 }
 
 impl Default for MockDubBuilder {
@@ -333,6 +343,7 @@ impl Default for MockDubBuilder {
             lead_race: None,
             random_faults: None,
             history: history::DEFAULT_LIMIT,
+            idle_timeout: server::IDLE_TIMEOUT,
         }
     }
 }
@@ -374,6 +385,15 @@ impl MockDubBuilder {
     /// keeps none.
     pub fn history(mut self, n: usize) -> Self {
         self.history = n;
+        self
+    }
+
+    /// Closes a connection that has sent and received nothing for `timeout` (30 s by default)
+    /// while no request of it is being handled: a client that connects and stays silent, stops
+    /// half-way through its headers or body, or keeps an idle connection alive. Measured in real
+    /// time, not on Tokio's clock, so that a test on a paused clock keeps its connections.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
         self
     }
 

@@ -1327,3 +1327,94 @@ async fn history_keeps_the_last_requests_and_events_and_counts_them_all() {
     assert_eq!(body["requests"][0]["n"], 6);
     assert_eq!(dub.request_count(), 1);
 }
+
+/// Reads until the server closes the connection (or `limit` passes); what it sent.
+async fn read_until_closed(socket: &mut tokio::net::TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    let mut answer = Vec::new();
+    match tokio::time::timeout(limit, socket.read_to_end(&mut answer)).await {
+        Ok(_) => Some(answer),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let dub = MockDub::builder()
+        .idle_timeout(Duration::from_millis(300))
+        .start()
+        .await
+        .unwrap();
+    let addr = dub.url().trim_start_matches("http://").to_owned();
+
+    // Connected and silent; half a request line; a request then nothing more (keep-alive).
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    partial.write_all(b"POST /track/lead HT").await.unwrap();
+    let mut kept_alive = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    kept_alive
+        .write_all(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut stalled_body = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stalled_body
+        .write_all(b"POST /track/lead HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"cl")
+        .await
+        .unwrap();
+
+    for (name, socket) in [
+        ("silent", &mut silent),
+        ("partial", &mut partial),
+        ("kept alive", &mut kept_alive),
+        ("stalled body", &mut stalled_body),
+    ] {
+        let answer = read_until_closed(socket, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("the {name} connection is still open after 10 s"));
+        if name == "kept alive" {
+            assert!(answer.starts_with(b"HTTP/1.1 404"), "{name}");
+        }
+    }
+
+    // A request that takes longer than the idle timeout to handle is not cut off.
+    dub.push_fault(Fault::Delay(Duration::from_millis(800)));
+    assert_eq!(
+        post(&dub, "/track/lead", &lead("u1", "e")).await.status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_large_body_followed_by_a_half_close_gets_its_answer() {
+    let dub = MockDub::start().await.unwrap();
+    let addr = dub.url().trim_start_matches("http://").to_owned();
+    let metadata = "x".repeat(5_000);
+    let body = serde_json::to_vec(&json!({
+        "clickId": "cl_1", "eventName": "Sign up", "customerExternalId": "u1",
+        "metadata": {"note": metadata},
+    }))
+    .unwrap();
+    let big = vec![b' '; 600_000];
+    for body in [body.clone(), [body, big].concat()] {
+        let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /track/lead HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            dub.token(),
+            body.len()
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        socket.write_all(&body).await.unwrap();
+        // Done writing: the client waits for the answer with its side closed.
+        socket.shutdown().await.unwrap();
+        let answer = read_until_closed(&mut socket, Duration::from_secs(10))
+            .await
+            .expect("an answer within 10 s");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "{:?}",
+            &answer[..answer.len().min(200)]
+        );
+    }
+    assert_eq!(dub.leads().len(), 1, "recorded once, then deduplicated");
+}
