@@ -13,7 +13,8 @@ pub(crate) struct Reply {
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
     /// The key's rate-limit state when the request went through Dub's limiter: Dub sends it
-    /// as `X-RateLimit-*` headers on error responses only (FACTS §6).
+    /// as `X-RateLimit-*` headers on error responses only (429 and other errors); a successful
+    /// `/track/*` response carries none.
     pub rate: Option<RateLimit>,
 }
 

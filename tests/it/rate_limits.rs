@@ -1,5 +1,7 @@
-//! Rate limits the way Dub enforces them (FACTS §6): `MockDub`'s sliding window and lead race
-//! over real HTTP, and clients pacing themselves against it. Minutes of traffic run on tokio's
+//! Rate limits the way Dub enforces them (Upstash's sliding window over two epoch-aligned
+//! minutes, one budget per key; a sale right after an async lead may not see it yet):
+//! `MockDub`'s sliding window and lead race over real HTTP, and clients pacing themselves
+//! against it. Minutes of traffic run on tokio's
 //! paused clock, which the mock's windows read too.
 #![cfg(feature = "mock")]
 
