@@ -94,7 +94,7 @@ mod schema;
 mod server;
 mod window;
 
-pub use fault::{Fault, RandomFaults, RetryAfter};
+pub use fault::{ExactReply, Fault, RandomFaults, RetryAfter};
 pub use records::{MockStats, ReceivedRequest, RecordedLead, RecordedSale};
 
 use fault::FaultPlan;

@@ -294,6 +294,15 @@ async fn apply(
             }
         }
         Some(Fault::Html(status)) => Reply::html(status),
+        Some(Fault::Reply(exact)) => {
+            if !exact.delay.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(exact.delay) => {}
+                    _ = stopped(&mut shutdown) => return Outcome::Takeover(Takeover::Reset),
+                }
+            }
+            Reply::exact(&exact)
+        }
     };
     reply.finish();
     Outcome::Respond(reply)
@@ -307,7 +316,10 @@ fn to_response(reply: &Reply) -> Option<Response<Full<Bytes>>> {
         .filter(|s| !s.is_informational())?;
     let mut builder = Response::builder().status(status);
     for (name, value) in &reply.headers {
-        builder = builder.header(*name, HeaderValue::from_bytes(value.as_bytes()).ok()?);
+        builder = builder.header(
+            name.as_ref(),
+            HeaderValue::from_bytes(value.as_bytes()).ok()?,
+        );
     }
     builder
         .body(Full::new(Bytes::from(reply.body.clone())))

@@ -1418,3 +1418,43 @@ async fn a_large_body_followed_by_a_half_close_gets_its_answer() {
     }
     assert_eq!(dub.leads().len(), 1, "recorded once, then deduplicated");
 }
+
+#[tokio::test]
+async fn reply_fault_answers_exactly_and_records_nothing() {
+    let dub = MockDub::start().await.unwrap();
+    dub.push_faults([
+        Fault::Reply(
+            dub::mock::ExactReply::new(502, "<h1>upstream</h1>")
+                .header("content-type", "text/html")
+                .header("x-odd", "1")
+                .header("x-odd", "2"),
+        ),
+        Fault::Reply(dub::mock::ExactReply::json(
+            200,
+            &json!({"click": {"id": "c"}}),
+        )),
+        Fault::Reply(dub::mock::ExactReply::new(200, "").delay(Duration::from_millis(300))),
+    ]);
+    let response = post(&dub, "/track/lead", &lead("u1", "e")).await;
+    assert_eq!(response.status(), 502);
+    let odd: Vec<_> = response.headers().get_all("x-odd").iter().collect();
+    assert_eq!(odd, ["1", "2"]);
+    assert!(response.headers().get("x-ratelimit-limit").is_none());
+    assert_eq!(response.text().await.unwrap(), "<h1>upstream</h1>");
+
+    let response = post(&dub, "/track/lead", &lead("u1", "e")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/json",
+        "as given"
+    );
+    assert_eq!(response.text().await.unwrap(), r#"{"click":{"id":"c"}}"#);
+
+    let started = Instant::now();
+    let response = post(&dub, "/track/lead", &lead("u1", "e")).await;
+    assert_eq!(response.status(), 200);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(dub.leads().len(), 0, "nothing recorded");
+    assert_eq!(dub.request_count(), 3);
+}
