@@ -367,7 +367,7 @@ async fn a_status_line_trickling_a_byte_a_second_times_out() {
 async fn redirector(status: u16, target: &MockDub) -> MockDub {
     let port = target.url().rsplit(':').next().unwrap().to_owned();
     let location = format!("http://localhost:{port}/track/lead");
-    support::mock_with([support::raw(status, "").header("location", &location)]).await
+    support::mock_with([support::raw(status, "").header("location", location)]).await
 }
 
 #[tokio::test]

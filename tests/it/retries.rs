@@ -188,9 +188,7 @@ async fn retry_after_in_every_form() {
         // Dub's actual header: a Unix timestamp in milliseconds (read as seconds, it would lie
         // past the deadline and the call would not be retried; a fallback would wait 500 ms).
         (
-            Box::new(|| {
-                status(429).header("retry-after", &unix_ms_in(Duration::from_millis(2500)))
-            }),
+            Box::new(|| status(429).header("retry-after", unix_ms_in(Duration::from_millis(2500)))),
             1500,
             2500,
         ),
@@ -245,10 +243,11 @@ async fn retry_after_is_waited_as_asked_within_the_deadline_and_capped_without_o
 
 #[tokio::test(start_paused = true)]
 async fn retry_after_beyond_the_deadline_returns_at_once() {
-    let server = support::mock_with([
-        status(429).header("retry-after", &unix_ms_in(Duration::from_secs(45)))
-    ])
-    .await;
+    let server =
+        support::mock_with(
+            [status(429).header("retry-after", unix_ms_in(Duration::from_secs(45)))],
+        )
+        .await;
     let started = Instant::now();
     let err = dub(&server, exact())
         .track()

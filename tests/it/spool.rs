@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support;
+use dub::RetryConfig;
 use dub::mock::{Fault, MockDub};
 use dub::tracker::{Event, Outcome, Tracker};
-use dub::RetryConfig;
 
 fn temp_spool(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(

@@ -1,7 +1,10 @@
 //! What the integration tests share: a client for a server on 127.0.0.1, scripted answers for
 //! `MockDub` (the one test server), the requests most tests send, and the spec's schemas.
 
+mod bodies;
 pub mod schema;
+
+pub use bodies::{lead_body, sale_body};
 
 use dub::mock::{ExactReply, Fault, MockDub};
 use serde_json::{Value, json};
@@ -34,26 +37,6 @@ pub fn error(status: u16, code: &str, message: &str) -> ExactReply {
         json!({"error": {"code": code, "message": message,
             "doc_url": format!("https://dub.co/docs/api-reference/errors#{code}")}}),
     )
-}
-
-/// A lead's 200 body as Dub sends it.
-pub fn lead_body() -> Value {
-    json!({
-        "click": {"id": "clk_123"},
-        "link": {"id": "link_1", "domain": "dub.sh", "key": "try", "shortLink": "https://dub.sh/try",
-                 "url": "https://dub.co", "partnerId": null, "programId": null, "tenantId": null,
-                 "externalId": null},
-        "customer": {"name": "Ada", "email": "ada@example.com", "avatar": null, "externalId": "user_42"}
-    })
-}
-
-/// A sale's 200 body as Dub sends it.
-pub fn sale_body() -> Value {
-    json!({
-        "eventName": "Purchase",
-        "customer": {"id": "cus_1", "name": "Ada", "email": "ada@example.com", "avatar": null, "externalId": "user_42"},
-        "sale": {"amount": 996500, "currency": "usd", "paymentProcessor": "paddle", "invoiceId": "in_1", "metadata": null}
-    })
 }
 
 /// When each request arrived, in milliseconds after the first, on Tokio's clock (exact on a
