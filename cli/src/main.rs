@@ -29,6 +29,7 @@ mod failed_file;
 mod input;
 mod mock;
 mod oneshot;
+mod progress;
 mod send;
 mod signals;
 mod state;

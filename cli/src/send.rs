@@ -1,10 +1,10 @@
 //! `dub-track send`: every record of some files, through the SDK's background tracker, with a
 //! journal that lets the same command, run again, send only what is not yet done.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -15,12 +15,11 @@ use tokio::task::JoinSet;
 
 use crate::failed_file;
 use crate::input::{self, ERROR_FIELD, Entry, Format, Inputs, ReadError, Record, Reread, Rules};
+use crate::progress::{self, Counts};
 use crate::signals::Stop;
 use crate::state::{Journal, Mark, NoState, StateStore};
 use crate::{Connection, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, error_json};
 
-/// How often progress lines are printed when standard error is not a terminal.
-const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// How many failures are listed on standard error when there is no --failed file.
 const FAILURES_LISTED: usize = 20;
 
@@ -118,14 +117,6 @@ struct Failure {
     line: u64,
     raw: Map<String, Value>,
     error: Value,
-}
-
-/// Counts the progress display reads while the run goes on.
-#[derive(Default)]
-struct Counts {
-    delivered: AtomicU64,
-    failed: AtomicU64,
-    uncertain: AtomicU64,
 }
 
 /// What the plan says of one record, decided from the state before anything is sent.
@@ -416,11 +407,11 @@ pub async fn run(args: SendArgs) -> u8 {
         ));
 
         let counts = Arc::new(Counts::default());
-        let progress = tokio::spawn(show_progress(
+        let progress = tokio::spawn(progress::show(
             counts.clone(),
             plan.to_send,
             tracker.clone(),
-            started,
+            dub.clone(),
             stopping.clone(),
         ));
 
@@ -825,81 +816,6 @@ async fn watch_signals(
     let _ = state.sync();
     eprintln!("dub-track: quit; run the same command again to send the rest");
     std::process::exit(i32::from(EXIT_INTERRUPTED));
-}
-
-/// A bar when standard error is a terminal; a plain line every few seconds when it is not.
-async fn show_progress(
-    counts: Arc<Counts>,
-    total: u64,
-    tracker: Tracker,
-    started: Instant,
-    stopping: Arc<AtomicBool>,
-) {
-    if total == 0 {
-        return;
-    }
-    let read = move || {
-        let delivered = counts.delivered.load(Ordering::Relaxed);
-        let failed = counts.failed.load(Ordering::Relaxed);
-        let uncertain = counts.uncertain.load(Ordering::Relaxed);
-        (delivered, failed, uncertain, tracker.stats().rate_limited)
-    };
-    if std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new(total);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{wide_bar}] {pos}/{len} delivered, {per_sec}, {msg}, ETA {eta}",
-        ) {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        let bar = Arc::new(Mutex::new(bar));
-        // Aborting this task drops the guard, which clears the bar.
-        let _guard = ClearOnDrop(bar.clone());
-        loop {
-            let (delivered, failed, uncertain, limited) = read();
-            {
-                let bar = bar.lock().unwrap_or_else(PoisonError::into_inner);
-                bar.set_position(delivered);
-                let mut msg = format!("429s {limited}");
-                if failed + uncertain > 0 {
-                    msg.push_str(&format!(", failed {failed}, uncertain {uncertain}"));
-                }
-                if stopping.load(Ordering::Relaxed) {
-                    msg.push_str(", stopping");
-                }
-                bar.set_message(msg);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    } else {
-        loop {
-            tokio::time::sleep(PLAIN_PROGRESS_EVERY).await;
-            let (delivered, failed, uncertain, limited) = read();
-            let secs = started.elapsed().as_secs_f64().max(0.001);
-            let rate = delivered as f64 / secs;
-            let left = total.saturating_sub(delivered + failed + uncertain);
-            let eta = if rate > 0.0 {
-                format!("{:.0}s", left as f64 / rate)
-            } else {
-                "-".into()
-            };
-            eprintln!(
-                "dub-track: {delivered}/{total} delivered, {failed} failed, {uncertain} \
-                 uncertain, {rate:.1}/s, 429s {limited}, eta {eta}"
-            );
-        }
-    }
-}
-
-/// Clears the progress bar when the progress task is aborted.
-struct ClearOnDrop(Arc<Mutex<indicatif::ProgressBar>>);
-
-impl Drop for ClearOnDrop {
-    fn drop(&mut self) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .finish_and_clear();
-    }
 }
 
 fn usage(message: &str) -> u8 {

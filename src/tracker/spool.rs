@@ -1,8 +1,10 @@
 //! The durable spool (feature `spool`): a tracker's queue in a SQLite file, so events survive
 //! `kill -9`, power loss and restarts, and several processes on one host can share it.
 //!
-//! Why SQLite (FACTS §8): with WAL and `synchronous=FULL` a committed transaction survives power
-//! loss, several processes may open one file, and the file can be read with the `sqlite3` tool.
+//! Why SQLite: with WAL and `synchronous=FULL` a committed transaction survives power loss,
+//! several processes on one host may open one file, and the file can be read with the `sqlite3`
+//! tool. The pure-Rust stores fall short here: redb allows one process at a time, fjall does not
+//! fsync by default, sled has had no stable release since 2021.
 //!
 //! - **Hand-over** goes to one writer thread, which commits whatever has arrived meanwhile in a
 //!   single transaction (group commit): one fsync for many events. A hand-over completes once

@@ -11,17 +11,9 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dub::Dub;
+use crate::support;
 use dub::mock::{Fault, MockDub, RandomFaults};
 use dub::tracker::Event;
-
-fn client(mock: &MockDub) -> Dub {
-    Dub::builder()
-        .token(mock.token())
-        .server_url(mock.url())
-        .build()
-        .unwrap()
-}
 
 fn temp_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -127,7 +119,9 @@ async fn a_full_disk_backs_off_logs_once_and_writes_the_outcomes_once_it_has_roo
     let mock = MockDub::start().await.unwrap();
     // Slow answers: deliveries are in flight when the disk fills up.
     mock.random_faults(RandomFaults::new(3, 1.0).kinds([Fault::Delay(Duration::from_millis(400))]));
-    let tracker = client(&mock)
+    let tracker = support::client(&mock.url())
+        .build()
+        .unwrap()
         .tracker()
         .spool(fs.0.join("spool.sqlite"))
         .max_in_flight(4)
@@ -190,7 +184,9 @@ async fn a_full_disk_backs_off_logs_once_and_writes_the_outcomes_once_it_has_roo
 async fn spool_with_backlog(path: &Path, events: usize) {
     let mock = MockDub::start().await.unwrap();
     mock.random_faults(RandomFaults::new(1, 1.0).kinds([Fault::Status(503)]));
-    let tracker = client(&mock)
+    let tracker = support::client(&mock.url())
+        .build()
+        .unwrap()
         .tracker()
         .spool(path)
         .capacity(events + 1)
@@ -224,7 +220,12 @@ async fn a_damaged_spool_is_refused_at_start_not_taken_for_empty() {
     drop(f);
 
     let mock = MockDub::start().await.unwrap();
-    let started = client(&mock).tracker().spool(&path).start();
+    let started = support::client(&mock.url())
+        .build()
+        .unwrap()
+        .tracker()
+        .spool(&path)
+        .start();
     let Err(e) = started else {
         let tracker = started.unwrap();
         let stats = tracker.stats();
@@ -244,7 +245,13 @@ async fn a_spool_that_cannot_be_read_is_never_reported_drained() {
     let path = dir.join("unreadable.sqlite");
     let mock = MockDub::start().await.unwrap();
     mock.random_faults(RandomFaults::new(1, 1.0).kinds([Fault::Status(503)]));
-    let tracker = client(&mock).tracker().spool(&path).start().unwrap();
+    let tracker = support::client(&mock.url())
+        .build()
+        .unwrap()
+        .tracker()
+        .spool(&path)
+        .start()
+        .unwrap();
     for c in 0..10 {
         drop(tracker.send(lead(&format!("user_{c}"))).await.unwrap());
     }
@@ -267,11 +274,19 @@ async fn a_spool_on_a_read_only_filesystem_says_so_in_one_line() {
     let mock = MockDub::start().await.unwrap();
     // An existing spool, then the filesystem turns read-only.
     let path = fs.0.join("spool.sqlite");
-    let tracker = client(&mock).tracker().spool(&path).start().unwrap();
+    let tracker = support::client(&mock.url())
+        .build()
+        .unwrap()
+        .tracker()
+        .spool(&path)
+        .start()
+        .unwrap();
     tracker.shutdown(Duration::from_millis(100)).await;
     fs.remount("ro");
     for path in [path, fs.0.join("new.sqlite")] {
-        let e = client(&mock)
+        let e = support::client(&mock.url())
+            .build()
+            .unwrap()
             .tracker()
             .spool(&path)
             .start()
@@ -309,7 +324,9 @@ async fn a_file_that_is_not_a_spool_is_named_in_one_line() {
         ),
         (&text, "is not a SQLite database"),
     ] {
-        let e = client(&mock)
+        let e = support::client(&mock.url())
+            .build()
+            .unwrap()
             .tracker()
             .spool(path)
             .start()
@@ -368,7 +385,13 @@ async fn claims_of_a_dead_owner_that_had_our_pid_are_recovered_at_start() {
     let path = dir.join("same-pid.sqlite");
     spool_claimed_by_dead_owner(&path, std::process::id(), None).await;
     let mock = MockDub::start().await.unwrap();
-    let tracker = client(&mock).tracker().spool(&path).start().unwrap();
+    let tracker = support::client(&mock.url())
+        .build()
+        .unwrap()
+        .tracker()
+        .spool(&path)
+        .start()
+        .unwrap();
     let report = tracker.shutdown(Duration::from_secs(3)).await;
     assert!(report.drained, "{report:?}");
     assert_eq!(mock.leads().len(), 1);
@@ -385,7 +408,13 @@ async fn claims_of_a_dead_owner_whose_pid_another_process_took_are_recovered_at_
     let path = dir.join("reused-pid.sqlite");
     spool_claimed_by_dead_owner(&path, other.id(), Some(&process)).await;
     let mock = MockDub::start().await.unwrap();
-    let tracker = client(&mock).tracker().spool(&path).start().unwrap();
+    let tracker = support::client(&mock.url())
+        .build()
+        .unwrap()
+        .tracker()
+        .spool(&path)
+        .start()
+        .unwrap();
     let report = tracker.shutdown(Duration::from_secs(3)).await;
     let _ = other.kill();
     let _ = other.wait();
@@ -402,10 +431,22 @@ async fn claims_of_a_live_owner_in_this_process_are_left_alone() {
     mock.random_faults(
         RandomFaults::new(3, 1.0).kinds([Fault::Delay(Duration::from_millis(1_500))]),
     );
-    let first = client(&mock).tracker().spool(&path).start().unwrap();
+    let first = support::client(&mock.url())
+        .build()
+        .unwrap()
+        .tracker()
+        .spool(&path)
+        .start()
+        .unwrap();
     let receipt = first.send(lead("user_1")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let second = client(&mock).tracker().spool(&path).start().unwrap();
+    let second = support::client(&mock.url())
+        .build()
+        .unwrap()
+        .tracker()
+        .spool(&path)
+        .start()
+        .unwrap();
     let report = second.shutdown(Duration::from_millis(500)).await;
     assert_eq!(report.stats.uncertain + report.stats.delivered, 0);
     assert!(receipt.await.is_delivered());

@@ -6,18 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use dub::Dub;
+use crate::support;
 use dub::mock::{Fault, MockDub, RandomFaults};
 use dub::models::{TrackLeadRequest, TrackSaleRequest};
 use dub::tracker::{Event, EventId, HandOverErrorKind, Outcome, Receipt, Tracker};
-
-fn client(mock: &MockDub) -> Dub {
-    Dub::builder()
-        .token(mock.token())
-        .server_url(mock.url())
-        .build()
-        .unwrap()
-}
 
 fn lead(customer: &str) -> TrackLeadRequest {
     crate::support::lead_for(customer).build()
@@ -94,7 +86,7 @@ struct RaceRound {
 fn a_hand_over_racing_shutdown_is_delivered_or_reported() {
     let rt = runtime();
     let mock = rt.block_on(MockDub::start()).unwrap();
-    let dub = client(&mock);
+    let dub = support::client(&mock.url()).build().unwrap();
     let (mut accepted, mut lost) = (0, Vec::new());
     for round in 0..150 {
         let tracker = {
@@ -131,7 +123,7 @@ fn a_hand_over_racing_shutdown_is_delivered_or_reported() {
 fn a_hand_over_racing_shutdown_is_delivered_or_left_in_the_spool() {
     let rt = runtime();
     let mock = rt.block_on(MockDub::start()).unwrap();
-    let dub = client(&mock);
+    let dub = support::client(&mock.url()).build().unwrap();
     let dir = std::env::temp_dir().join(format!(
         "dub-tracker-edges-{}-{}",
         std::process::id(),
@@ -174,7 +166,7 @@ fn a_hand_over_racing_shutdown_is_delivered_or_left_in_the_spool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_outcome_callback_never_puts_a_recorded_sale_in_the_report() {
     let mock = MockDub::start().await.unwrap();
-    let dub = client(&mock);
+    let dub = support::client(&mock.url()).build().unwrap();
     for c in 0..60 {
         dub.track().lead(lead(&format!("u{c}"))).await.unwrap();
     }
@@ -225,7 +217,7 @@ async fn a_slow_outcome_callback_never_puts_a_recorded_sale_in_the_report() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_tracker_mid_delivery_makes_unsafe_sales_uncertain() {
     let mock = MockDub::start().await.unwrap();
-    let dub = client(&mock);
+    let dub = support::client(&mock.url()).build().unwrap();
     for c in 0..32 {
         dub.track().lead(lead(&format!("u{c}"))).await.unwrap();
     }
@@ -262,7 +254,13 @@ fn a_tracker_whose_runtime_is_gone_refuses_and_reports_what_it_holds() {
     let rt = runtime();
     let tracker = {
         let _entered = rt.enter();
-        client(&mock).tracker().max_in_flight(4).start().unwrap()
+        support::client(&mock.url())
+            .build()
+            .unwrap()
+            .tracker()
+            .max_in_flight(4)
+            .start()
+            .unwrap()
     };
     let receipts: Vec<_> = (0..11)
         .map(|c| tracker.lead(lead(&format!("u{c}"))).wait().unwrap())
