@@ -217,6 +217,17 @@ impl Error {
     /// An event a tracker's process was sending when it stopped (crash, `kill -9`): whether
     /// Dub got it is unknown.
     #[cfg_attr(not(feature = "spool"), allow(dead_code))]
+    pub(crate) fn abandoned() -> Self {
+        let mut e = Self::new(ErrorKind::Transport);
+        e.inner.message = Some(
+            "the tracker stopped (dropped without shutdown, or its runtime shut down) while this \
+             delivery was in flight"
+                .to_owned(),
+        );
+        e.inner.may_have_been_recorded = true;
+        e
+    }
+
     pub(crate) fn interrupted() -> Self {
         let mut e = Self::new(ErrorKind::Transport);
         e.inner.message =

@@ -18,6 +18,7 @@ pub mod retry;
 mod track;
 pub mod tracker;
 mod transport;
+mod wait;
 
 pub use client::{
     DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_SERVER_URL, Dub, DubBuilder,

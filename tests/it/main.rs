@@ -20,5 +20,7 @@ mod schemars;
 mod spec_constraints;
 mod spec_coverage;
 mod spool;
+mod spool_edges;
 mod tracker;
+mod tracker_edges;
 mod wire;
