@@ -64,7 +64,8 @@ pub enum Jitter {
 
 /// When and how a call is retried. Set per client with
 /// [`DubBuilder::retry_config`](crate::DubBuilder::retry_config), override per call with
-/// `.retries(..)`.
+/// [`TrackCall::retry_config`](crate::TrackCall::retry_config), and for a tracker's deliveries
+/// with [`TrackerBuilder::retry_config`](crate::tracker::TrackerBuilder::retry_config).
 ///
 /// The default makes at most 3 attempts (2 retries, as Stripe's and OpenAI's SDKs do) within
 /// 30 seconds: 500 ms, then 1 s, doubling up to 10 s, with equal jitter; it retries 429, 500,
