@@ -196,6 +196,10 @@ impl TrackerBuilder {
     /// - [`capacity`](Self::capacity) bounds the undelivered events in the file, whichever
     ///   process handed them over. Events left at shutdown stay in the file
     ///   ([`ShutdownReport::left_in_spool`]).
+    /// - [`start`](Self::start) refuses, in one line, a file that cannot be written, that is not a
+    ///   spool, or that is damaged (SQLite's `quick_check`, about 0.1 s per 100,000 events in
+    ///   the file). A disk that fills up later pauses the tracker's writes (one error logged)
+    ///   until it has room again.
     ///
     /// ```no_run
     /// # fn run(dub: dub::Dub) -> dub::Result<()> {
