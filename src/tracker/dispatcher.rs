@@ -1,8 +1,9 @@
 //! The tracker's task: claims events whose turn has come, delivers them through the client,
 //! and decides what each result means (delivered, failed, uncertain, or again later).
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::task::JoinSet;
@@ -92,6 +93,85 @@ impl Outage {
             // The pause is over: one probe, alone.
             Some(_) => usize::from(in_flight == 0 && free > 0),
         }
+    }
+}
+
+/// The deliveries started and not yet settled, with Dub's answer once it came.
+///
+/// A delivery is recorded here before it starts, and its answer as soon as it arrives, so that
+/// whatever cuts the dispatcher short (a shutdown deadline it overran, the last handle dropped,
+/// its runtime shut down) leaves an honest account: an event Dub answered for is delivered,
+/// one whose request may have reached Dub and that Dub does not deduplicate is uncertain, and
+/// neither comes back as "undelivered". Whoever takes an entry out settles the event: the
+/// dispatcher normally, [`abandon`] once the dispatcher is cut short.
+#[derive(Default)]
+pub(super) struct InFlight(Mutex<InFlightState>);
+
+#[derive(Default)]
+struct InFlightState {
+    /// Abandoned: no delivery may start any more.
+    closed: bool,
+    started: HashMap<EventId, Attempt>,
+}
+
+struct Attempt {
+    claimed: Claimed,
+    answer: Option<Response>,
+}
+
+impl InFlight {
+    fn lock(&self) -> MutexGuard<'_, InFlightState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a delivery about to start; `false` once abandoned (then it must not start).
+    fn start(&self, claimed: &Claimed) -> bool {
+        let mut s = self.lock();
+        if s.closed {
+            return false;
+        }
+        s.started.insert(
+            claimed.id,
+            Attempt {
+                claimed: claimed.clone(),
+                answer: None,
+            },
+        );
+        true
+    }
+
+    fn answered(&self, id: EventId, response: &Response) {
+        if let Some(attempt) = self.lock().started.get_mut(&id) {
+            attempt.answer = Some(response.clone());
+        }
+    }
+
+    fn contains(&self, id: EventId) -> bool {
+        self.lock().started.contains_key(&id)
+    }
+
+    /// Takes the entry to settle the event; `false` if [`abandon`] took it first.
+    fn take(&self, id: EventId) -> bool {
+        self.lock().started.remove(&id).is_some()
+    }
+
+    fn close(&self) -> Vec<Attempt> {
+        let mut s = self.lock();
+        s.closed = true;
+        let mut left: Vec<Attempt> = s.started.drain().map(|(_, a)| a).collect();
+        left.sort_by_key(|a| a.claimed.id);
+        left
+    }
+}
+
+/// Marks the dispatcher gone when its task ends or is dropped (its runtime shut down): the
+/// tracker then refuses hand-overs instead of queueing events nobody will deliver.
+struct Running(Arc<Core>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Release);
+        self.0.stop_taking();
     }
 }
 
@@ -225,6 +305,7 @@ fn write_all(store: &Store, held: Vec<Unwritten>) -> (Vec<Unwritten>, Option<Str
 }
 
 pub(super) async fn run(core: Arc<Core>) {
+    let _running = Running(core.clone());
     let mut tasks: JoinSet<Delivery> = JoinSet::new();
     let mut outage = Outage::default();
     let mut trouble = StoreTrouble::default();
@@ -252,6 +333,14 @@ pub(super) async fn run(core: Arc<Core>) {
                             trouble.worked();
                         }
                         for claimed in batch {
+                            if !core.in_flight.start(&claimed) {
+                                // Abandoned meanwhile: the event stays queued, unsent.
+                                let (id, attempts) = (claimed.id, claimed.attempts);
+                                let _ =
+                                    store_op(&core, move |s| s.reschedule(id, 0, attempts, false))
+                                        .await;
+                                continue;
+                            }
                             let shutdown = core.shutdown.subscribe();
                             let probe = outage.probing();
                             tasks.spawn(deliver(core.clone(), claimed, shutdown, probe));
@@ -409,8 +498,8 @@ async fn deliver(
     let track = core.dub.track();
     let call = async {
         match claimed.event.clone() {
-            Event::Lead(r) => track.lead(r).retries(policy).await.map(Response::Lead),
-            Event::Sale(r) => track.sale(r).retries(policy).await.map(Response::Sale),
+            Event::Lead(r) => track.lead(r).retry_config(policy).await.map(Response::Lead),
+            Event::Sale(r) => track.sale(r).retry_config(policy).await.map(Response::Sale),
         }
     };
     // A delivery that began before shutdown is cut off at its deadline.
@@ -430,6 +519,9 @@ async fn deliver(
         result = call => Some(result),
         () = cut => None,
     };
+    if let Some(Ok(response)) = &result {
+        core.in_flight.answered(claimed.id, response);
+    }
     Delivery {
         claimed,
         result,
@@ -513,6 +605,10 @@ fn judge(core: &Core, claimed: &Claimed, e: Error, age: Duration) -> Next {
 }
 
 async fn settle(core: &Arc<Core>, outage: &mut Outage, trouble: &mut StoreTrouble, d: Delivery) {
+    if !core.in_flight.contains(d.claimed.id) {
+        // Abandoned: already settled by `abandon`.
+        return;
+    }
     let now_ms = crate::clock::now_ms();
     let age = Duration::from_millis(now_ms.saturating_sub(d.claimed.created_ms));
     let deliveries = d.claimed.attempts.saturating_add(1);
@@ -527,6 +623,7 @@ async fn settle(core: &Arc<Core>, outage: &mut Outage, trouble: &mut StoreTroubl
                 maybe_sent: true,
             };
             trouble.write(core, w).await;
+            core.in_flight.take(d.claimed.id);
             return;
         }
         None => Next::Terminal(Outcome::Uncertain(Error::cut_off())),
@@ -559,6 +656,7 @@ async fn settle(core: &Arc<Core>, outage: &mut Outage, trouble: &mut StoreTroubl
                         maybe_sent,
                     };
                     trouble.write(core, w).await;
+                    core.in_flight.take(d.claimed.id);
                     return;
                 }
                 Next::Terminal(outcome) => {
@@ -573,22 +671,17 @@ async fn settle(core: &Arc<Core>, outage: &mut Outage, trouble: &mut StoreTroubl
     let Next::Terminal(outcome) = next else {
         return;
     };
-    let terminal = match &outcome {
-        Outcome::Delivered(_) => Terminal::Delivered,
-        Outcome::Failed(_) => Terminal::Failed,
-        _ => Terminal::Uncertain,
-    };
+    let terminal = terminal_of(&outcome);
     let stored = stored_outcome(&outcome);
     let id = d.claimed.id;
     trouble
         .write(core, Unwritten::Finish(id, terminal, stored))
         .await;
-    let counter = match terminal {
-        Terminal::Delivered => &core.counters.delivered,
-        Terminal::Failed => &core.counters.failed,
-        Terminal::Uncertain => &core.counters.uncertain,
-    };
-    counter.fetch_add(1, Ordering::Relaxed);
+    // Nothing below awaits: once the entry is taken, the event is announced exactly once.
+    if !core.in_flight.take(id) {
+        return;
+    }
+    count(core, terminal);
     tracing::debug!(id = %id, outcome = outcome.as_str(), "dub tracker: event settled");
     announce(
         core,
@@ -603,6 +696,75 @@ async fn settle(core: &Arc<Core>, outage: &mut Outage, trouble: &mut StoreTroubl
     );
 }
 
+fn terminal_of(outcome: &Outcome) -> Terminal {
+    match outcome {
+        Outcome::Delivered(_) => Terminal::Delivered,
+        Outcome::Failed(_) => Terminal::Failed,
+        _ => Terminal::Uncertain,
+    }
+}
+
+fn count(core: &Core, terminal: Terminal) {
+    let counter = match terminal {
+        Terminal::Delivered => &core.counters.delivered,
+        Terminal::Failed => &core.counters.failed,
+        Terminal::Uncertain => &core.counters.uncertain,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Settles the deliveries the dispatcher left unsettled when it was cut short (it overran the
+/// shutdown deadline, the last handle was dropped, or its runtime shut down); no delivery starts
+/// after this. What Dub answered is delivered; a request that may have reached Dub is uncertain
+/// unless Dub deduplicates the event, which then goes back to the queue (the report, or the
+/// spool). Called only where the dispatcher can no longer run normally, before the report.
+pub(super) fn abandon(core: &Core) {
+    for attempt in core.in_flight.close() {
+        let Attempt { claimed, answer } = attempt;
+        let id = claimed.id;
+        let deliveries = claimed.attempts.saturating_add(1);
+        let outcome = match answer {
+            Some(response) => Outcome::Delivered(response),
+            None if claimed.event.is_deduplicated() => {
+                if let Err(e) = core.store.reschedule(id, 0, deliveries, true) {
+                    tracing::error!(error = %e, "dub tracker: cannot requeue an event");
+                }
+                continue;
+            }
+            None => Outcome::Uncertain(Error::abandoned()),
+        };
+        let terminal = terminal_of(&outcome);
+        if let Err(e) = core
+            .store
+            .finish(vec![(id, terminal, stored_outcome(&outcome))])
+        {
+            tracing::error!(error = %e, "dub tracker: cannot record an outcome");
+        }
+        count(core, terminal);
+        let age = Duration::from_millis(crate::clock::now_ms().saturating_sub(claimed.created_ms));
+        announce(
+            core,
+            EventOutcome {
+                id,
+                key: claimed.key,
+                event: claimed.event,
+                outcome,
+                attempts: deliveries,
+                age,
+            },
+        );
+    }
+}
+
+/// Stops a spool's writer after it committed what it holds (a memory queue closed already).
+pub(super) async fn close_hand_overs(core: &Arc<Core>) {
+    let _ = store_op(core, |s| {
+        s.close_hand_overs();
+        Ok(())
+    })
+    .await;
+}
+
 /// Tells the outcome callback and the event's receipts.
 pub(super) fn announce(core: &Core, outcome: EventOutcome) {
     if let Some(callback) = &core.on_outcome {
@@ -611,10 +773,7 @@ pub(super) fn announce(core: &Core, outcome: EventOutcome) {
             tracing::error!(id = %outcome.id, "dub tracker: the outcome callback panicked");
         }
     }
-    let waiting = core.receipts().remove(&outcome.id);
-    for tx in waiting.into_iter().flatten() {
-        tx.send(outcome.outcome.clone());
-    }
+    core.receipts.announce(outcome.id, &outcome.outcome);
 }
 
 fn backoff(core: &Core, deliveries: u32) -> Duration {
@@ -662,8 +821,9 @@ fn stored_outcome(outcome: &Outcome) -> Vec<u8> {
 }
 
 /// The report of a stopped tracker: what is left comes back (memory) or stays (spool), and
-/// receipts of what is left resolve to `NotDelivered`.
+/// receipts of what is left resolve to `NotDelivered`. The dispatcher has ended or was aborted.
 pub(super) fn report(core: &Core) -> ShutdownReport {
+    abandon(core);
     let mut report = ShutdownReport::default();
     match &core.store {
         Store::Memory(queue) => {
@@ -675,20 +835,7 @@ pub(super) fn report(core: &Core) -> ShutdownReport {
             report.left_in_spool = queued + in_flight;
         }
     }
-    let left: Vec<EventId> = report.undelivered.iter().map(|(id, _)| *id).collect();
-    let mut receipts = core.receipts();
-    for id in left {
-        for tx in receipts.remove(&id).into_iter().flatten() {
-            tx.send(Outcome::NotDelivered);
-        }
-    }
-    // Spool events keep their receipts' senders until now; they resolve NotDelivered too.
-    for (_, senders) in receipts.drain() {
-        for tx in senders {
-            tx.send(Outcome::NotDelivered);
-        }
-    }
-    drop(receipts);
+    core.receipts.resolve_rest();
     report.stats = core.stats();
     report.drained = report.undelivered.is_empty()
         && report.left_in_spool == 0

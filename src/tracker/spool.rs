@@ -28,6 +28,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::Core;
 use super::event::{Event, EventId};
 use super::outcome::{HandOverError, HandOverErrorKind, Outcome, Receipt, Response};
+use super::receipts::Receipts;
 use super::slot;
 use super::store::{Claimed, Terminal};
 use crate::Error;
@@ -967,17 +968,12 @@ impl Writer {
                     let result = match written {
                         Written::New(id) | Written::Pending(id) => {
                             any_new = true;
-                            let (tx, rx) = slot::slot();
-                            if let Some(core) = &core {
-                                core.receipts().entry(id).or_default().push(tx);
+                            match &core {
+                                Some(core) => Ok(core.receipts.register(id)),
+                                None => Ok(Receipts::ready(id, Outcome::NotDelivered)),
                             }
-                            Ok(Receipt { id, rx: Some(rx) })
                         }
-                        Written::Done(id, outcome) => {
-                            let (tx, rx) = slot::slot();
-                            tx.send(outcome);
-                            Ok(Receipt { id, rx: Some(rx) })
-                        }
+                        Written::Done(id, outcome) => Ok(Receipts::ready(id, outcome)),
                         Written::Full(event) => {
                             Err(HandOverError::new(HandOverErrorKind::Full, Some(event))
                                 .with_detail(format!(
