@@ -9,18 +9,22 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::decision::{self, Ended, Facts, Settings, Verdict};
 use super::event::{Event, EventId};
 use super::outcome::{EventOutcome, Outcome, Response, ShutdownReport};
 use super::store::{Claimed, Store, Terminal};
 use super::{Core, Stopping};
-use crate::{Error, ErrorKind};
+use crate::Error;
+use crate::retry::Backoff;
 
-/// How long a sale may keep meeting Dub's "Lead event not found" before it is given up: the
-/// race lasts seconds; beyond this the customer has no lead.
-const LEAD_RACE_WINDOW: Duration = Duration::from_secs(600);
-/// The first and the longest pause after deliveries fail with outage errors.
-const OUTAGE_PAUSE: Duration = Duration::from_secs(1);
-const MAX_OUTAGE_PAUSE: Duration = Duration::from_secs(60);
+/// The pause after deliveries fail with outage errors: 1 s, doubling with each failed probe up
+/// to a minute, not jittered (one probe at a time).
+const OUTAGE_PAUSE: Backoff = Backoff {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+    exponent: 2.0,
+    jitter: crate::retry::Jitter::None,
+};
 /// How often a spool is checked for events left in flight by processes that died.
 const RECOVER_EVERY: Duration = Duration::from_secs(10);
 /// How often the counts are traced while there is work.
@@ -62,8 +66,7 @@ impl Outage {
         if self.consecutive < OUTAGE_AFTER {
             return;
         }
-        let doubling = 1u32.checked_shl(self.probes_failed).unwrap_or(u32::MAX);
-        let pause = OUTAGE_PAUSE.saturating_mul(doubling).min(MAX_OUTAGE_PAUSE);
+        let pause = OUTAGE_PAUSE.base(self.probes_failed.saturating_add(1));
         if self.until.is_none() {
             tracing::warn!("dub tracker: deliveries are failing; pausing and probing");
         }
@@ -207,7 +210,11 @@ impl StoreTrouble {
             );
         }
         self.failures = self.failures.saturating_add(1);
-        let wait = backoff(core, self.failures).min(MAX_STORE_RETRY);
+        let backoff = Backoff {
+            max: core.config.backoff.max.min(MAX_STORE_RETRY),
+            ..core.config.backoff
+        };
+        let wait = backoff.delay(self.failures, fastrand::f64());
         self.retry_at = Instant::now().checked_add(wait);
     }
 
@@ -529,81 +536,6 @@ async fn deliver(
     }
 }
 
-/// What a failed delivery means for the event.
-#[allow(
-    clippy::large_enum_variant,
-    reason = "one lives per delivery, on the stack"
-)]
-enum Next {
-    Terminal(Outcome),
-    Retry { outage: bool, race: bool },
-}
-
-fn judge(core: &Core, claimed: &Claimed, e: Error, age: Duration) -> Next {
-    let maybe_sent = claimed.maybe_sent || e.may_have_been_recorded();
-    let lead_race = matches!(claimed.event, Event::Sale(_))
-        && e.kind() == ErrorKind::NotFound
-        && e.message()
-            .is_some_and(|m| m.starts_with("Lead event not found"));
-    // A 2xx Dub answered with a body this crate could not read: recorded all the same.
-    if e.kind() == ErrorKind::Decode && e.status().is_some_and(|s| s.is_success()) {
-        let body = e
-            .raw_body()
-            .and_then(|b| serde_json::from_slice(b).ok())
-            .unwrap_or(serde_json::Value::Null);
-        return Next::Terminal(Outcome::Delivered(Response::Raw(body)));
-    }
-    let refused = match e.kind() {
-        ErrorKind::NotFound => !lead_race || age >= LEAD_RACE_WINDOW,
-        ErrorKind::RateLimitExceeded => false,
-        ErrorKind::UnexpectedStatus => e.status().is_some_and(|s| s.is_client_error()),
-        ErrorKind::BadRequest
-        | ErrorKind::Unauthorized
-        | ErrorKind::Forbidden
-        | ErrorKind::Conflict
-        | ErrorKind::InviteExpired
-        | ErrorKind::UnprocessableEntity
-        | ErrorKind::Validation
-        | ErrorKind::Config
-        | ErrorKind::Decode => true,
-        _ => false,
-    };
-    if refused {
-        // Refused now; but an earlier delivery may have been the one that counted.
-        return Next::Terminal(if claimed.maybe_sent {
-            Outcome::Uncertain(e)
-        } else {
-            Outcome::Failed(e)
-        });
-    }
-    if e.may_have_been_recorded() && !claimed.event.is_deduplicated() {
-        return Next::Terminal(Outcome::Uncertain(e));
-    }
-    if age >= core.config.max_age {
-        let e = e.with_context(format!(
-            "given up after {} s undelivered (the tracker's max_age)",
-            age.as_secs()
-        ));
-        return Next::Terminal(if maybe_sent {
-            Outcome::Uncertain(e)
-        } else {
-            Outcome::Failed(e)
-        });
-    }
-    let outage = matches!(
-        e.kind(),
-        ErrorKind::Connect
-            | ErrorKind::Timeout
-            | ErrorKind::Transport
-            | ErrorKind::InternalServerError
-            | ErrorKind::UnexpectedStatus
-    );
-    Next::Retry {
-        outage,
-        race: lead_race,
-    }
-}
-
 async fn settle(core: &Arc<Core>, outage: &mut Outage, trouble: &mut StoreTrouble, d: Delivery) {
     if !core.in_flight.contains(d.claimed.id) {
         // Abandoned: already settled by `abandon`.
@@ -612,8 +544,29 @@ async fn settle(core: &Arc<Core>, outage: &mut Outage, trouble: &mut StoreTroubl
     let now_ms = crate::clock::now_ms();
     let age = Duration::from_millis(now_ms.saturating_sub(d.claimed.created_ms));
     let deliveries = d.claimed.attempts.saturating_add(1);
-    let next = match d.result {
-        None if d.claimed.event.is_deduplicated() => {
+    let ended = match d.result {
+        None => Ended::CutOff,
+        Some(Ok(response)) => Ended::Answered(response),
+        Some(Err(e)) => Ended::Failed(e),
+    };
+    let facts = Facts {
+        deduplicated: d.claimed.event.is_deduplicated(),
+        maybe_sent: d.claimed.maybe_sent,
+        deliveries,
+        age,
+    };
+    let settings = Settings {
+        max_age: core.config.max_age,
+        backoff: core.config.backoff,
+    };
+    let verdict = decision::decide(ended, &facts, &settings, fastrand::f64());
+    match verdict.dub_down() {
+        Some(true) => outage.failed(Instant::now(), d.probe),
+        Some(false) => outage.cleared(),
+        None => {}
+    }
+    let outcome = match verdict {
+        Verdict::Requeue => {
             // Cut off at the shutdown deadline: Dub would deduplicate a second delivery, so the
             // event simply stays queued.
             let w = Unwritten::Reschedule {
@@ -626,50 +579,25 @@ async fn settle(core: &Arc<Core>, outage: &mut Outage, trouble: &mut StoreTroubl
             core.in_flight.take(d.claimed.id);
             return;
         }
-        None => Next::Terminal(Outcome::Uncertain(Error::cut_off())),
-        Some(Ok(response)) => {
-            outage.cleared();
-            Next::Terminal(Outcome::Delivered(response))
+        Verdict::Retry {
+            after, maybe_sent, ..
+        } => {
+            let due = now_ms.saturating_add(u64::try_from(after.as_millis()).unwrap_or(u64::MAX));
+            core.counters.retried.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(id = %d.claimed.id, wait_ms = after.as_millis() as u64, "dub tracker: will retry");
+            let w = Unwritten::Reschedule {
+                id: d.claimed.id,
+                due_ms: due,
+                attempts: deliveries,
+                maybe_sent,
+            };
+            trouble.write(core, w).await;
+            core.in_flight.take(d.claimed.id);
+            return;
         }
-        Some(Err(e)) => {
-            let maybe_sent = e.may_have_been_recorded();
-            match judge(core, &d.claimed, e, age) {
-                Next::Retry { outage: down, race } => {
-                    if down {
-                        outage.failed(Instant::now(), d.probe);
-                    } else {
-                        outage.cleared();
-                    }
-                    let wait = if race {
-                        core.config.initial_backoff
-                    } else {
-                        backoff(core, deliveries)
-                    };
-                    let due =
-                        now_ms.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
-                    core.counters.retried.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(id = %d.claimed.id, wait_ms = wait.as_millis() as u64, "dub tracker: will retry");
-                    let w = Unwritten::Reschedule {
-                        id: d.claimed.id,
-                        due_ms: due,
-                        attempts: deliveries,
-                        maybe_sent,
-                    };
-                    trouble.write(core, w).await;
-                    core.in_flight.take(d.claimed.id);
-                    return;
-                }
-                Next::Terminal(outcome) => {
-                    if !matches!(outcome, Outcome::Uncertain(_)) {
-                        outage.cleared();
-                    }
-                    Next::Terminal(outcome)
-                }
-            }
-        }
-    };
-    let Next::Terminal(outcome) = next else {
-        return;
+        Verdict::Delivered(response) => Outcome::Delivered(response),
+        Verdict::Failed(e) => Outcome::Failed(e),
+        Verdict::Uncertain(e) => Outcome::Uncertain(e),
     };
     let terminal = terminal_of(&outcome);
     let stored = stored_outcome(&outcome);
@@ -774,22 +702,6 @@ pub(super) fn announce(core: &Core, outcome: EventOutcome) {
         }
     }
     core.receipts.announce(outcome.id, &outcome.outcome);
-}
-
-fn backoff(core: &Core, deliveries: u32) -> Duration {
-    let doubling = 1u32
-        .checked_shl(deliveries.saturating_sub(1))
-        .unwrap_or(u32::MAX);
-    let d = core
-        .config
-        .initial_backoff
-        .saturating_mul(doubling)
-        .min(core.config.max_backoff);
-    // Equal jitter: spread retries of events that failed together.
-    let half = d / 2;
-    half.saturating_add(
-        Duration::try_from_secs_f64(half.as_secs_f64() * fastrand::f64()).unwrap_or(half),
-    )
 }
 
 async fn store_op<T: Send + 'static>(

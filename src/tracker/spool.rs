@@ -299,7 +299,8 @@ fn check_is_spool(conn: &Connection) -> rusqlite::Result<Result<bool, String>> {
 }
 
 /// `PRAGMA quick_check`: a damaged file is refused at open rather than read as empty. Its cost
-/// grows with the file (about a second for a million rows; see BENCHMARKS.md).
+/// grows with the file: about 0.1 s for 100,000 undelivered events (20 MB), 5 - 8 s for a
+/// million on a 2-core VM (BENCHMARKS.md).
 fn quick_check(conn: &Connection) -> rusqlite::Result<Result<(), String>> {
     let found: Vec<String> = conn
         .prepare("PRAGMA quick_check(3)")?

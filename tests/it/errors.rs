@@ -482,3 +482,42 @@ async fn the_token_never_shows() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_sales_lead_not_found_is_the_lead_race_and_no_other_404_is() {
+    use dub::RetryConfig;
+    use dub::mock::{Fault, MockDub};
+    use std::time::Duration;
+    let mock = MockDub::builder()
+        .lead_race(Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap();
+    let dub = Dub::builder()
+        .token(mock.token())
+        .server_url(mock.url())
+        .retry_config(RetryConfig::none())
+        .build()
+        .unwrap();
+    dub.track()
+        .lead(support::lead_for("u1").build())
+        .await
+        .unwrap();
+    let sale = support::sale_for("u1", Some("in_1"));
+    let e = dub.track().sale(sale.clone()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    assert!(e.is_lead_race(), "{e}");
+    assert!(!e.may_have_been_recorded());
+    // Any other 404 is not the race.
+    mock.push_fault(Fault::Status(404));
+    let e = dub.track().sale(sale).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    assert!(!e.is_lead_race(), "{e}");
+    mock.push_fault(Fault::Status(404));
+    let e = dub
+        .track()
+        .lead(support::lead_for("u2").build())
+        .await
+        .unwrap_err();
+    assert!(!e.is_lead_race(), "{e}");
+}
