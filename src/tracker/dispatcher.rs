@@ -1,18 +1,18 @@
 //! The tracker's task: claims events whose turn has come, delivers them through the client,
 //! and decides what each result means (delivered, failed, uncertain, or again later).
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::event::{Event, EventId};
+use super::event::Event;
+use super::in_flight::Attempt;
 use super::outcome::{EventOutcome, Outcome, Response, ShutdownReport};
-use super::store::{Claimed, Store, Terminal};
-use super::{Core, Stopping};
+use super::state::{Core, Stopping};
+use super::store::{Claimed, StoreError, Terminal};
 use crate::{Error, ErrorKind};
 
 /// How long a sale may keep meeting Dub's "Lead event not found" before it is given up: the
@@ -93,74 +93,6 @@ impl Outage {
     }
 }
 
-/// The deliveries started and not yet settled, with Dub's answer once it came.
-///
-/// A delivery is recorded here before it starts, and its answer as soon as it arrives, so that
-/// whatever cuts the dispatcher short (a shutdown deadline it overran, the last handle dropped,
-/// its runtime shut down) leaves an honest account: an event Dub answered for is delivered,
-/// one whose request may have reached Dub and that Dub does not deduplicate is uncertain, and
-/// neither comes back as "undelivered". Whoever takes an entry out settles the event: the
-/// dispatcher normally, [`abandon`] once the dispatcher is cut short.
-#[derive(Default)]
-pub(super) struct InFlight(Mutex<InFlightState>);
-
-#[derive(Default)]
-struct InFlightState {
-    /// Abandoned: no delivery may start any more.
-    closed: bool,
-    started: HashMap<EventId, Attempt>,
-}
-
-struct Attempt {
-    claimed: Claimed,
-    answer: Option<Response>,
-}
-
-impl InFlight {
-    fn lock(&self) -> MutexGuard<'_, InFlightState> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Records a delivery about to start; `false` once abandoned (then it must not start).
-    fn start(&self, claimed: &Claimed) -> bool {
-        let mut s = self.lock();
-        if s.closed {
-            return false;
-        }
-        s.started.insert(
-            claimed.id,
-            Attempt {
-                claimed: claimed.clone(),
-                answer: None,
-            },
-        );
-        true
-    }
-
-    fn answered(&self, id: EventId, response: &Response) {
-        if let Some(attempt) = self.lock().started.get_mut(&id) {
-            attempt.answer = Some(response.clone());
-        }
-    }
-
-    fn contains(&self, id: EventId) -> bool {
-        self.lock().started.contains_key(&id)
-    }
-
-    /// Takes the entry to settle the event; `false` if [`abandon`] took it first.
-    fn take(&self, id: EventId) -> bool {
-        self.lock().started.remove(&id).is_some()
-    }
-
-    fn close(&self) -> Vec<Attempt> {
-        let mut s = self.lock();
-        s.closed = true;
-        let mut left: Vec<Attempt> = s.started.drain().map(|(_, a)| a).collect();
-        left.sort_by_key(|a| a.claimed.id);
-        left
-    }
-}
-
 /// Marks the dispatcher gone when its task ends or is dropped (its runtime shut down): the
 /// tracker then refuses hand-overs instead of queueing events nobody will deliver.
 struct Running(Arc<Core>);
@@ -168,7 +100,7 @@ struct Running(Arc<Core>);
 impl Drop for Running {
     fn drop(&mut self) {
         self.0.running.store(false, Ordering::Release);
-        self.0.stop_taking();
+        drop(self.0.stop_taking());
     }
 }
 
@@ -197,9 +129,7 @@ pub(super) async fn run(core: Arc<Core>) {
                             if !core.in_flight.start(&claimed) {
                                 // Abandoned meanwhile: the event stays queued, unsent.
                                 let (id, attempts) = (claimed.id, claimed.attempts);
-                                let _ =
-                                    store_op(&core, move |s| s.reschedule(id, 0, attempts, false))
-                                        .await;
+                                let _ = core.store.reschedule(id, 0, attempts, false).await;
                                 continue;
                             }
                             let shutdown = core.shutdown.subscribe();
@@ -284,10 +214,7 @@ fn next_wake(
 
 /// Announces what a process that died had in flight and Dub does not deduplicate.
 async fn recover(core: &Arc<Core>) {
-    if !core.store.is_durable() {
-        return;
-    }
-    match store_op(core, |s| s.recover()).await {
+    match core.store.recover().await {
         Ok(lost) => {
             if !lost.is_empty() {
                 tracing::warn!(
@@ -317,16 +244,8 @@ async fn recover(core: &Arc<Core>) {
     }
 }
 
-async fn claim(core: &Arc<Core>, max: usize) -> Result<Vec<Claimed>, String> {
-    let now_ms = crate::clock::now_ms();
-    if core.store.is_durable() {
-        let core = core.clone();
-        tokio::task::spawn_blocking(move || core.store.claim(max, now_ms))
-            .await
-            .map_err(|e| e.to_string())?
-    } else {
-        core.store.claim(max, now_ms)
-    }
+async fn claim(core: &Arc<Core>, max: usize) -> Result<Vec<Claimed>, StoreError> {
+    core.store.claim(max, crate::clock::now_ms()).await
 }
 
 async fn deliver(
@@ -464,7 +383,7 @@ async fn settle(core: &Arc<Core>, outage: &mut Outage, d: Delivery) {
             // Cut off at the shutdown deadline: Dub would deduplicate a second delivery, so the
             // event simply stays queued.
             let id = d.claimed.id;
-            if let Err(e) = store_op(core, move |s| s.reschedule(id, 0, deliveries, true)).await {
+            if let Err(e) = core.store.reschedule(id, 0, deliveries, true).await {
                 tracing::error!(error = %e, "dub tracker: cannot requeue an event");
             }
             core.in_flight.take(id);
@@ -494,9 +413,7 @@ async fn settle(core: &Arc<Core>, outage: &mut Outage, d: Delivery) {
                     core.counters.retried.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(id = %d.claimed.id, wait_ms = wait.as_millis() as u64, "dub tracker: will retry");
                     let id = d.claimed.id;
-                    if let Err(e) =
-                        store_op(core, move |s| s.reschedule(id, due, deliveries, maybe_sent)).await
-                    {
+                    if let Err(e) = core.store.reschedule(id, due, deliveries, maybe_sent).await {
                         tracing::error!(error = %e, "dub tracker: cannot reschedule an event");
                     }
                     core.in_flight.take(id);
@@ -517,7 +434,7 @@ async fn settle(core: &Arc<Core>, outage: &mut Outage, d: Delivery) {
     let terminal = terminal_of(&outcome);
     let stored = stored_outcome(&outcome);
     let id = d.claimed.id;
-    if let Err(e) = store_op(core, move |s| s.finish(vec![(id, terminal, stored)])).await {
+    if let Err(e) = core.store.finish(vec![(id, terminal, stored)]).await {
         tracing::error!(error = %e, "dub tracker: cannot record an outcome");
     }
     // Nothing below awaits: once the entry is taken, the event is announced exactly once.
@@ -561,7 +478,7 @@ fn count(core: &Core, terminal: Terminal) {
 /// after this. What Dub answered is delivered; a request that may have reached Dub is uncertain
 /// unless Dub deduplicates the event, which then goes back to the queue (the report, or the
 /// spool). Called only where the dispatcher can no longer run normally, before the report.
-pub(super) fn abandon(core: &Core) {
+pub(super) async fn abandon(core: &Core) {
     for attempt in core.in_flight.close() {
         let Attempt { claimed, answer } = attempt;
         let id = claimed.id;
@@ -569,7 +486,7 @@ pub(super) fn abandon(core: &Core) {
         let outcome = match answer {
             Some(response) => Outcome::Delivered(response),
             None if claimed.event.is_deduplicated() => {
-                if let Err(e) = core.store.reschedule(id, 0, deliveries, true) {
+                if let Err(e) = core.store.reschedule(id, 0, deliveries, true).await {
                     tracing::error!(error = %e, "dub tracker: cannot requeue an event");
                 }
                 continue;
@@ -577,10 +494,8 @@ pub(super) fn abandon(core: &Core) {
             None => Outcome::Uncertain(Error::abandoned()),
         };
         let terminal = terminal_of(&outcome);
-        if let Err(e) = core
-            .store
-            .finish(vec![(id, terminal, stored_outcome(&outcome))])
-        {
+        let stored = stored_outcome(&outcome);
+        if let Err(e) = core.store.finish(vec![(id, terminal, stored)]).await {
             tracing::error!(error = %e, "dub tracker: cannot record an outcome");
         }
         count(core, terminal);
@@ -597,15 +512,6 @@ pub(super) fn abandon(core: &Core) {
             },
         );
     }
-}
-
-/// Stops a spool's writer after it committed what it holds (a memory queue closed already).
-pub(super) async fn close_hand_overs(core: &Arc<Core>) {
-    let _ = store_op(core, |s| {
-        s.close_hand_overs();
-        Ok(())
-    })
-    .await;
 }
 
 /// Tells the outcome callback and the event's receipts.
@@ -635,20 +541,6 @@ fn backoff(core: &Core, deliveries: u32) -> Duration {
     )
 }
 
-async fn store_op<T: Send + 'static>(
-    core: &Arc<Core>,
-    op: impl FnOnce(&Store) -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
-    if core.store.is_durable() {
-        let core = core.clone();
-        tokio::task::spawn_blocking(move || op(&core.store))
-            .await
-            .map_err(|e| e.to_string())?
-    } else {
-        op(&core.store)
-    }
-}
-
 /// What a spool keeps of an outcome: Dub's response, or the error's essentials, as JSON.
 fn stored_outcome(outcome: &Outcome) -> Vec<u8> {
     let value = match outcome {
@@ -665,21 +557,21 @@ fn stored_outcome(outcome: &Outcome) -> Vec<u8> {
 
 /// The report of a stopped tracker: what is left comes back (memory) or stays (spool), and
 /// receipts of what is left resolve to `NotDelivered`. The dispatcher has ended or was aborted.
-pub(super) fn report(core: &Core) -> ShutdownReport {
-    abandon(core);
+pub(super) async fn report(core: &Core) -> ShutdownReport {
+    abandon(core).await;
     let mut report = ShutdownReport::default();
-    match &core.store {
-        Store::Memory(queue) => {
-            report.undelivered = queue.drain();
+    match core.store.left().await {
+        Ok(left) => {
+            report.undelivered = left.undelivered;
+            report.left_in_spool = left.in_store;
         }
-        #[cfg(feature = "spool")]
-        Store::Spool(_) => {
-            let (queued, in_flight, _) = core.store.counts();
-            report.left_in_spool = queued + in_flight;
-        }
+        Err(e) => tracing::error!(error = %e, "dub tracker: cannot read what is left"),
     }
     core.receipts.resolve_rest();
     report.stats = core.stats();
-    report.drained = report.undelivered.is_empty() && report.left_in_spool == 0;
+    let (queued, in_flight, _) = core.store.counts();
+    report.drained = report.undelivered.is_empty()
+        && report.left_in_spool == 0
+        && (queued + in_flight == 0 || !core.store.is_durable());
     report
 }

@@ -344,3 +344,61 @@ fn the_signup_example_shuts_its_tracker_down_on_sigterm() {
         "{rest}"
     );
 }
+
+/// Issue 19, §1: a spool's batch is handed over while the dispatcher is idle and Dub is fast.
+/// A row claimed and delivered before its receipt was registered would leave that receipt to
+/// resolve `NotDelivered` at shutdown although Dub recorded the event: every receipt must say
+/// delivered.
+#[test]
+fn every_receipt_of_a_spool_batch_resolves_delivered() {
+    let rt = runtime();
+    let mock = rt.block_on(MockDub::start()).unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "dub-tracker-receipts-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tracker = {
+        let _entered = rt.enter();
+        client(&mock)
+            .tracker()
+            .spool(dir.join("spool.sqlite"))
+            .start()
+            .unwrap()
+    };
+    let mut stuck = Vec::new();
+    for batch in 0..200 {
+        // Four threads hand over at once, so that one commit holds several events.
+        let handed: Vec<Receipt> = (0..4)
+            .map(|t| {
+                let tracker = tracker.clone();
+                std::thread::spawn(move || {
+                    (0..5)
+                        .map(|n| {
+                            let customer = format!("b{batch}_t{t}_{n}");
+                            tracker.lead(lead(&customer)).wait().unwrap()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        for receipt in handed {
+            let id = receipt.id();
+            match receipt.wait_timeout(Duration::from_secs(5)) {
+                Ok(Outcome::Delivered(_)) => {}
+                other => stuck.push(format!("batch {batch}, {id}: {other:?}")),
+            }
+        }
+        if !stuck.is_empty() {
+            break;
+        }
+    }
+    let report = tracker.shutdown_blocking(Duration::from_secs(5));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(stuck.is_empty(), "{stuck:?}");
+    assert!(report.drained, "{report:?}");
+}
