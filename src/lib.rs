@@ -7,21 +7,18 @@ pub mod blocking;
 mod client;
 mod clock;
 mod error;
+mod generated;
 #[cfg(feature = "mock")]
 pub mod mock;
 pub mod models;
+mod open_enum;
+mod options;
 pub mod rate_limit;
 pub mod retry;
 mod track;
 pub mod tracker;
 mod transport;
-mod validate;
 mod wait;
-
-#[allow(missing_docs, clippy::all, private_interfaces, dead_code)]
-mod generated {
-    include!(concat!(env!("OUT_DIR"), "/generated.rs"));
-}
 
 pub use client::{
     DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_SERVER_URL, Dub, DubBuilder,

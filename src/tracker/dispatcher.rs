@@ -8,11 +8,11 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::event::Event;
+use super::event::{Event, EventId};
 use super::in_flight::Attempt;
 use super::outcome::{EventOutcome, Outcome, Response, ShutdownReport};
 use super::state::{Core, Stopping};
-use super::store::{Claimed, StoreError, Terminal};
+use super::store::{Claimed, Store, StoreError, Terminal};
 use crate::{Error, ErrorKind};
 
 /// How long a sale may keep meeting Dub's "Lead event not found" before it is given up: the
@@ -25,6 +25,9 @@ const MAX_OUTAGE_PAUSE: Duration = Duration::from_secs(60);
 const RECOVER_EVERY: Duration = Duration::from_secs(10);
 /// How often the counts are traced while there is work.
 const TRACE_EVERY: Duration = Duration::from_secs(10);
+/// The longest wait between attempts to write to a spool that failed (a full disk): once the
+/// disk has room, held outcomes are written and deliveries resume within this.
+const MAX_STORE_RETRY: Duration = Duration::from_secs(30);
 
 /// One delivery's result; `None` when the shutdown deadline cut it off.
 struct Delivery {
@@ -104,27 +107,158 @@ impl Drop for Running {
     }
 }
 
+/// A write the store could not make (a full disk), held until it can.
+enum Unwritten {
+    Finish(EventId, Terminal, Vec<u8>),
+    Reschedule {
+        id: EventId,
+        due_ms: u64,
+        attempts: u32,
+        maybe_sent: bool,
+    },
+}
+
+/// A store that fails (a full disk, a file that cannot be read): the loop would otherwise retry
+/// at once, again and again. One ERROR line when the trouble begins and one INFO line when it
+/// ends; no claim until a capped backoff has passed; and outcomes that could not be written
+/// are held here and written first when the store works again, so their rows do not stay
+/// claimed (and their customers blocked) until a restart.
+#[derive(Default)]
+struct StoreTrouble {
+    failures: u32,
+    retry_at: Option<Instant>,
+    unwritten: Vec<Unwritten>,
+}
+
+impl StoreTrouble {
+    fn failed(&mut self, core: &Core, e: &dyn std::fmt::Display) {
+        if self.failures == 0 {
+            tracing::error!(
+                error = %e,
+                "dub tracker: the store failed; retrying with backoff, outcomes held in memory"
+            );
+        }
+        self.failures = self.failures.saturating_add(1);
+        let wait = backoff(core, self.failures).min(MAX_STORE_RETRY);
+        self.retry_at = Instant::now().checked_add(wait);
+    }
+
+    /// A write went through: the trouble is over once nothing is held.
+    fn worked(&mut self) {
+        if self.failures > 0 && self.unwritten.is_empty() {
+            tracing::info!(
+                failures = self.failures,
+                "dub tracker: the store can be written again"
+            );
+            self.failures = 0;
+            self.retry_at = None;
+        }
+    }
+
+    fn in_trouble(&self) -> bool {
+        self.failures > 0
+    }
+
+    /// Whether the store is left alone until the backoff has passed.
+    fn waiting(&self, now: Instant) -> bool {
+        self.retry_at.is_some_and(|at| now < at)
+    }
+
+    /// Keeps a write for later, or makes it now when the store is not known to fail.
+    async fn write(&mut self, core: &Arc<Core>, w: Unwritten) {
+        self.unwritten.push(w);
+        if !self.in_trouble() {
+            self.write_held(core).await;
+        }
+    }
+
+    /// Writes what is held; on failure keeps what is left and backs off.
+    async fn write_held(&mut self, core: &Arc<Core>) {
+        if self.unwritten.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut self.unwritten);
+        let (left, error) = write_all(&*core.store, held).await;
+        self.unwritten = left;
+        match error {
+            None => self.worked(),
+            Some(e) => self.failed(core, &e),
+        }
+    }
+}
+
+/// Writes `held` in order: all outcomes in one transaction, then each reschedule. Returns what
+/// could not be written, with the error.
+async fn write_all(
+    store: &dyn Store,
+    held: Vec<Unwritten>,
+) -> (Vec<Unwritten>, Option<StoreError>) {
+    let mut finish = Vec::new();
+    let mut later = Vec::new();
+    for w in held {
+        match w {
+            Unwritten::Finish(id, t, o) => finish.push((id, t, o)),
+            r @ Unwritten::Reschedule { .. } => later.push(r),
+        }
+    }
+    if !finish.is_empty()
+        && let Err(e) = store.finish(finish.clone()).await
+    {
+        let mut left: Vec<Unwritten> = finish
+            .into_iter()
+            .map(|(id, t, o)| Unwritten::Finish(id, t, o))
+            .collect();
+        left.extend(later);
+        return (left, Some(e));
+    }
+    let mut later = later.into_iter();
+    while let Some(w) = later.next() {
+        let Unwritten::Reschedule {
+            id,
+            due_ms,
+            attempts,
+            maybe_sent,
+        } = w
+        else {
+            continue;
+        };
+        if let Err(e) = store.reschedule(id, due_ms, attempts, maybe_sent).await {
+            let mut left = vec![w];
+            left.extend(later);
+            return (left, Some(e));
+        }
+    }
+    (Vec::new(), None)
+}
+
 pub(super) async fn run(core: Arc<Core>) {
     let _running = Running(core.clone());
     let mut tasks: JoinSet<Delivery> = JoinSet::new();
     let mut outage = Outage::default();
+    let mut trouble = StoreTrouble::default();
     let mut shutdown = core.shutdown.subscribe();
     let mut traced = Instant::now();
     let mut recovered: Option<Instant> = None;
     loop {
         if recovered.is_none_or(|at| at.elapsed() >= RECOVER_EVERY) {
             recovered = Some(Instant::now());
-            recover(&core).await;
+            recover(&core, &mut trouble).await;
+        }
+        if !trouble.waiting(Instant::now()) {
+            trouble.write_held(&core).await;
         }
         let stopping = *shutdown.borrow_and_update();
         let now = Instant::now();
         let past_deadline = stopping.is_some_and(|s| now >= s.claim_until);
-        if !past_deadline {
+        if !past_deadline && !trouble.waiting(now) {
             let free = core.config.max_in_flight.saturating_sub(tasks.len());
             let allowed = outage.allowed(now, free, tasks.len());
             if allowed > 0 {
                 match claim(&core, allowed).await {
                     Ok(batch) => {
+                        if !batch.is_empty() {
+                            trouble.worked();
+                        }
                         for claimed in batch {
                             if !core.in_flight.start(&claimed) {
                                 // Abandoned meanwhile: the event stays queued, unsent.
@@ -137,11 +271,20 @@ pub(super) async fn run(core: Arc<Core>) {
                             tasks.spawn(deliver(core.clone(), claimed, shutdown, probe));
                         }
                     }
-                    Err(e) => tracing::error!(error = %e, "dub tracker: cannot read the queue"),
+                    Err(e) => trouble.failed(&core, &e),
                 }
             }
         }
         if tasks.is_empty() && (past_deadline || (stopping.is_some() && is_drained(&core))) {
+            // A last try for what the store could not take; then the rows stay claimed and the
+            // next start treats them as left in flight by a process that died.
+            trouble.write_held(&core).await;
+            if !trouble.unwritten.is_empty() {
+                tracing::error!(
+                    events = trouble.unwritten.len(),
+                    "dub tracker: outcomes could not be written to the store before shutdown"
+                );
+            }
             break;
         }
         if now.saturating_duration_since(traced) >= TRACE_EVERY {
@@ -162,8 +305,9 @@ pub(super) async fn run(core: Arc<Core>) {
         // A due event matters only when one could be started: otherwise the loop would wake
         // at once, again and again, while it waits for a slot or the end of an outage pause.
         let free = core.config.max_in_flight.saturating_sub(tasks.len());
-        let could_claim = !past_deadline && outage.allowed(now, free, tasks.len()) > 0;
-        let wake_at = next_wake(
+        let could_claim =
+            !past_deadline && !trouble.waiting(now) && outage.allowed(now, free, tasks.len()) > 0;
+        let mut wake_at = next_wake(
             &core,
             &outage,
             stopping.map(|s| s.claim_until),
@@ -171,10 +315,13 @@ pub(super) async fn run(core: Arc<Core>) {
             traced,
             now,
         );
+        if let Some(retry) = trouble.retry_at.filter(|&at| at > now) {
+            wake_at = wake_at.min(retry);
+        }
         tokio::select! {
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Ok(delivery) = done {
-                    settle(&core, &mut outage, delivery).await;
+                    settle(&core, &mut outage, &mut trouble, delivery).await;
                 }
             }
             _ = core.wake.notified() => {}
@@ -185,8 +332,9 @@ pub(super) async fn run(core: Arc<Core>) {
 }
 
 fn is_drained(core: &Core) -> bool {
-    let (queued, in_flight, _) = core.store.counts();
-    queued + in_flight == 0
+    core.store
+        .counts()
+        .is_ok_and(|(queued, in_flight, _)| queued + in_flight == 0)
 }
 
 /// The next moment the loop has something to do without being woken.
@@ -213,7 +361,7 @@ fn next_wake(
 }
 
 /// Announces what a process that died had in flight and Dub does not deduplicate.
-async fn recover(core: &Arc<Core>) {
+async fn recover(core: &Arc<Core>, trouble: &mut StoreTrouble) {
     match core.store.recover().await {
         Ok(lost) => {
             if !lost.is_empty() {
@@ -240,7 +388,7 @@ async fn recover(core: &Arc<Core>) {
                 );
             }
         }
-        Err(e) => tracing::error!(error = %e, "dub tracker: cannot recover the spool"),
+        Err(e) => trouble.failed(core, &e),
     }
 }
 
@@ -264,8 +412,8 @@ async fn deliver(
     let track = core.dub.track();
     let call = async {
         match claimed.event.clone() {
-            Event::Lead(r) => track.lead(r).retries(policy).await.map(Response::Lead),
-            Event::Sale(r) => track.sale(r).retries(policy).await.map(Response::Sale),
+            Event::Lead(r) => track.lead(r).retry_config(policy).await.map(Response::Lead),
+            Event::Sale(r) => track.sale(r).retry_config(policy).await.map(Response::Sale),
         }
     };
     // A delivery that began before shutdown is cut off at its deadline.
@@ -370,7 +518,7 @@ fn judge(core: &Core, claimed: &Claimed, e: Error, age: Duration) -> Next {
     }
 }
 
-async fn settle(core: &Arc<Core>, outage: &mut Outage, d: Delivery) {
+async fn settle(core: &Arc<Core>, outage: &mut Outage, trouble: &mut StoreTrouble, d: Delivery) {
     if !core.in_flight.contains(d.claimed.id) {
         // Abandoned: already settled by `abandon`.
         return;
@@ -382,11 +530,14 @@ async fn settle(core: &Arc<Core>, outage: &mut Outage, d: Delivery) {
         None if d.claimed.event.is_deduplicated() => {
             // Cut off at the shutdown deadline: Dub would deduplicate a second delivery, so the
             // event simply stays queued.
-            let id = d.claimed.id;
-            if let Err(e) = core.store.reschedule(id, 0, deliveries, true).await {
-                tracing::error!(error = %e, "dub tracker: cannot requeue an event");
-            }
-            core.in_flight.take(id);
+            let w = Unwritten::Reschedule {
+                id: d.claimed.id,
+                due_ms: 0,
+                attempts: deliveries,
+                maybe_sent: true,
+            };
+            trouble.write(core, w).await;
+            core.in_flight.take(d.claimed.id);
             return;
         }
         None => Next::Terminal(Outcome::Uncertain(Error::cut_off())),
@@ -412,11 +563,14 @@ async fn settle(core: &Arc<Core>, outage: &mut Outage, d: Delivery) {
                         now_ms.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
                     core.counters.retried.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(id = %d.claimed.id, wait_ms = wait.as_millis() as u64, "dub tracker: will retry");
-                    let id = d.claimed.id;
-                    if let Err(e) = core.store.reschedule(id, due, deliveries, maybe_sent).await {
-                        tracing::error!(error = %e, "dub tracker: cannot reschedule an event");
-                    }
-                    core.in_flight.take(id);
+                    let w = Unwritten::Reschedule {
+                        id: d.claimed.id,
+                        due_ms: due,
+                        attempts: deliveries,
+                        maybe_sent,
+                    };
+                    trouble.write(core, w).await;
+                    core.in_flight.take(d.claimed.id);
                     return;
                 }
                 Next::Terminal(outcome) => {
@@ -434,9 +588,9 @@ async fn settle(core: &Arc<Core>, outage: &mut Outage, d: Delivery) {
     let terminal = terminal_of(&outcome);
     let stored = stored_outcome(&outcome);
     let id = d.claimed.id;
-    if let Err(e) = core.store.finish(vec![(id, terminal, stored)]).await {
-        tracing::error!(error = %e, "dub tracker: cannot record an outcome");
-    }
+    trouble
+        .write(core, Unwritten::Finish(id, terminal, stored))
+        .await;
     // Nothing below awaits: once the entry is taken, the event is announced exactly once.
     if !core.in_flight.take(id) {
         return;
@@ -560,18 +714,22 @@ fn stored_outcome(outcome: &Outcome) -> Vec<u8> {
 pub(super) async fn report(core: &Core) -> ShutdownReport {
     abandon(core).await;
     let mut report = ShutdownReport::default();
+    let mut left_read = true;
     match core.store.left().await {
         Ok(left) => {
             report.undelivered = left.undelivered;
             report.left_in_spool = left.in_store;
         }
-        Err(e) => tracing::error!(error = %e, "dub tracker: cannot read what is left"),
+        Err(e) => {
+            left_read = false;
+            tracing::error!(error = %e, "dub tracker: cannot read what is left");
+        }
     }
     core.receipts.resolve_rest();
     report.stats = core.stats();
-    let (queued, in_flight, _) = core.store.counts();
-    report.drained = report.undelivered.is_empty()
+    report.drained = left_read
+        && report.undelivered.is_empty()
         && report.left_in_spool == 0
-        && (queued + in_flight == 0 || !core.store.is_durable());
+        && report.stats.store_error.is_none();
     report
 }

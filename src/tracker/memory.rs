@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use super::event::{Event, EventId};
 use super::outcome::{HandOver, HandOverError, HandOverErrorKind, Receipt};
 use super::receipts::Receipts;
-use super::store::{Claimed, Left, Store, StoreFuture, Terminal, done};
+use super::store::{Claimed, Left, Store, StoreError, StoreFuture, Terminal, done};
 
 #[derive(Debug)]
 struct Entry {
@@ -299,8 +299,8 @@ impl Store for MemoryQueue {
         MemoryQueue::next_due(self)
     }
 
-    fn counts(&self) -> (u64, u64, Option<u64>) {
-        MemoryQueue::counts(self)
+    fn counts(&self) -> Result<(u64, u64, Option<u64>), StoreError> {
+        Ok(MemoryQueue::counts(self))
     }
 
     fn is_durable(&self) -> bool {

@@ -155,10 +155,18 @@ impl TrackerBuilder {
     }
 
     /// The retry policy of each delivery call (default [`RetryConfig::default`]: 3 attempts
-    /// within 30 s); the tracker retries beyond it.
-    pub fn call_retries(mut self, policy: RetryConfig) -> Self {
+    /// within 30 s); the tracker retries beyond it. The same setting as
+    /// [`DubBuilder::retry_config`](crate::DubBuilder::retry_config) and
+    /// [`TrackCall::retry_config`](crate::TrackCall::retry_config).
+    pub fn retry_config(mut self, policy: RetryConfig) -> Self {
         self.config.call_policy = policy;
         self
+    }
+
+    /// The former name of [`retry_config`](Self::retry_config).
+    #[deprecated(since = "0.1.0", note = "renamed `retry_config`, as on `DubBuilder`")]
+    pub fn call_retries(self, policy: RetryConfig) -> Self {
+        self.retry_config(policy)
     }
 
     /// Keeps the queue in a durable spool, a SQLite file at `path` (created if missing), instead
@@ -253,7 +261,7 @@ impl TrackerBuilder {
         runtime: tokio::runtime::Handle,
         own: Option<tokio::runtime::Runtime>,
     ) -> crate::Result<Tracker> {
-        self.dub.shared()?;
+        self.dub.core()?;
         let receipts = Arc::new(Receipts::default());
         let wake = Arc::new(Notify::new());
         let store = self.store(&receipts, &wake)?;

@@ -368,6 +368,9 @@ pub struct Stats {
     pub rate_limited: u64,
     /// How long the oldest undelivered event has waited.
     pub oldest_age: Option<Duration>,
+    /// Why the spool could not be read when these counts were taken (a damaged or vanished
+    /// file): `queued`, `in_flight` and `oldest_age` are then unknown, not zero.
+    pub store_error: Option<String>,
 }
 
 /// What [`Tracker::shutdown`](super::Tracker::shutdown) left.
@@ -381,6 +384,7 @@ pub struct ShutdownReport {
     pub undelivered: Vec<(EventId, Event)>,
     /// Events not delivered by the deadline that stay in the spool for the next start.
     pub left_in_spool: u64,
-    /// Whether everything was delivered before the deadline.
+    /// Whether everything was delivered before the deadline: never when the spool could not be
+    /// read ([`Stats::store_error`] in [`stats`](Self::stats) says why).
     pub drained: bool,
 }

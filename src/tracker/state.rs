@@ -88,9 +88,14 @@ impl Core {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        let (queued, in_flight, oldest) = self.store.counts();
+        let (counts, store_error) = match self.store.counts() {
+            Ok(counts) => (counts, None),
+            Err(e) => ((0, 0, None), Some(e.to_string())),
+        };
+        let (queued, in_flight, oldest) = counts;
         let now = crate::clock::now_ms();
         Stats {
+            store_error,
             queued,
             in_flight,
             delivered: self.counters.delivered.load(Ordering::Relaxed),

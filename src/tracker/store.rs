@@ -102,8 +102,9 @@ pub(crate) trait Store: Send + Sync + fmt::Debug {
     fn left(&self) -> StoreFuture<Left>;
     /// The earliest due time of a claimable event (a hint).
     fn next_due(&self) -> Option<u64>;
-    /// (queued, in flight, creation time of the oldest) (a hint).
-    fn counts(&self) -> (u64, u64, Option<u64>);
+    /// (queued, in flight, creation time of the oldest) (a hint), or why they cannot be known
+    /// (never zeros in their place: a store that cannot count is not empty).
+    fn counts(&self) -> Result<(u64, u64, Option<u64>), StoreError>;
     /// Whether events survive the process.
     fn is_durable(&self) -> bool;
 }
@@ -125,7 +126,7 @@ pub(crate) trait BlockingStore: Send + Sync + fmt::Debug + 'static {
     fn recover(&self) -> Result<Vec<Claimed>, StoreError>;
     fn left(&self) -> Result<Left, StoreError>;
     fn next_due(&self) -> Option<u64>;
-    fn counts(&self) -> (u64, u64, Option<u64>);
+    fn counts(&self) -> Result<(u64, u64, Option<u64>), StoreError>;
 }
 
 /// Runs a [`BlockingStore`]'s operations on tokio's blocking threads, so they never stall the
@@ -197,7 +198,7 @@ impl<S: BlockingStore> Store for OffThread<S> {
         self.0.next_due()
     }
 
-    fn counts(&self) -> (u64, u64, Option<u64>) {
+    fn counts(&self) -> Result<(u64, u64, Option<u64>), StoreError> {
         self.0.counts()
     }
 
