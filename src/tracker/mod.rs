@@ -320,13 +320,19 @@ impl Drop for Handle {
             drop(self.core.stop_taking());
             task.abort();
             // What was in flight may have reached Dub: settled honestly, not "not delivered";
-            // on the tracker's runtime while it runs (a store may need it), here otherwise.
+            // on the tracker's runtime while it runs (a store may need it), here when it is
+            // gone or is the tracker's own (shut down below, before a task of it would run).
             let core = self.core.clone();
             let settle = async move {
                 dispatcher::abandon(&core).await;
                 core.receipts.resolve_rest();
             };
-            if self.core.running.load(Ordering::Acquire) {
+            let own = self
+                .own
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some();
+            if self.core.running.load(Ordering::Acquire) && !own {
                 drop(self.runtime.spawn(settle));
             } else {
                 crate::wait::block_on(Box::pin(settle));

@@ -402,3 +402,35 @@ fn every_receipt_of_a_spool_batch_resolves_delivered() {
     assert!(stuck.is_empty(), "{stuck:?}");
     assert!(report.drained, "{report:?}");
 }
+
+/// The same for a tracker on a runtime of its own (`start_in_background`), dropped from sync
+/// code: its runtime stops with it, and the receipts still say uncertain.
+#[test]
+fn dropping_a_background_tracker_mid_delivery_makes_unsafe_sales_uncertain() {
+    let rt = runtime();
+    let mock = rt.block_on(MockDub::start()).unwrap();
+    let dub = client(&mock);
+    rt.block_on(async {
+        for c in 0..8 {
+            dub.track().lead(lead(&format!("u{c}"))).await.unwrap();
+        }
+    });
+    mock.push_faults((0..8).map(|_| Fault::Delay(Duration::from_millis(500))));
+    let tracker = dub.tracker().start_in_background().unwrap();
+    let receipts: Vec<Receipt> = (0..8u64)
+        .map(|c| {
+            let sale = unsafe_sale(&format!("u{c}"), 1_000 + c);
+            tracker.sale(sale).wait().unwrap()
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    while mock.request_count() < 16 {
+        assert!(started.elapsed() < Duration::from_secs(10), "never sent");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(tracker);
+    for receipt in receipts {
+        let outcome = receipt.wait_timeout(Duration::from_secs(10));
+        assert!(matches!(outcome, Ok(Outcome::Uncertain(_))), "{outcome:?}");
+    }
+}
