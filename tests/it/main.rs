@@ -11,6 +11,7 @@ mod hardening;
 mod hostile;
 mod mock_server;
 mod module_cycles;
+mod outbox;
 mod properties;
 mod rate_limits;
 mod reliability;

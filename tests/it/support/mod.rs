@@ -3,6 +3,7 @@
 //! with arrival times on tokio's clock so tests on a paused clock can assert exact schedules.
 #![allow(dead_code)]
 
+pub mod postgres;
 pub mod schema;
 
 use std::collections::VecDeque;
