@@ -27,6 +27,9 @@ const OUTAGE_PAUSE: Backoff = Backoff {
 };
 /// How often a spool is checked for events left in flight by processes that died.
 const RECOVER_EVERY: Duration = Duration::from_secs(10);
+/// How often receipts waiting on a shared spool's rows are checked for rows another process
+/// settled.
+const SETTLED_ELSEWHERE_EVERY: Duration = Duration::from_secs(1);
 /// How often the counts are traced while there is work.
 const TRACE_EVERY: Duration = Duration::from_secs(10);
 /// The longest wait between attempts to write to a spool that failed (a full disk): once the
@@ -246,6 +249,7 @@ pub(super) async fn run(core: Arc<Core>) {
     let mut shutdown = core.shutdown.subscribe();
     let mut traced = Instant::now();
     let mut recovered: Option<Instant> = None;
+    let mut looked_elsewhere = Instant::now();
     loop {
         if recovered.is_none_or(|at| at.elapsed() >= RECOVER_EVERY) {
             recovered = Some(Instant::now());
@@ -253,6 +257,10 @@ pub(super) async fn run(core: Arc<Core>) {
         }
         if !trouble.waiting(Instant::now()) {
             trouble.write_held(&core).await;
+        }
+        if core.store.is_durable() && looked_elsewhere.elapsed() >= SETTLED_ELSEWHERE_EVERY {
+            looked_elsewhere = Instant::now();
+            settled_elsewhere(&core).await;
         }
         let stopping = *shutdown.borrow_and_update();
         let now = Instant::now();
@@ -322,6 +330,9 @@ pub(super) async fn run(core: Arc<Core>) {
             traced,
             now,
         );
+        if core.store.is_durable() {
+            wake_at = wake_at.min((looked_elsewhere + SETTLED_ELSEWHERE_EVERY).max(now));
+        }
         if let Some(retry) = trouble.retry_at.filter(|&at| at > now) {
             wake_at = wake_at.min(retry);
         }
@@ -396,6 +407,28 @@ async fn recover(core: &Arc<Core>, trouble: &mut StoreTrouble) {
             }
         }
         Err(e) => trouble.failed(core, &e),
+    }
+}
+
+/// Resolves the receipts of events another process sharing the spool settled: this tracker
+/// will never announce them itself. Only receipts learn of them, not the outcome callback,
+/// which tells what this tracker settled.
+async fn settled_elsewhere(core: &Arc<Core>) {
+    let waiting = core.receipts.waiting();
+    if waiting.is_empty() {
+        return;
+    }
+    let waiting: Vec<_> = waiting
+        .into_iter()
+        .filter(|&id| !core.in_flight.contains(id))
+        .collect();
+    match core.store.settled(waiting).await {
+        Ok(settled) => {
+            for (id, outcome) in settled {
+                core.receipts.announce(id, &outcome);
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "dub tracker: cannot read the spool"),
     }
 }
 

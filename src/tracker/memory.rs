@@ -211,6 +211,11 @@ impl MemoryQueue {
     }
 
     /// (queued, in flight, creation time of the oldest).
+    /// Whether an undelivered event holds `key`.
+    pub(crate) fn has_key(&self, key: &str) -> bool {
+        self.lock().keys.contains_key(key)
+    }
+
     pub(crate) fn counts(&self) -> (u64, u64, Option<u64>) {
         let s = self.lock();
         let total = s.entries.len() as u64;
@@ -286,6 +291,10 @@ impl Store for MemoryQueue {
     ) -> StoreFuture<()> {
         MemoryQueue::reschedule(self, id, due_ms, attempts, maybe_sent);
         done(())
+    }
+
+    fn has_key(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(MemoryQueue::has_key(self, key))
     }
 
     fn left(&self) -> StoreFuture<Left> {

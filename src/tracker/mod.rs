@@ -414,6 +414,21 @@ impl Tracker {
         core.store.hand_over(key, event, crate::clock::now_ms())
     }
 
+    /// Whether `key` was handed over before: its event is queued or in flight, or (with a
+    /// spool) settled, by this process or another sharing the spool, in this run or an
+    /// earlier one. Handing such a key over again sends nothing new: the receipt answers for
+    /// the event already held. With a spool this reads the file: it blocks for a moment.
+    ///
+    /// Useful before handing over events that Dub does not deduplicate, to tell which would be
+    /// sent for the first time. A spool that cannot be read answers with its error.
+    pub fn knows_key(&self, key: &str) -> Result<bool, Error> {
+        self.handle
+            .core
+            .store
+            .has_key(key)
+            .map_err(|e| Error::config(format!("the tracker's store cannot be read: {e}")))
+    }
+
     /// The tracker's counts now.
     pub fn stats(&self) -> Stats {
         self.handle.core.stats()

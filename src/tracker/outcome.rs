@@ -98,11 +98,14 @@ pub struct EventOutcome {
 /// still reaches the tracker's outcome callback. Every receipt of one event (a key handed over
 /// again gets one too) shares one result: holding many costs the tracker nothing more.
 ///
-/// A receipt hears the deliveries of its own tracker. With a spool shared by several processes,
-/// another process may claim and deliver the event; this receipt then waits until its tracker
-/// stops and resolves [`Outcome::NotDelivered`], meaning "not delivered by this tracker". The
-/// real outcome is in the spool: that process's outcome callback reports it, and handing the
-/// key over again ([`Tracker::send_with_key`](super::Tracker::send_with_key)) answers with it.
+/// With a spool shared by several processes, another process may deliver the event (its
+/// dispatcher claims any pending row): the receipt then resolves with the outcome that process
+/// stored, within about a second of it; the outcome callback and [`Tracker::stats`] of this
+/// tracker do not count it, since this tracker did not settle it. A key handed over again
+/// after its event was settled (in an earlier run, say) gets a receipt that is ready at once
+/// with the stored outcome, again without the callback or the counts.
+///
+/// [`Tracker::stats`]: super::Tracker::stats
 #[must_use = "await the receipt, or drop it if the outcome callback is enough"]
 pub struct Receipt {
     pub(crate) id: EventId,

@@ -76,6 +76,12 @@ impl Receipts {
         }
     }
 
+    /// The events someone waits for.
+    #[cfg_attr(not(feature = "spool"), allow(dead_code))]
+    pub(crate) fn waiting(&self) -> Vec<EventId> {
+        self.lock().keys().copied().collect()
+    }
+
     /// Resolves every receipt left to `NotDelivered`: the tracker stopped.
     pub(crate) fn resolve_rest(&self) {
         let left: Vec<Slot> = self.lock().drain().map(|(_, slot)| slot).collect();

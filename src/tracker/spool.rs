@@ -753,6 +753,35 @@ impl Spool {
         }
     }
 
+    /// Of `ids`, those whose rows are settled (another process sharing the file settled
+    /// them), with their stored outcomes.
+    pub(crate) fn settled(&self, ids: &[EventId]) -> Result<Vec<(EventId, Outcome)>, String> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT state, outcome FROM events WHERE id = ?1 AND state >= 2")
+            .map_err(storage)?;
+        let mut settled = Vec::new();
+        for &id in ids {
+            let row: Option<(i64, Option<Vec<u8>>)> = stmt
+                .query_row(params![id.0 as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(storage)?;
+            if let Some((state, outcome)) = row {
+                settled.push((id, stored_outcome(state, outcome)));
+            }
+        }
+        Ok(settled)
+    }
+
+    /// Whether a row holds `key`, whatever its state.
+    pub(crate) fn has_key(&self, key: &str) -> Result<bool, String> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT 1 FROM events WHERE key = ?1")
+            .map_err(storage)?;
+        stmt.exists(params![key]).map_err(storage)
+    }
+
     /// Stops the writer after it has committed what it holds.
     pub(crate) fn close(&self) {
         self.writer
@@ -1065,5 +1094,13 @@ impl BlockingStore for Spool {
 
     fn counts(&self) -> Result<(u64, u64, Option<u64>), StoreError> {
         Ok(Spool::counts(self)?)
+    }
+
+    fn settled(&self, ids: &[EventId]) -> Result<Vec<(EventId, Outcome)>, StoreError> {
+        Ok(Spool::settled(self, ids)?)
+    }
+
+    fn has_key(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(Spool::has_key(self, key)?)
     }
 }

@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::event::{Event, EventId};
-use super::outcome::HandOver;
+use super::outcome::{HandOver, Outcome};
 
 /// An event taken for delivery.
 #[derive(Debug, Clone)]
@@ -93,6 +93,15 @@ pub(crate) trait Store: Send + Sync + fmt::Debug {
         attempts: u32,
         maybe_sent: bool,
     ) -> StoreFuture<()>;
+    /// Of `ids` (events this tracker holds receipts for), those another process sharing the
+    /// store settled, with their stored outcomes. A store no other process shares has none.
+    fn settled(&self, ids: Vec<EventId>) -> StoreFuture<Vec<(EventId, Outcome)>> {
+        let _ = ids;
+        ready(Ok(Vec::new()))
+    }
+    /// Whether `key` was handed over to the store: queued, in flight, or (in a store that keeps
+    /// outcomes) settled. May block for a moment on a local file.
+    fn has_key(&self, key: &str) -> Result<bool, StoreError>;
     /// Takes back what processes that died had in flight; returns the events that end
     /// uncertain (possibly sent, not deduplicated by Dub).
     fn recover(&self) -> StoreFuture<Vec<Claimed>> {
@@ -127,6 +136,8 @@ pub(crate) trait BlockingStore: Send + Sync + fmt::Debug + 'static {
     fn left(&self) -> Result<Left, StoreError>;
     fn next_due(&self) -> Option<u64>;
     fn counts(&self) -> Result<(u64, u64, Option<u64>), StoreError>;
+    fn settled(&self, ids: &[EventId]) -> Result<Vec<(EventId, Outcome)>, StoreError>;
+    fn has_key(&self, key: &str) -> Result<bool, StoreError>;
 }
 
 /// Runs a [`BlockingStore`]'s operations on tokio's blocking threads, so they never stall the
@@ -200,6 +211,14 @@ impl<S: BlockingStore> Store for OffThread<S> {
 
     fn counts(&self) -> Result<(u64, u64, Option<u64>), StoreError> {
         self.0.counts()
+    }
+
+    fn settled(&self, ids: Vec<EventId>) -> StoreFuture<Vec<(EventId, Outcome)>> {
+        self.run(move |s| s.settled(&ids))
+    }
+
+    fn has_key(&self, key: &str) -> Result<bool, StoreError> {
+        self.0.has_key(key)
     }
 
     fn is_durable(&self) -> bool {
