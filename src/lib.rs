@@ -10,6 +10,8 @@ mod error;
 #[cfg(feature = "mock")]
 pub mod mock;
 pub mod models;
+#[cfg(feature = "postgres")]
+pub mod outbox;
 pub mod rate_limit;
 pub mod retry;
 mod track;
