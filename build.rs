@@ -14,12 +14,12 @@
 //!    `enum` inside a response schema is dropped as well so new values decode.
 //! 3. **Request enums are open.** `mode` and `paymentProcessor` are hoisted into the named
 //!    schemas `LeadMode` and `PaymentProcessor` and replaced by the hand-written enums in
-//!    `src/models.rs`, which carry an `Other(String)` variant for values this spec predates.
+//!    `src/open_enum.rs`, which keep any value this spec predates.
 //! 4. **Request constraints are checked by the wrapper, not by types.** typify turns
 //!    `minLength`/`maxLength`/`pattern` into fallible newtypes, which would make every setter
 //!    fallible and report errors without the field name. The keywords are removed from request
-//!    schemas here; `src/validate.rs` enforces the same rules before anything is sent, and
-//!    `tests/spec_constraints.rs` checks that it enforces every constraint the spec states.
+//!    schemas here; `src/models/validate.rs` enforces the same rules before anything is sent,
+//!    and `tests/it/spec_constraints.rs` checks that it enforces every constraint the spec states.
 //!    One keyword stays: an integer's `minimum: 0` (the sale's `amount`), which typify turns
 //!    into `u64`, so a negative amount cannot be expressed at all.
 //! 5. **Generated structs are `#[non_exhaustive]`** (after generation, on the syntax tree): a
@@ -66,7 +66,7 @@ fn main() {
     settings
         .with_interface(progenitor::InterfaceStyle::Positional)
         .with_derive("PartialEq")
-        // Our exec hook (src/transport.rs) owns every exchange; the per-call settings it needs
+        // Our exec hook (src/generated.rs, into src/transport/) owns every exchange; the per-call settings it needs
         // travel as the generated client's inner value.
         .with_hooks(progenitor::HooksMode::Expected)
         .with_inner_type(quote::quote!(crate::transport::Call));
@@ -75,7 +75,7 @@ fn main() {
         settings.with_derive("schemars::JsonSchema");
     }
     for (_, _, name) in OPEN_ENUMS {
-        settings.with_replacement(name, format!("crate::models::{name}"), [].into_iter());
+        settings.with_replacement(name, format!("crate::open_enum::{name}"), [].into_iter());
     }
     let tokens = progenitor::Generator::new(&settings)
         .generate_tokens(&spec)

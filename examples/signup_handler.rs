@@ -5,6 +5,11 @@
 //! [`dub::Tracker`] and answers at once, however slow or unavailable Dub is. Without
 //! `DUB_API_KEY` it talks to a local `MockDub` that is down for the first second, to show the
 //! tracker carrying leads through an outage.
+//!
+//! `cargo run --example signup_handler -- --serve` keeps serving until Ctrl-C or SIGTERM (what
+//! systemd, Docker and Kubernetes send to stop a service), then shuts the tracker down: what it
+//! cannot deliver by the deadline comes back in the report instead of being lost with the
+//! process.
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -61,6 +66,49 @@ async fn signup(
     }
 }
 
+/// Resolves at Ctrl-C (SIGINT) or SIGTERM. A service stopped by SIGTERM without a handler dies
+/// at once, and with it whatever its tracker had not delivered yet.
+async fn stop_requested() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Posts a few sign-ups to the server, as browsers would.
+async fn sign_ups(address: std::net::SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
+    let http = reqwest::Client::new();
+    for n in 1..=5 {
+        let started = Instant::now();
+        let response = http
+            .post(format!("http://{address}/signup"))
+            .body(format!(r#"{{"user_id":"user_{n}","dub_id":"clk_{n}"}}"#))
+            .send()
+            .await?;
+        println!(
+            "sign-up {n}: HTTP {} in {:?} (Dub not awaited)",
+            response.status(),
+            started.elapsed()
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Dub, or a local Dub that refuses connections' worth of requests for a while.
@@ -107,30 +155,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
     };
 
-    println!("serving POST http://{address}/signup; Dub is down for the first second");
-    let http = reqwest::Client::new();
-    for n in 1..=5 {
-        let started = Instant::now();
-        let response = http
-            .post(format!("http://{address}/signup"))
-            .body(format!(r#"{{"user_id":"user_{n}","dub_id":"clk_{n}"}}"#))
-            .send()
-            .await?;
-        println!(
-            "sign-up {n}: HTTP {} in {:?} (Dub not awaited)",
-            response.status(),
-            started.elapsed()
-        );
+    if let Some(mock) = mock.clone() {
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            mock.clear_faults();
+            println!("Dub is back");
+        });
     }
-    if let Some(mock) = &mock {
+    if std::env::args().any(|a| a == "--serve") {
+        println!("serving POST http://{address}/signup until Ctrl-C or SIGTERM");
+        stop_requested().await;
+        println!("stopping");
+    } else {
+        println!("serving POST http://{address}/signup; Dub is down for the first second");
+        tokio::select! {
+            done = sign_ups(address) => done?,
+            () = stop_requested() => println!("stopping"),
+        }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        mock.clear_faults();
-        println!("Dub is back");
     }
 
     server.abort();
-    // Handlers still running hold clones; shutting one down stops them all.
-    let report = tracker.shutdown(Duration::from_secs(30)).await;
+    // Handlers still running hold clones; shutting one down stops them all. The deadline stays
+    // inside the time the service manager waits after SIGTERM (30 s in Kubernetes and Docker,
+    // 90 s in systemd) before it sends SIGKILL.
+    let report = tracker.shutdown(Duration::from_secs(20)).await;
     println!(
         "shut down: {} delivered, {} left undelivered",
         report.stats.delivered,

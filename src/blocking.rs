@@ -239,11 +239,17 @@ pub struct TrackCall<'a, R> {
 
 impl<R: Operation> TrackCall<'_, R> {
     /// This call's retry policy instead of the client's.
-    pub fn retries(self, retry: RetryConfig) -> Self {
+    pub fn retry_config(self, retry: RetryConfig) -> Self {
         Self {
-            call: self.call.retries(retry),
+            call: self.call.retry_config(retry),
             ..self
         }
+    }
+
+    /// The former name of [`retry_config`](Self::retry_config).
+    #[deprecated(since = "0.1.0", note = "renamed `retry_config`, as on `DubBuilder`")]
+    pub fn retries(self, retry: RetryConfig) -> Self {
+        self.retry_config(retry)
     }
 
     /// This call's per-attempt timeout instead of the client's.

@@ -4,13 +4,13 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{HeaderMap, HeaderValue};
 
 use crate::error::{Error, Result};
+use crate::options::{check_url, header, is_plain_http_loopback, redact_url};
 use crate::rate_limit::{Limiter, RateLimit, RateLimiterState};
 use crate::retry::{RetryBudget, RetryConfig};
-use crate::track::Track;
-use crate::transport::{AttemptDeadlineLayer, CONNECT_FIRST, Shared};
+use crate::transport::{ClientCore, Http};
 
 /// Dub's API.
 pub const DEFAULT_SERVER_URL: &str = "https://api.dub.co";
@@ -19,20 +19,6 @@ pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default timeout for opening a connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const USER_AGENT: &str = concat!("dub-rust/", env!("CARGO_PKG_VERSION"));
-
-/// Headers the crate sets itself; a caller's value would break the request or its
-/// authentication, so [`DubBuilder::default_header`] and `TrackCall::header` refuse them.
-const RESERVED_HEADERS: [&str; 9] = [
-    "authorization",
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "content-type",
-    "connection",
-    "user-agent",
-    "accept",
-    "api-version",
-];
 
 /// A client of Dub's conversion-tracking API.
 ///
@@ -68,7 +54,7 @@ const RESERVED_HEADERS: [&str; 9] = [
 pub struct Dub {
     // A client whose configuration was refused by `Dub::new` keeps the reason and reports it
     // from every call, so that `new` never panics.
-    inner: std::result::Result<Arc<Shared>, Arc<str>>,
+    inner: std::result::Result<Arc<ClientCore>, Arc<str>>,
 }
 
 impl Dub {
@@ -141,11 +127,6 @@ impl Dub {
         DubBuilder::default()
     }
 
-    /// The track operations: [`Track::lead`] and [`Track::sale`].
-    pub fn track(&self) -> Track {
-        Track::new(self.clone())
-    }
-
     /// The base URL calls go to; `None` if the client's configuration was refused.
     pub fn server_url(&self) -> Option<&str> {
         self.inner.as_ref().ok().map(|s| s.base_url.as_str())
@@ -198,7 +179,7 @@ impl Dub {
         self.inner.as_ref().is_ok_and(|s| s.allow_insecure_http)
     }
 
-    pub(crate) fn shared(&self) -> Result<&Arc<Shared>> {
+    pub(crate) fn core(&self) -> Result<&Arc<ClientCore>> {
         self.inner
             .as_ref()
             .map_err(|m| Error::config(m.to_string()))
@@ -283,8 +264,9 @@ impl DubBuilder {
         self
     }
 
-    /// The retry policy of every call (default [`RetryConfig::default`]); calls can override
-    /// it with `.retries(..)`.
+    /// The retry policy of every call (default [`RetryConfig::default`]); a call can override
+    /// it with [`TrackCall::retry_config`](crate::TrackCall::retry_config), and a tracker's
+    /// deliveries with [`TrackerBuilder::retry_config`](crate::tracker::TrackerBuilder::retry_config).
     pub fn retry_config(mut self, retry: RetryConfig) -> Self {
         self.retry = Some(retry);
         self
@@ -364,28 +346,18 @@ impl DubBuilder {
             self.allow_insecure_http,
         )?;
         let connect_timeout = self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-        let (http, own_http, attempt_timeout, client_timeout) = match self.http {
-            Some(client) => (client, false, self.attempt_timeout, None),
-            None => {
-                let timeout = self.attempt_timeout.unwrap_or(DEFAULT_ATTEMPT_TIMEOUT);
-                // The request's own timeout fires just after the connector's (see transport).
-                let client_timeout = timeout.saturating_add(CONNECT_FIRST);
-                // The usual attempt's deadline on connecting is the client's own connect
-                // timeout (see `Shared::client`).
-                let client = own_client(
-                    connect_timeout.min(timeout),
-                    Some(client_timeout),
-                    false,
-                    false,
-                )
-                .map_err(|e| Error::config("the HTTP client could not be built").with_source(e))?;
-                (client, true, Some(timeout), Some(client_timeout))
-            }
+        let http = match self.http {
+            Some(client) => Http::user(client, self.attempt_timeout),
+            None => Http::own(
+                self.attempt_timeout.unwrap_or(DEFAULT_ATTEMPT_TIMEOUT),
+                connect_timeout,
+            )
+            .map_err(|e| Error::config("the HTTP client could not be built").with_source(e))?,
         };
         Ok(Dub {
-            inner: Ok(Arc::new(Shared {
-                http,
-                own_http,
+            inner: Ok(Arc::new(ClientCore {
+                http: http.client,
+                own_http: http.own,
                 direct: OnceLock::new(),
                 with_deadline: [OnceLock::new(), OnceLock::new()],
                 connect_timeout,
@@ -396,185 +368,11 @@ impl DubBuilder {
                 limiter: Limiter::new(self.rate_limit.unwrap_or_default()),
                 base_url_direct: is_plain_http_loopback(&base_url),
                 base_url,
-                attempt_timeout,
-                client_timeout,
+                attempt_timeout: http.attempt_timeout,
+                client_timeout: http.client_timeout,
                 retry: self.retry.unwrap_or_default(),
                 allow_insecure_http: self.allow_insecure_http,
             })),
         })
-    }
-}
-
-/// The crate's own reqwest client: no redirects (an API POST must not be resent elsewhere), no
-/// retries of its own (this crate's loop is the only one, and counts every attempt), with
-/// `direct` no proxy, and with `deadline` the attempt's deadline on connecting.
-///
-/// The deadline layer costs about 3,000 instructions a request even on a pooled connection
-/// (reqwest type-erases a layered connector, and hyper clones it, a few boxes each time, for
-/// every request), so it is only on the clients for attempts whose deadline the plain client's
-/// connect timeout does not already give (see `Shared::client`).
-pub(crate) fn own_client(
-    connect_timeout: Duration,
-    timeout: Option<Duration>,
-    direct: bool,
-    deadline: bool,
-) -> reqwest::Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(connect_timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .retry(reqwest::retry::never());
-    if deadline {
-        builder = builder.connector_layer(AttemptDeadlineLayer);
-    }
-    if let Some(timeout) = timeout {
-        builder = builder.timeout(timeout);
-    }
-    if direct {
-        builder = builder.no_proxy();
-    }
-    builder.build()
-}
-
-/// Parses a header, naming the culprit if it cannot be sent or belongs to the crate.
-pub(crate) fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue)> {
-    let n = HeaderName::try_from(name)
-        .map_err(|_| Error::config(format!("{name:?} is not a valid header name")))?;
-    if RESERVED_HEADERS.contains(&n.as_str()) {
-        return Err(Error::config(format!(
-            "the header {name} is set by the crate and cannot be overridden"
-        )));
-    }
-    let v = HeaderValue::try_from(value)
-        .map_err(|_| Error::config(format!("the value of header {name} is not valid")))?;
-    Ok((n, v))
-}
-
-fn is_loopback(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
-}
-
-/// Whether requests to `base_url` (already checked) go in clear text to this machine.
-pub(crate) fn is_plain_http_loopback(base_url: &str) -> bool {
-    base_url.starts_with("http://") && url::Url::parse(base_url).is_ok_and(|u| is_loopback(&u))
-}
-
-/// A URL for messages: without user info, which may hold a password.
-fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "<not a URL>".to_owned(),
-    }
-}
-
-/// Whether this build can speak TLS (feature `rustls` or `native-tls`).
-const TLS: bool = cfg!(any(feature = "rustls", feature = "native-tls"));
-
-/// Checks a server URL and returns it without a trailing slash.
-pub(crate) fn check_url(url: &str, allow_insecure_http: bool) -> Result<String> {
-    check_url_with(url, allow_insecure_http, TLS)
-}
-
-fn check_url_with(url: &str, allow_insecure_http: bool, tls: bool) -> Result<String> {
-    let parsed = url::Url::parse(url.trim()).map_err(|e| {
-        Error::config(format!(
-            "server URL {:?} is not a URL: {e}",
-            url.chars().take(200).collect::<String>()
-        ))
-    })?;
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(Error::config(format!(
-            "server URL {} must not contain a user name or password; the API token is the \
-             only credential sent",
-            redact_url(url.trim())
-        )));
-    }
-    let shown = parsed.as_str();
-    match parsed.scheme() {
-        "https" if !tls => {
-            return Err(Error::config(
-                "this build of dub has no TLS backend, so https cannot be used: enable the \
-                 `rustls` (default) or `native-tls` feature of the dub crate",
-            ));
-        }
-        "https" => {}
-        "http" if is_loopback(&parsed) || allow_insecure_http => {}
-        "http" => {
-            return Err(Error::config(format!(
-                "server URL {shown:?} is plain http to a host that is not loopback; the token \
-                 would travel unencrypted (use https, or allow_insecure_http(true))"
-            )));
-        }
-        other => {
-            return Err(Error::config(format!(
-                "server URL scheme {other:?} is not http(s)"
-            )));
-        }
-    }
-    if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err(Error::config(format!(
-            "server URL {shown:?} must not have a query or fragment"
-        )));
-    }
-    Ok(shown.trim_end_matches('/').to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn https_without_a_tls_backend_says_which_feature_to_enable() {
-        let e = check_url_with("https://api.dub.co", false, false).unwrap_err();
-        let message = e.message().unwrap();
-        assert!(
-            message.contains("`rustls`") && message.contains("`native-tls`"),
-            "{message}"
-        );
-        // Plain http to this machine (a local MockDub) needs no TLS.
-        assert!(check_url_with("http://127.0.0.1:1", false, false).is_ok());
-    }
-
-    #[test]
-    fn urls_are_trimmed_as_urls_and_user_info_is_refused_unechoed() {
-        assert_eq!(
-            check_url("http://127.0.0.1:9/\n", false).unwrap(),
-            "http://127.0.0.1:9"
-        );
-        assert_eq!(
-            check_url("http://127.0.0.1:9/api/ ", false).unwrap(),
-            "http://127.0.0.1:9/api"
-        );
-        let e = check_url("https://ada:s3cret@api.dub.co", false).unwrap_err();
-        let shown = format!("{e} {e:?}");
-        assert!(
-            !shown.contains("s3cret") && !shown.contains("ada"),
-            "{shown}"
-        );
-        assert!(shown.contains("user name or password"), "{shown}");
-    }
-
-    #[test]
-    fn headers_the_crate_owns_are_refused_by_name() {
-        for name in [
-            "Authorization",
-            "content-length",
-            "Transfer-Encoding",
-            "Host",
-            "Content-Type",
-        ] {
-            let e = header(name, "x").unwrap_err();
-            assert!(e.message().unwrap().contains(name), "{e}");
-        }
-        assert!(header("x-request-id", "abc").is_ok());
     }
 }

@@ -7,10 +7,14 @@
 //! than guessed at.
 
 use bytes::Bytes;
+use progenitor_client::Error as RawError;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use std::fmt;
 use std::time::Duration;
+
+use crate::generated::types::ErrorBody;
+use crate::transport::{MAX_ERROR_BODY, Report};
 
 /// The result of a Dub call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -213,6 +217,17 @@ impl Error {
     /// An event a tracker's process was sending when it stopped (crash, `kill -9`): whether
     /// Dub got it is unknown.
     #[cfg_attr(not(feature = "spool"), allow(dead_code))]
+    pub(crate) fn abandoned() -> Self {
+        let mut e = Self::new(ErrorKind::Transport);
+        e.inner.message = Some(
+            "the tracker stopped (dropped without shutdown, or its runtime shut down) while this \
+             delivery was in flight"
+                .to_owned(),
+        );
+        e.inner.may_have_been_recorded = true;
+        e
+    }
+
     pub(crate) fn interrupted() -> Self {
         let mut e = Self::new(ErrorKind::Transport);
         e.inner.message =
@@ -454,7 +469,7 @@ impl fmt::Display for OneLine<'_> {
 
 /// What went wrong underneath a reqwest error, in words: "connection refused", the DNS or TLS
 /// failure, a proxy. reqwest's own text ("error sending request for url (...)") says none of it.
-pub(crate) fn describe_cause(e: &reqwest::Error) -> String {
+fn describe_cause(e: &reqwest::Error) -> String {
     use std::error::Error as _;
     let mut parts: Vec<String> = Vec::new();
     let mut io_kind = None;
@@ -552,4 +567,97 @@ impl std::error::Error for Error {
             .as_deref()
             .map(|e| e as &(dyn std::error::Error + 'static))
     }
+}
+
+/// Turns the generated client's error and the exchange's report into one [`Error`].
+pub(crate) fn from_raw(raw: RawError<ErrorBody>, report: Report) -> Error {
+    let (mut err, body) = match raw {
+        RawError::ErrorResponse(value) => {
+            let status = value.status();
+            let mut e = Error::new(ErrorKind::from_status(status));
+            let body = value.into_inner();
+            let i = e.inner_mut();
+            i.code = Some(body.error.code);
+            i.message = Some(body.error.message);
+            i.doc_url = body.error.doc_url;
+            (e, None)
+        }
+        RawError::InvalidResponsePayload(bytes, cause) => {
+            let kind = match report.status {
+                Some(s) if !s.is_success() => ErrorKind::from_status(s),
+                _ => ErrorKind::Decode,
+            };
+            let mut e = Error::new(kind);
+            e.inner_mut().message =
+                Some(format!("the body is not what the API documents: {cause}"));
+            (e.with_source(cause), Some(bytes))
+        }
+        RawError::UnexpectedResponse(_) => {
+            let status = report.status.unwrap_or_default();
+            let kind = if status.is_success() {
+                ErrorKind::Decode
+            } else {
+                ErrorKind::from_status(status)
+            };
+            (Error::new(kind), report.body.clone())
+        }
+        RawError::CommunicationError(cause)
+        | RawError::ResponseBodyError(cause)
+        | RawError::InvalidUpgrade(cause) => {
+            // A connection that timed out while opening is a connect error: nothing was sent.
+            let kind = if cause.is_connect() {
+                ErrorKind::Connect
+            } else if cause.is_timeout() {
+                ErrorKind::Timeout
+            } else {
+                ErrorKind::Transport
+            };
+            let mut e = Error::new(kind);
+            e.inner_mut().message = Some(if report.deadline_exceeded {
+                format!(
+                    "the call's deadline (max_elapsed_time) passed: {}",
+                    describe_cause(&cause)
+                )
+            } else {
+                describe_cause(&cause)
+            });
+            (e.with_source(cause), None)
+        }
+        RawError::InvalidRequest(message) | RawError::Custom(message) => {
+            let mut e = Error::new(ErrorKind::Config);
+            e.inner_mut().message = Some(message);
+            (e, None)
+        }
+    };
+    let i = err.inner_mut();
+    i.status = report.status;
+    i.headers = report.headers;
+    i.retry_after = report.retry_after.or(report.limiter_wait);
+    i.attempts = report.attempts;
+    i.body_truncated = report.body_truncated;
+    // A 2xx that failed to decode was recorded all the same.
+    i.may_have_been_recorded = report.may_have_been_recorded;
+    if let Some(bytes) = body.or(report.body) {
+        if i.code.is_none() {
+            if let Ok(dub) = serde_json::from_slice::<ErrorBody>(&bytes) {
+                i.code = Some(dub.error.code);
+                i.message = Some(dub.error.message);
+                i.doc_url = dub.error.doc_url;
+            } else if i.message.is_none() && i.status.is_some_and(|s| !s.is_success()) {
+                i.message = Some(excerpt(&bytes));
+            }
+        }
+        i.raw_body = Some(bytes.slice(..bytes.len().min(MAX_ERROR_BODY)));
+    }
+    err
+}
+
+/// The start of a body as one line of text, for messages.
+fn excerpt(bytes: &[u8]) -> String {
+    if bytes.is_empty() {
+        return "empty body".into();
+    }
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]);
+    let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    format!("body: {line}")
 }

@@ -7,9 +7,12 @@ pub mod blocking;
 mod client;
 mod clock;
 mod error;
+mod generated;
 #[cfg(feature = "mock")]
 pub mod mock;
 pub mod models;
+mod open_enum;
+mod options;
 #[cfg(feature = "postgres")]
 pub mod outbox;
 pub mod rate_limit;
@@ -17,12 +20,7 @@ pub mod retry;
 mod track;
 pub mod tracker;
 mod transport;
-mod validate;
-
-#[allow(missing_docs, clippy::all, private_interfaces, dead_code)]
-mod generated {
-    include!(concat!(env!("OUT_DIR"), "/generated.rs"));
-}
+mod wait;
 
 pub use client::{
     DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_SERVER_URL, Dub, DubBuilder,

@@ -52,15 +52,15 @@
 //! adds after this release still round-trips, and equals the variant a later release gives it.
 
 mod builders;
-mod open_enum;
+pub(crate) mod validate;
 
 pub use crate::generated::types::{
     ErrorBody, ErrorBodyError, TrackLeadRequest, TrackLeadResponse, TrackLeadResponseClick,
     TrackLeadResponseCustomer, TrackLeadResponseLink, TrackSaleRequest, TrackSaleResponse,
     TrackSaleResponseCustomer, TrackSaleResponseSale,
 };
+pub use crate::open_enum::{LeadMode, PaymentProcessor, UnknownValue};
 pub use builders::{IsSet, Missing, Set, TrackLeadRequestBuilder, TrackSaleRequestBuilder, field};
-pub use open_enum::{LeadMode, PaymentProcessor, UnknownValue};
 
 impl TrackLeadRequest {
     /// Whether Dub deduplicates this lead (every mode but `deferred`), so that sending it again
@@ -74,7 +74,7 @@ impl TrackLeadRequest {
     /// the size of `metadata`) without sending it. Every call does this before sending; it is
     /// public so that a queue can refuse a bad event when it is handed over.
     pub fn validate(&self) -> crate::Result<()> {
-        crate::validate::lead(self)
+        validate::lead(self)
     }
 }
 
@@ -89,6 +89,6 @@ impl TrackSaleRequest {
     /// Checks the request against the rules of Dub's API without sending it; see
     /// [`TrackLeadRequest::validate`].
     pub fn validate(&self) -> crate::Result<()> {
-        crate::validate::sale(self)
+        validate::sale(self)
     }
 }

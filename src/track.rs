@@ -11,15 +11,22 @@ use progenitor_client::{ClientInfo, Error as RawError, ResponseValue};
 use reqwest::header::HeaderMap;
 use tracing::Instrument;
 
-use crate::client::{Dub, check_url, header};
-use crate::error::{Error, ErrorKind, Result};
+use crate::client::Dub;
+use crate::error::{Error, Result, from_raw};
 use crate::generated::Client as Generated;
 use crate::models::{
     ErrorBody, TrackLeadRequest, TrackLeadResponse, TrackSaleRequest, TrackSaleResponse,
 };
+use crate::options::{check_url, header, is_plain_http_loopback};
 use crate::retry::RetryConfig;
 use crate::transport::{Call, Report};
-use crate::validate;
+
+impl Dub {
+    /// The track operations: [`Track::lead`] and [`Track::sale`].
+    pub fn track(&self) -> Track {
+        Track::new(self.clone())
+    }
+}
 
 /// The track operations of a [`Dub`] client, from [`Dub::track`].
 #[derive(Debug, Clone)]
@@ -84,7 +91,7 @@ impl Track {
     /// let res = dub
     ///     .track()
     ///     .sale(sale)
-    ///     .retries(RetryConfig::none())
+    ///     .retry_config(RetryConfig::none())
     ///     .attempt_timeout(Duration::from_secs(5))
     ///     .await?;
     /// # Ok(()) }
@@ -96,7 +103,8 @@ impl Track {
 
 /// One pending call with its per-call options. Nothing is sent until it is awaited.
 ///
-/// The options mirror the Python SDK's per-call arguments: `retries`, `timeout_ms` (here
+/// The options mirror the Python SDK's per-call arguments: `retries` (here
+/// [`retry_config`](TrackCall::retry_config)), `timeout_ms` (here
 /// [`attempt_timeout`](TrackCall::attempt_timeout); the whole call's deadline is the retry
 /// policy's `max_elapsed_time`), `server_url` and `http_headers`.
 #[must_use = "a TrackCall does nothing until it is awaited"]
@@ -134,10 +142,17 @@ impl<R> TrackCall<R> {
         }
     }
 
-    /// This call's retry policy instead of the client's.
-    pub fn retries(mut self, retry: RetryConfig) -> Self {
+    /// This call's retry policy instead of the client's (see
+    /// [`DubBuilder::retry_config`](crate::DubBuilder::retry_config)).
+    pub fn retry_config(mut self, retry: RetryConfig) -> Self {
         self.retry = Some(retry);
         self
+    }
+
+    /// The former name of [`retry_config`](Self::retry_config).
+    #[deprecated(since = "0.1.0", note = "renamed `retry_config`, as on `DubBuilder`")]
+    pub fn retries(self, retry: RetryConfig) -> Self {
+        self.retry_config(retry)
     }
 
     /// This call's per-attempt timeout instead of the client's (see
@@ -155,7 +170,7 @@ impl<R> TrackCall<R> {
     }
 
     /// An extra header for this call. An invalid name or value, or a header the crate sets
-    /// itself (`Authorization`, `Content-Type`, ...), fails the call with [`ErrorKind::Config`]
+    /// itself (`Authorization`, `Content-Type`, ...), fails the call with [`ErrorKind::Config`](crate::ErrorKind::Config)
     /// before anything is sent.
     pub fn header(mut self, name: impl AsRef<str>, value: impl AsRef<str>) -> Self {
         match header(name.as_ref(), value.as_ref()) {
@@ -200,7 +215,7 @@ impl Operation for TrackLeadRequest {
     const NAME: &'static str = "track.lead";
     const SALE: bool = false;
     fn validate(&self) -> Result<()> {
-        validate::lead(self)
+        TrackLeadRequest::validate(self)
     }
     fn deduplicated(&self) -> bool {
         self.is_deduplicated()
@@ -218,7 +233,7 @@ impl Operation for TrackSaleRequest {
     const NAME: &'static str = "track.sale";
     const SALE: bool = true;
     fn validate(&self) -> Result<()> {
-        validate::sale(self)
+        TrackSaleRequest::validate(self)
     }
     fn deduplicated(&self) -> bool {
         self.is_deduplicated()
@@ -253,31 +268,35 @@ impl<R: Operation> TrackCall<R> {
             e.inner_mut().operation = Some(R::NAME);
             e
         };
-        let shared = self.dub.shared().map_err(named)?.clone();
+        let core = self.dub.core().map_err(named)?.clone();
         if let Some(e) = self.bad_option {
             return Err(named(e));
         }
         self.request.validate().map_err(named)?;
-        let base_url = match &self.server_url {
-            Some(url) => Cow::Owned(check_url(url, shared.allow_insecure_http).map_err(named)?),
-            None => Cow::Borrowed(shared.base_url.as_str()),
+        let (base_url, plain_http_loopback) = match &self.server_url {
+            Some(url) => {
+                let url = check_url(url, core.allow_insecure_http).map_err(named)?;
+                let plain = is_plain_http_loopback(&url);
+                (Cow::Owned(url), plain)
+            }
+            None => (Cow::Borrowed(core.base_url.as_str()), core.base_url_direct),
         };
         let call = Call {
             retry: self.retry,
-            attempt_timeout: self.attempt_timeout.or(shared.attempt_timeout),
+            attempt_timeout: self.attempt_timeout.or(core.attempt_timeout),
             headers: self.headers,
             deduplicated: self.request.deduplicated(),
             sale: R::SALE,
-            direct: shared.direct_for(&base_url),
+            direct: core.goes_direct(plain_http_loopback),
             operation: R::NAME,
             started,
             first_turn: Mutex::new(None),
             report: Mutex::new(Report::default()),
-            shared: shared.clone(),
+            core: core.clone(),
         };
         // The first turn is taken here rather than in the exchange, so that a call the rate
         // limiter cannot start in time fails without the generated code making a request.
-        match shared.limiter.acquire(call.deadline()).await {
+        match core.limiter.acquire(call.deadline()).await {
             Ok(turn) => {
                 *call
                     .first_turn
@@ -289,7 +308,7 @@ impl<R: Operation> TrackCall<R> {
                 return Err(named(Error::not_started(wait)));
             }
         }
-        let http = shared.client_for(call.direct).clone();
+        let http = core.client_for(call.direct).clone();
         let client = Generated::new_with_client(&base_url, http, call);
         let result = self.request.send(&client).await;
         let report = client.inner().report();
@@ -307,97 +326,4 @@ impl<R: Operation> TrackCall<R> {
             }
         }
     }
-}
-
-/// Turns the generated client's error and the exchange's report into one [`Error`].
-fn from_raw(raw: RawError<ErrorBody>, report: Report) -> Error {
-    let (mut err, body) = match raw {
-        RawError::ErrorResponse(value) => {
-            let status = value.status();
-            let mut e = Error::new(ErrorKind::from_status(status));
-            let body = value.into_inner();
-            let i = e.inner_mut();
-            i.code = Some(body.error.code);
-            i.message = Some(body.error.message);
-            i.doc_url = body.error.doc_url;
-            (e, None)
-        }
-        RawError::InvalidResponsePayload(bytes, cause) => {
-            let kind = match report.status {
-                Some(s) if !s.is_success() => ErrorKind::from_status(s),
-                _ => ErrorKind::Decode,
-            };
-            let mut e = Error::new(kind);
-            e.inner_mut().message =
-                Some(format!("the body is not what the API documents: {cause}"));
-            (e.with_source(cause), Some(bytes))
-        }
-        RawError::UnexpectedResponse(_) => {
-            let status = report.status.unwrap_or_default();
-            let kind = if status.is_success() {
-                ErrorKind::Decode
-            } else {
-                ErrorKind::from_status(status)
-            };
-            (Error::new(kind), report.body.clone())
-        }
-        RawError::CommunicationError(cause)
-        | RawError::ResponseBodyError(cause)
-        | RawError::InvalidUpgrade(cause) => {
-            // A connection that timed out while opening is a connect error: nothing was sent.
-            let kind = if cause.is_connect() {
-                ErrorKind::Connect
-            } else if cause.is_timeout() {
-                ErrorKind::Timeout
-            } else {
-                ErrorKind::Transport
-            };
-            let mut e = Error::new(kind);
-            e.inner_mut().message = Some(if report.deadline_exceeded {
-                format!(
-                    "the call's deadline (max_elapsed_time) passed: {}",
-                    crate::error::describe_cause(&cause)
-                )
-            } else {
-                crate::error::describe_cause(&cause)
-            });
-            (e.with_source(cause), None)
-        }
-        RawError::InvalidRequest(message) | RawError::Custom(message) => {
-            let mut e = Error::new(ErrorKind::Config);
-            e.inner_mut().message = Some(message);
-            (e, None)
-        }
-    };
-    let i = err.inner_mut();
-    i.status = report.status;
-    i.headers = report.headers;
-    i.retry_after = report.retry_after.or(report.limiter_wait);
-    i.attempts = report.attempts;
-    i.body_truncated = report.body_truncated;
-    // A 2xx that failed to decode was recorded all the same.
-    i.may_have_been_recorded = report.may_have_been_recorded;
-    if let Some(bytes) = body.or(report.body) {
-        if i.code.is_none() {
-            if let Ok(dub) = serde_json::from_slice::<ErrorBody>(&bytes) {
-                i.code = Some(dub.error.code);
-                i.message = Some(dub.error.message);
-                i.doc_url = dub.error.doc_url;
-            } else if i.message.is_none() && i.status.is_some_and(|s| !s.is_success()) {
-                i.message = Some(excerpt(&bytes));
-            }
-        }
-        i.raw_body = Some(bytes.slice(..bytes.len().min(crate::transport::MAX_ERROR_BODY)));
-    }
-    err
-}
-
-/// The start of a body as one line of text, for messages.
-fn excerpt(bytes: &[u8]) -> String {
-    if bytes.is_empty() {
-        return "empty body".into();
-    }
-    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]);
-    let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    format!("body: {line}")
 }

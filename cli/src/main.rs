@@ -2,14 +2,35 @@
 //! run a local Dub server for test suites in any language.
 //!
 //! Exit codes: 0 when everything was delivered, 1 when some record failed or is uncertain (or
-//! a one-shot call failed), 2 for usage and input errors, 130 when interrupted by Ctrl-C before
-//! every record was sent.
+//! a one-shot call failed), 2 for usage and input errors, 130 when interrupted by Ctrl-C (or
+//! SIGTERM, handled the same way) before every record was sent.
+
+// `println!` and `eprintln!` panic when their stream is closed (`dub-track mock | head -1`,
+// `dub-track send f.jsonl | true`), which killed the server and hid what became of the records
+// behind exit 101. A closed pipe is not a crash: these two shadow the standard macros in the
+// whole crate (they are defined before the modules, so textual scope gives them precedence)
+// and drop what cannot be written; the exit code still tells what happened.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 mod error_json;
+mod failed_file;
 mod input;
 mod mock;
 mod oneshot;
 mod send;
+mod signals;
 mod state;
 
 use std::process::ExitCode;
@@ -22,7 +43,9 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 /// Exit code: usage or input error; nothing was sent.
 pub const EXIT_USAGE: u8 = 2;
-/// Exit code: interrupted (Ctrl-C) with records left to send; run the same command again.
+/// Exit code: interrupted (Ctrl-C or SIGTERM) with records left to send; run the same command
+/// again. SIGTERM gets Ctrl-C's code rather than 143 because it is handled the same way: the
+/// run stopped cleanly and can be resumed.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Send conversions (leads and sales) to Dub, and run a local Dub server for tests.
@@ -50,6 +73,10 @@ pub struct Connection {
     /// The API's base URL [default: DUB_BASE_URL, else Dub's API, https://api.dub.co]
     #[arg(long, value_name = "URL", env = "DUB_BASE_URL", hide_env = true)]
     pub base_url: Option<String>,
+    /// Accept a plain http:// base URL for a host other than 127.0.0.1 or localhost: the API
+    /// key then crosses the network unencrypted (a warning says so)
+    #[arg(long)]
+    pub allow_insecure_http: bool,
 }
 
 impl Connection {
@@ -63,9 +90,25 @@ impl Connection {
         })?;
         if let Some(url) = self.base_url.as_deref().filter(|u| !u.trim().is_empty()) {
             builder = builder.server_url(url);
+            if self.allow_insecure_http && url.trim().to_ascii_lowercase().starts_with("http:") {
+                eprintln!(
+                    "dub-track: warning: --allow-insecure-http: the API key is sent unencrypted \
+                     to {}",
+                    url.trim()
+                );
+            }
         }
+        builder = builder.allow_insecure_http(self.allow_insecure_http);
         Ok(builder.user_agent_suffix(concat!("dub-track/", env!("CARGO_PKG_VERSION"))))
     }
+}
+
+/// The message of an error from building the client, in the CLI's words: the crate's advice
+/// names its builder method, which a CLI user reaches through a flag.
+pub fn config_error(e: &dub::Error) -> String {
+    e.message()
+        .unwrap_or("the client's configuration is unusable")
+        .replace("allow_insecure_http(true)", "--allow-insecure-http")
 }
 
 fn main() -> ExitCode {

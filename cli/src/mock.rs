@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use dub::mock::{MockDub, RandomFaults};
 
+use crate::signals::Stop;
 use crate::{EXIT_OK, EXIT_USAGE};
 
-/// Run a local Dub server on 127.0.0.1 until Ctrl-C, for tests.
+/// Run a local Dub server on 127.0.0.1 until Ctrl-C or SIGTERM, for tests.
 ///
 /// It answers POST /track/lead and POST /track/sale as Dub's API does (validation, lead
 /// deduplication, one sale per invoice id, Dub's error bodies), keeping what it records in
@@ -47,6 +48,7 @@ pub async fn run(args: MockArgs) -> u8 {
         eprintln!("dub-track: --faults must be from 0 to 1");
         return EXIT_USAGE;
     }
+    let mut stop = Stop::listen();
     let mock = match start(&args).await {
         Ok(m) => m,
         Err(e) => {
@@ -62,7 +64,7 @@ pub async fn run(args: MockArgs) -> u8 {
         "dub-track: mock Dub server on {}; Ctrl-C to stop",
         mock.url()
     );
-    stopped().await;
+    stop.next().await;
     mock.shutdown().await;
     EXIT_OK
 }
@@ -79,20 +81,4 @@ async fn start(args: &MockArgs) -> std::io::Result<MockDub> {
         builder = builder.random_faults(RandomFaults::new(seed, rate));
     }
     builder.start().await
-}
-
-/// Ctrl-C, or SIGTERM on Unix (what a test harness sends to stop a server it started).
-async fn stopped() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -38,8 +38,8 @@ pub struct LeadArgs {
     #[arg(long, value_name = "MODE", value_parser = ["async", "wait", "deferred"])]
     mode: Option<String>,
     /// How many leads this event counts for (1 to 100)
-    #[arg(long, value_name = "N")]
-    event_quantity: Option<u32>,
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    event_quantity: Option<i64>,
     /// A JSON object stored with the event, e.g. '{"plan":"pro"}'
     #[arg(long, value_name = "JSON")]
     metadata: Option<String>,
@@ -61,8 +61,10 @@ pub struct SaleArgs {
     #[arg(long, value_name = "ID")]
     customer_external_id: String,
     /// The amount in the currency's smallest unit (cents)
-    #[arg(long, value_name = "N")]
-    amount: u64,
+    // Signed, so that `--amount -5` reaches the rule it breaks instead of clap's "unexpected
+    // argument '-5'".
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    amount: i64,
     /// The invoice's id: Dub records one sale per invoice id, so the sale is safe to resend
     #[arg(long, value_name = "ID")]
     invoice_id: Option<String>,
@@ -96,6 +98,9 @@ pub struct SaleArgs {
     #[command(flatten)]
     connection: Connection,
 }
+
+/// The largest amount Dub takes: the largest integer JavaScript represents exactly.
+const MAX_AMOUNT: u64 = (1 << 53) - 1;
 
 fn put(m: &mut Map<String, Value>, name: &str, value: Option<impl Into<Value>>) {
     if let Some(v) = value {
@@ -141,9 +146,19 @@ pub async fn lead(a: LeadArgs) -> u8 {
 
 /// Runs `dub-track sale`.
 pub async fn sale(a: SaleArgs) -> u8 {
+    // The request's amount is unsigned: a negative one is refused here, in the words the
+    // crate uses for an amount out of range.
+    let Ok(amount) = u64::try_from(a.amount) else {
+        let rule = format!("must be from 0 to {MAX_AMOUNT} (got {})", a.amount);
+        eprintln!(
+            "{}",
+            serde_json::json!({ "error": error_json::invalid("amount", &rule) })
+        );
+        return EXIT_USAGE;
+    };
     let mut m = Map::new();
     put(&mut m, "customerExternalId", Some(a.customer_external_id));
-    put(&mut m, "amount", Some(a.amount));
+    put(&mut m, "amount", Some(amount));
     put(&mut m, "invoiceId", a.invoice_id);
     put(&mut m, "currency", a.currency);
     put(&mut m, "paymentProcessor", a.payment_processor);
@@ -174,12 +189,7 @@ fn usage(message: &str) -> u8 {
 
 fn client(connection: &Connection) -> Result<dub::Dub, u8> {
     let builder = connection.builder().map_err(|e| usage(&e))?;
-    builder.build().map_err(|e| {
-        usage(
-            e.message()
-                .unwrap_or("the client's configuration is unusable"),
-        )
-    })
+    builder.build().map_err(|e| usage(&crate::config_error(&e)))
 }
 
 fn report<T: serde::Serialize>(result: dub::Result<T>) -> u8 {

@@ -13,7 +13,9 @@ use serde_json::{Map, Value, json};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::input::{self, ERROR_FIELD, Format, Record, Rules};
+use crate::failed_file;
+use crate::input::{self, ERROR_FIELD, Entry, Format, Inputs, ReadError, Record, Reread, Rules};
+use crate::signals::Stop;
 use crate::state::{Journal, Mark, NoState, StateStore};
 use crate::{Connection, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, error_json};
 
@@ -35,7 +37,9 @@ const FAILURES_LISTED: usize = 20;
 /// --allow-unsafe, since a retry or a resumed run could record them twice.
 ///
 /// The run is resumable: the state file records each record's end (delivered, failed,
-/// uncertain) as it happens. After Ctrl-C, a crash or kill -9, the same command sends only what
+/// uncertain) as it happens. A record is known by its content (its fields, in any order or
+/// format) and its rank among identical records, so editing other lines of a file, or naming a
+/// file twice, never sends a record again. After Ctrl-C, a crash or kill -9, the same command sends only what
 /// is not done yet. Records Dub deduplicates that were in flight at a crash are sent again
 /// (Dub records them once); an unsafe record that was being sent is reported uncertain, never
 /// sent again. A customer's records are sent in file order, so put a customer's lead before its
@@ -45,7 +49,7 @@ const FAILURES_LISTED: usize = 20;
 /// `delivered=N failed=N uncertain=N skipped=N rate_limited=N elapsed_s=S` (skipped: done in an
 /// earlier run; rate_limited: 429 responses received). Exit 0 when every record was delivered,
 /// 1 when some failed or are uncertain (now or in an earlier run), 2 for usage or input errors,
-/// 130 after Ctrl-C with records left (run the same command again).
+/// 130 after Ctrl-C or SIGTERM with records left (run the same command again).
 ///
 /// Example: DUB_API_KEY=dub_xxx dub-track send --rate-limit 3000 --failed failed.jsonl sales.jsonl
 #[derive(Debug, Args)]
@@ -69,6 +73,12 @@ pub struct SendArgs {
     /// everything again
     #[arg(long, value_name = "FILE")]
     state: Option<PathBuf>,
+
+    /// Use the state file although it was written for input files of other names (after
+    /// renaming them, say). Without it, a state file of other inputs is refused when records Dub
+    /// does not deduplicate would be sent on its word
+    #[arg(long)]
+    adopt_state: bool,
 
     /// Write the records that failed or are uncertain to this file, as JSON Lines in the input's
     /// record format with Dub's error under "_error" (which reading ignores): fix them and send
@@ -118,30 +128,165 @@ struct Counts {
     uncertain: AtomicU64,
 }
 
+/// What the plan says of one record, decided from the state before anything is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    /// Send it.
+    Send,
+    /// Delivered in an earlier run.
+    Done,
+    /// Failed or uncertain in an earlier run: reported again, not sent.
+    Earlier,
+    /// Handed over by an earlier run that stopped before its end: uncertain, not sent.
+    Interrupted,
+}
+
+/// What planning decided for every record of the first pass, in order.
+struct Plan {
+    decisions: Vec<Decision>,
+    /// How many records are to be sent.
+    to_send: u64,
+    /// Of those, how many Dub does not deduplicate.
+    unsafe_to_send: u64,
+    /// Records done in an earlier run (delivered, failed or uncertain).
+    skipped: u64,
+    /// Of those, how many failed or are uncertain.
+    earlier_undelivered: u64,
+    /// Records found interrupted: uncertain now.
+    interrupted: u64,
+}
+
+/// Decides what becomes of each record from what earlier runs recorded. An unsafe record an
+/// earlier run handed over without an end is marked uncertain in the state here.
+fn plan(entries: &[Entry], state: &dyn StateStore) -> Plan {
+    let mut plan = Plan {
+        decisions: Vec::with_capacity(entries.len()),
+        to_send: 0,
+        unsafe_to_send: 0,
+        skipped: 0,
+        earlier_undelivered: 0,
+        interrupted: 0,
+    };
+    let mut key = String::new();
+    for entry in entries {
+        use std::fmt::Write as _;
+        key.clear();
+        let _ = write!(key, "{}", entry.key());
+        let decision = match state.prior(&key) {
+            Some(prior) if prior.mark == Mark::Delivered => Decision::Done,
+            Some(prior) if prior.mark.is_terminal() => Decision::Earlier,
+            Some(_) => {
+                if let Err(e) = state.finished(&key, Mark::Uncertain, Some(&interrupted_error())) {
+                    eprintln!("dub-track: cannot write the state file: {e}");
+                }
+                Decision::Interrupted
+            }
+            None => Decision::Send,
+        };
+        match decision {
+            Decision::Send => {
+                plan.to_send += 1;
+                plan.unsafe_to_send += u64::from(!entry.deduplicated);
+            }
+            Decision::Done => plan.skipped += 1,
+            Decision::Earlier => {
+                plan.skipped += 1;
+                plan.earlier_undelivered += 1;
+            }
+            Decision::Interrupted => plan.interrupted += 1,
+        }
+        plan.decisions.push(decision);
+    }
+    plan
+}
+
+/// The error of a record an earlier run stopped in the middle of sending.
+fn interrupted_error() -> Value {
+    json!({
+        "kind": "interrupted",
+        "message": "an earlier run stopped while sending this record, which Dub does not \
+                    deduplicate: it may have been recorded; check in Dub before sending it again",
+        "mayHaveBeenRecorded": true,
+    })
+}
+
+/// Whether the state file was written for other inputs than these: then says so, and returns
+/// the refusal when records Dub does not deduplicate would be sent on its word.
+fn check_state_inputs(
+    state: &dyn StateStore,
+    state_path: Option<&Path>,
+    inputs: &Inputs,
+    plan: &Plan,
+    adopt: bool,
+) -> Result<(), String> {
+    let known = state.inputs();
+    let ours: Vec<&String> = inputs.files.iter().map(|f| &f.identity).collect();
+    if state.len() == 0 || known.is_empty() || ours.iter().any(|i| known.contains(*i)) {
+        return Ok(());
+    }
+    let path = state_path.map_or_else(|| "-".into(), |p| p.display().to_string());
+    let written_for = known.iter().cloned().collect::<Vec<_>>().join(", ");
+    eprintln!(
+        "dub-track: the state file {path} was written for {written_for}, not for {}: records \
+         are matched by their content, so those it holds are not sent again",
+        ours.iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if plan.unsafe_to_send > 0 && !adopt {
+        let n = plan.unsafe_to_send;
+        return Err(format!(
+            "nothing sent: {n} record{} Dub does not deduplicate {} not in this state file; if \
+             {} already sent with another state file, sending {} again would record {} twice. \
+             Pass the state file written for these inputs with --state, or --adopt-state if \
+             this one is theirs (after renaming the files, say)",
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "is" } else { "are" },
+            if n == 1 { "it was" } else { "they were" },
+            if n == 1 { "it" } else { "them" },
+            if n == 1 { "it" } else { "them" },
+        ));
+    }
+    Ok(())
+}
+
 /// Runs `dub-track send`; returns the exit code.
 pub async fn run(args: SendArgs) -> u8 {
     let started = Instant::now();
     let rules = Rules {
         allow_unsafe: args.allow_unsafe,
     };
-    let inputs = match input::read_all(&args.files, args.format, rules) {
+    let inputs = match Inputs::open(&args.files, args.format, rules) {
         Ok(i) => i,
         Err(e) => return usage(&e.to_string()),
     };
-    for p in &inputs.problems {
+    // The first pass: every record checked, only its identity kept.
+    let mut invalid = 0u64;
+    let mut failures: Vec<Failure> = Vec::new();
+    let entries = inputs.scan(|p| {
         eprintln!("{p}");
-    }
-    if !inputs.problems.is_empty() && !args.skip_invalid {
+        invalid += 1;
+        if args.skip_invalid {
+            failures.push(Failure {
+                order: (p.file_index, p.line),
+                error: error_json::invalid(&p.field, &p.rule),
+                file: p.file,
+                line: p.line,
+                raw: p.raw.unwrap_or_default(),
+            });
+        }
+    });
+    let entries = match entries {
+        Ok(e) => e,
+        Err(e) => return usage(&e.to_string()),
+    };
+    if invalid > 0 && !args.skip_invalid {
         eprintln!(
-            "dub-track: nothing sent: {} invalid record{} (fix {}, or pass --skip-invalid to \
-             send the rest)",
-            inputs.problems.len(),
-            if inputs.problems.len() == 1 { "" } else { "s" },
-            if inputs.problems.len() == 1 {
-                "it"
-            } else {
-                "them"
-            },
+            "dub-track: nothing sent: {invalid} invalid record{} (fix {}, or pass --skip-invalid \
+             to send the rest)",
+            if invalid == 1 { "" } else { "s" },
+            if invalid == 1 { "it" } else { "them" },
         );
         return EXIT_USAGE;
     }
@@ -155,13 +300,17 @@ pub async fn run(args: SendArgs) -> u8 {
     }
     let dub = match builder.build() {
         Ok(d) => d,
-        Err(e) => {
-            return usage(
-                e.message()
-                    .unwrap_or("the client's configuration is unusable"),
-            );
-        }
+        Err(e) => return usage(&crate::config_error(&e)),
     };
+
+    if let Some(path) = &args.failed
+        && let Err(e) = failed_file::check(path)
+    {
+        return usage(&format!(
+            "nothing sent: cannot write the failed file {}: {e}",
+            path.display()
+        ));
+    }
 
     let state_path = args
         .state
@@ -181,55 +330,24 @@ pub async fn run(args: SendArgs) -> u8 {
         }
     };
 
-    let file_order = |name: &str| args.files.iter().position(|f| f == name).unwrap_or(0);
-    let mut failures: Vec<Failure> = inputs
-        .problems
-        .iter()
-        .map(|p| Failure {
-            order: (file_order(&p.file), p.line),
-            file: p.file.clone(),
-            line: p.line,
-            raw: p.raw.clone().unwrap_or_default(),
-            error: error_json::invalid(&p.field, &p.rule),
-        })
-        .collect();
-    let mut failed = inputs.problems.len() as u64;
-    let mut uncertain = 0u64;
-    let mut skipped = 0u64;
-    let mut earlier_undelivered = 0u64;
-    let mut to_send: Vec<usize> = Vec::new();
-    for (index, record) in inputs.records.iter().enumerate() {
-        match state.prior(&record.key) {
-            Some(prior) if prior.mark.is_terminal() => {
-                skipped += 1;
-                if prior.mark != Mark::Delivered {
-                    earlier_undelivered += 1;
-                    failures.push(failure(
-                        &args.files,
-                        record,
-                        prior.error.unwrap_or(Value::Null),
-                    ));
-                }
-            }
-            Some(_) => {
-                // Handed over by a run that stopped before it knew the end: the record may have
-                // reached Dub, which would record it again.
-                let error = json!({
-                    "kind": "interrupted",
-                    "message": "an earlier run stopped while sending this record, which Dub \
-                                does not deduplicate: it may have been recorded; check in Dub \
-                                before sending it again",
-                    "mayHaveBeenRecorded": true,
-                });
-                if let Err(e) = state.finished(&record.key, Mark::Uncertain, Some(&error)) {
-                    eprintln!("dub-track: cannot write the state file: {e}");
-                }
-                uncertain += 1;
-                failures.push(failure(&args.files, record, error));
-            }
-            None => to_send.push(index),
-        }
+    let plan = plan(&entries, &*state);
+    if let Err(refusal) = check_state_inputs(
+        &*state,
+        state_path.as_deref(),
+        &inputs,
+        &plan,
+        args.adopt_state,
+    ) {
+        return usage(&refusal);
     }
+    let identities: Vec<String> = inputs.files.iter().map(|f| f.identity.clone()).collect();
+    if let Err(e) = state.add_inputs(&identities) {
+        eprintln!("dub-track: cannot write the state file: {e}");
+    }
+    let mut failed = invalid;
+    let mut uncertain = plan.interrupted;
+    let skipped = plan.skipped;
+    let earlier_undelivered = plan.earlier_undelivered;
     if skipped > 0 {
         eprintln!(
             "dub-track: {skipped} record{} done in an earlier run (state: {})",
@@ -240,12 +358,19 @@ pub async fn run(args: SendArgs) -> u8 {
         );
     }
 
+    // The second pass: the records again, sent (or reported) one by one as they are read.
+    let mut records = inputs.reread(&entries);
+    let mut tally = Tally {
+        failures,
+        ..Tally::default()
+    };
     // Outcomes are written to the journal from the tracker's own task, before the tracker
     // starts another delivery: a crash can then only lose the ends of requests still in
     // flight, which is what bounds the requests a rerun repeats.
     let journal_broken = Arc::new(AtomicBool::new(false));
-    let (outcomes, rate_limited, was_interrupted) = if to_send.is_empty() {
-        (Vec::new(), 0, false)
+    let (rate_limited, was_interrupted) = if plan.to_send == 0 {
+        report_earlier(&mut records, &plan.decisions, &*state, &mut tally);
+        (0, false)
     } else {
         let flush = Arc::new(Notify::new());
         let tracker = {
@@ -283,7 +408,8 @@ pub async fn run(args: SendArgs) -> u8 {
 
         let interrupted = Arc::new(Notify::new());
         let stopping = Arc::new(AtomicBool::new(false));
-        let signals = tokio::spawn(watch_ctrl_c(
+        let signals = tokio::spawn(watch_signals(
+            Stop::listen(),
             interrupted.clone(),
             stopping.clone(),
             state.clone(),
@@ -292,21 +418,22 @@ pub async fn run(args: SendArgs) -> u8 {
         let counts = Arc::new(Counts::default());
         let progress = tokio::spawn(show_progress(
             counts.clone(),
-            to_send.len() as u64,
+            plan.to_send,
             tracker.clone(),
             started,
             stopping.clone(),
         ));
 
-        let outcomes = deliver(
+        deliver(
             &tracker,
-            &inputs.records,
-            &to_send,
+            &mut records,
+            &plan.decisions,
             &*state,
             usize::from(args.max_in_flight),
             &counts,
             &interrupted,
             &stopping,
+            &mut tally,
         )
         .await;
         let was_interrupted = stopping.load(Ordering::Relaxed);
@@ -315,31 +442,24 @@ pub async fn run(args: SendArgs) -> u8 {
         let _ = progress.await;
         signals.abort();
         flusher.abort();
-        (outcomes, stats.stats.rate_limited, was_interrupted)
+        // Records reported from earlier runs that come after where sending stopped.
+        if plan.earlier_undelivered + plan.interrupted > tally.reported_earlier {
+            report_earlier(&mut records, &plan.decisions, &*state, &mut tally);
+        }
+        (stats.stats.rate_limited, was_interrupted)
     };
 
-    let mut delivered = 0u64;
+    let delivered = tally.delivered;
+    failed += tally.failed;
+    uncertain += tally.uncertain;
     // Records never handed over (an interrupted run) are not sent, as are those the tracker
     // still held when it stopped.
-    let mut not_sent = to_send.len().saturating_sub(outcomes.len()) as u64;
-    for (index, outcome) in outcomes {
-        let record = &inputs.records[index];
-        match outcome {
-            Outcome::Delivered(_) => delivered += 1,
-            Outcome::Failed(e) => {
-                failed += 1;
-                failures.push(failure(&args.files, record, error_json::error(&e)));
-            }
-            Outcome::Uncertain(e) => {
-                uncertain += 1;
-                failures.push(failure(&args.files, record, error_json::error(&e)));
-            }
-            // Stopped before its turn: never attempted, so not uncertain either.
-            _ => {
-                release(&*state, record);
-                not_sent += 1;
-            }
-        }
+    let not_sent = plan
+        .to_send
+        .saturating_sub(tally.delivered + tally.failed + tally.uncertain);
+    let mut failures = tally.failures;
+    if let Some(e) = &tally.read_error {
+        eprintln!("dub-track: {e}");
     }
 
     // Everything this run learnt, on disk before it says it is done.
@@ -350,11 +470,19 @@ pub async fn run(args: SendArgs) -> u8 {
 
     failures.sort_by_key(|f| f.order);
     if let Some(path) = &args.failed {
-        if let Err(e) = write_failed(path, &failures) {
+        let records: Vec<Value> = failures.iter().map(Failure::line).collect();
+        if let Err(e) = failed_file::write(path, &records) {
+            // The last place the failures can go: they must not be lost with the file.
             eprintln!(
-                "dub-track: cannot write the failed file {}: {e}",
-                path.display()
+                "dub-track: cannot write the failed file {}: {e}; its {} record{} follow, one \
+                 JSON line each",
+                path.display(),
+                records.len(),
+                if records.len() == 1 { "" } else { "s" },
             );
+            for record in &records {
+                eprintln!("{record}");
+            }
         }
     } else {
         for f in failures.iter().take(FAILURES_LISTED) {
@@ -415,54 +543,164 @@ fn window(max_in_flight: usize) -> usize {
     (max_in_flight * 4).max(16)
 }
 
-fn failure(files: &[String], record: &Record, error: Value) -> Failure {
-    Failure {
-        order: (
-            files.iter().position(|f| *f == record.file).unwrap_or(0),
-            record.line,
-        ),
-        file: record.file.clone(),
-        line: record.line,
-        raw: record.raw.clone(),
-        error,
+impl Failure {
+    /// The --failed file's line: the record as read, with the error under "_error".
+    fn line(&self) -> Value {
+        let mut record = self.raw.clone();
+        record.insert(ERROR_FIELD.into(), self.error.clone());
+        Value::Object(record)
     }
 }
 
-/// Hands the records over in order, keeping at most a window of them undelivered, and returns
-/// each handed-over record's outcome.
+/// What the second pass found: this run's ends, and the failures to report.
+#[derive(Default)]
+struct Tally {
+    delivered: u64,
+    failed: u64,
+    uncertain: u64,
+    /// Failed and uncertain records of earlier runs reported so far.
+    reported_earlier: u64,
+    failures: Vec<Failure>,
+    /// Why the second pass stopped before the end of the inputs, if it did.
+    read_error: Option<ReadError>,
+}
+
+/// What is kept of a record while it is being sent: enough to report it.
+struct Sent {
+    key: String,
+    deduplicated: bool,
+    order: (usize, u64),
+    file: String,
+    line: u64,
+    raw: Map<String, Value>,
+}
+
+impl Sent {
+    fn of(record: Record) -> Sent {
+        Sent {
+            deduplicated: record.event.is_deduplicated(),
+            order: (record.file_index, record.line),
+            key: record.key,
+            file: record.file,
+            line: record.line,
+            raw: record.raw,
+        }
+    }
+
+    fn failure(self, error: Value) -> Failure {
+        Failure {
+            order: self.order,
+            file: self.file,
+            line: self.line,
+            raw: self.raw,
+            error,
+        }
+    }
+}
+
+fn failure(record: Record, error: Value) -> Failure {
+    Sent::of(record).failure(error)
+}
+
+/// The failure an earlier run left for a record planned `decision`, if any.
+fn earlier_failure(decision: Decision, record: Record, state: &dyn StateStore) -> Option<Failure> {
+    match decision {
+        Decision::Earlier => {
+            let error = state
+                .prior(&record.key)
+                .and_then(|p| p.error)
+                .unwrap_or(Value::Null);
+            Some(failure(record, error))
+        }
+        Decision::Interrupted => Some(failure(record, interrupted_error())),
+        Decision::Send | Decision::Done => None,
+    }
+}
+
+/// Reads the rest of the records, sending none, to report those earlier runs left failed or
+/// uncertain.
+fn report_earlier(
+    records: &mut Reread<'_>,
+    decisions: &[Decision],
+    state: &dyn StateStore,
+    tally: &mut Tally,
+) {
+    if tally.read_error.is_some() {
+        return;
+    }
+    for next in records {
+        match next {
+            Ok((index, record)) => {
+                if let Some(f) = earlier_failure(decisions[index], record, state) {
+                    tally.reported_earlier += 1;
+                    tally.failures.push(f);
+                }
+            }
+            Err(e) => {
+                tally.read_error = Some(e);
+                return;
+            }
+        }
+    }
+}
+
+/// Hands the records planned for sending over in order as the second pass reads them, keeping
+/// at most a window of them undelivered, and counts each one's end in `tally`.
 #[allow(
     clippy::too_many_arguments,
     reason = "one call site; a struct would only rename the arguments"
 )]
 async fn deliver(
     tracker: &Tracker,
-    records: &[Record],
-    to_send: &[usize],
+    records: &mut Reread<'_>,
+    decisions: &[Decision],
     state: &dyn StateStore,
     max_in_flight: usize,
     counts: &Arc<Counts>,
     interrupted: &Notify,
     stopping: &AtomicBool,
-) -> Vec<(usize, Outcome)> {
+    tally: &mut Tally,
+) {
     let window = window(max_in_flight);
-    let mut pending: JoinSet<(usize, Outcome)> = JoinSet::new();
-    let mut done = Vec::with_capacity(to_send.len());
-    let settle = |result: (usize, Outcome), done: &mut Vec<(usize, Outcome)>| {
-        let counter = match &result.1 {
-            Outcome::Delivered(_) => &counts.delivered,
-            Outcome::Failed(_) => &counts.failed,
-            Outcome::Uncertain(_) => &counts.uncertain,
-            _ => {
-                done.push(result);
-                return;
-            }
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        done.push(result);
+    let mut pending: JoinSet<(Sent, Outcome)> = JoinSet::new();
+    let settle = |(sent, outcome): (Sent, Outcome), tally: &mut Tally| match outcome {
+        Outcome::Delivered(_) => {
+            counts.delivered.fetch_add(1, Ordering::Relaxed);
+            tally.delivered += 1;
+        }
+        Outcome::Failed(e) => {
+            counts.failed.fetch_add(1, Ordering::Relaxed);
+            tally.failed += 1;
+            tally.failures.push(sent.failure(error_json::error(&e)));
+        }
+        Outcome::Uncertain(e) => {
+            counts.uncertain.fetch_add(1, Ordering::Relaxed);
+            tally.uncertain += 1;
+            tally.failures.push(sent.failure(error_json::error(&e)));
+        }
+        // Stopped before its turn: never attempted, so not uncertain either.
+        _ => release(state, &sent),
     };
 
-    'records: for &index in to_send {
-        let record = &records[index];
+    'records: loop {
+        if stopping.load(Ordering::Relaxed) {
+            break;
+        }
+        let (index, record) = match records.next() {
+            None => break,
+            Some(Ok(next)) => next,
+            Some(Err(e)) => {
+                tally.read_error = Some(e);
+                break;
+            }
+        };
+        if decisions[index] != Decision::Send {
+            if let Some(f) = earlier_failure(decisions[index], record, state) {
+                tally.reported_earlier += 1;
+                tally.failures.push(f);
+            }
+            continue;
+        }
         // An unsafe record's "started" line is written just before its hand-over; handing it
         // over only when a slot is nearly free keeps "started" close to "sent", so that an
         // interruption leaves few such records uncertain that were never sent.
@@ -479,7 +717,7 @@ async fn deliver(
                 break;
             }
             tokio::select! {
-                Some(Ok(result)) = pending.join_next() => settle(result, &mut done),
+                Some(Ok(result)) = pending.join_next() => settle(result, tally),
                 () = interrupted.notified() => {}
             }
         }
@@ -495,35 +733,33 @@ async fn deliver(
                 break;
             }
         }
+        let event = record.event.clone();
+        let sent = Sent::of(record);
         loop {
-            match tracker
-                .send_with_key(record.key.clone(), record.event.clone())
-                .await
-            {
+            match tracker.send_with_key(sent.key.clone(), event.clone()).await {
                 Ok(receipt) => {
-                    pending.spawn(async move { (index, receipt.await) });
+                    pending.spawn(async move { (sent, receipt.await) });
                     break;
                 }
                 Err(e) if e.kind() == HandOverErrorKind::Full && !pending.is_empty() => {
                     tokio::select! {
-                        Some(Ok(result)) = pending.join_next() => settle(result, &mut done),
+                        Some(Ok(result)) = pending.join_next() => settle(result, tally),
                         () = interrupted.notified() => {}
                     }
                     if stopping.load(Ordering::Relaxed) {
-                        release(state, record);
+                        release(state, &sent);
                         break 'records;
                     }
                 }
                 Err(e) => {
-                    let error = match e.validation() {
-                        Some(v) => Outcome::Failed(v.clone()),
+                    match e.validation() {
+                        Some(v) => settle((sent, Outcome::Failed(v.clone())), tally),
                         None => {
-                            eprintln!("dub-track: {}:{}: {e}", record.file, record.line);
-                            release(state, record);
+                            eprintln!("dub-track: {}:{}: {e}", sent.file, sent.line);
+                            release(state, &sent);
                             break 'records;
                         }
-                    };
-                    settle((index, error), &mut done);
+                    }
                     break;
                 }
             }
@@ -540,21 +776,20 @@ async fn deliver(
         }
         tokio::select! {
             next = pending.join_next() => match next {
-                Some(Ok(result)) => settle(result, &mut done),
+                Some(Ok(result)) => settle(result, tally),
                 Some(Err(_)) => {}
                 None => break,
             },
             () = interrupted.notified(), if !stopped => {}
         }
     }
-    done
 }
 
 /// Takes back the "started" mark of an unsafe record that was not sent after all, so that the
 /// next run sends it instead of reporting it uncertain.
-fn release(state: &dyn StateStore, record: &Record) {
-    if !record.event.is_deduplicated()
-        && let Err(e) = state.released(&record.key)
+fn release(state: &dyn StateStore, sent: &Sent) {
+    if !sent.deduplicated
+        && let Err(e) = state.released(&sent.key)
     {
         eprintln!("dub-track: cannot write the state file: {e}");
     }
@@ -573,23 +808,20 @@ async fn flush_batches(state: Arc<dyn StateStore>, flush: Arc<Notify>, broken: A
     }
 }
 
-/// First Ctrl-C: stop handing records over and let the attempts in flight finish. Second:
-/// leave at once, with the journal made durable.
-async fn watch_ctrl_c(
+/// First Ctrl-C or SIGTERM: stop handing records over and let the attempts in flight finish.
+/// Second: leave at once, with the journal made durable.
+async fn watch_signals(
+    mut stop: Stop,
     interrupted: Arc<Notify>,
     stopping: Arc<AtomicBool>,
     state: Arc<dyn StateStore>,
 ) {
-    if tokio::signal::ctrl_c().await.is_err() {
-        return;
-    }
+    stop.next().await;
     stopping.store(true, Ordering::Relaxed);
     interrupted.notify_waiters();
     interrupted.notify_one();
     eprintln!("\ndub-track: stopping after the requests in flight (Ctrl-C again to quit at once)");
-    if tokio::signal::ctrl_c().await.is_err() {
-        return;
-    }
+    stop.next().await;
     let _ = state.sync();
     eprintln!("dub-track: quit; run the same command again to send the rest");
     std::process::exit(i32::from(EXIT_INTERRUPTED));
@@ -668,24 +900,6 @@ impl Drop for ClearOnDrop {
             .unwrap_or_else(PoisonError::into_inner)
             .finish_and_clear();
     }
-}
-
-/// Writes the failed records (complete or not at all: a temporary file renamed over the old).
-fn write_failed(path: &Path, failures: &[Failure]) -> std::io::Result<()> {
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    {
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        for f in failures {
-            let mut record = f.raw.clone();
-            record.insert(ERROR_FIELD.into(), f.error.clone());
-            serde_json::to_writer(&mut out, &Value::Object(record))?;
-            out.write_all(b"\n")?;
-        }
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
 }
 
 fn usage(message: &str) -> u8 {

@@ -11,17 +11,22 @@
 //! whose line was lost is merely sent again, and Dub deduplicates it, because only records Dub
 //! deduplicates are sent without a fsynced `"started"` line first.
 //!
+//! The journal also names the inputs it was written for (`{"inputs":[…]}`, their canonical
+//! paths), so that a run given another input's state file can say so.
+//!
 //! `send` uses the journal only through [`StateStore`], so that the tracker's own spool can take
 //! its place later without touching the rest of the command.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::input::Key;
 
 /// Where a record got to in an earlier run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,8 +71,20 @@ struct Line {
     error: Option<Value>,
 }
 
+/// The line naming the inputs a journal was written for.
+#[derive(Debug, Serialize, Deserialize)]
+struct InputsLine {
+    inputs: Vec<String>,
+}
+
 /// The interface `send` keeps its progress through.
 pub trait StateStore: Send + Sync {
+    /// The inputs earlier runs used this state for (canonical paths, `-` for standard input).
+    fn inputs(&self) -> BTreeSet<String>;
+    /// How many records earlier runs recorded.
+    fn len(&self) -> usize;
+    /// Records that this state is used for `inputs` too.
+    fn add_inputs(&self, inputs: &[String]) -> io::Result<()>;
     /// What an earlier run recorded for `key`, if anything.
     fn prior(&self, key: &str) -> Option<Prior>;
     /// Records that the record `key`, which Dub does not deduplicate, is about to be sent; it is
@@ -88,6 +105,15 @@ pub trait StateStore: Send + Sync {
 pub struct NoState;
 
 impl StateStore for NoState {
+    fn inputs(&self) -> BTreeSet<String> {
+        BTreeSet::new()
+    }
+    fn len(&self) -> usize {
+        0
+    }
+    fn add_inputs(&self, _inputs: &[String]) -> io::Result<()> {
+        Ok(())
+    }
     fn prior(&self, _key: &str) -> Option<Prior> {
         None
     }
@@ -110,6 +136,7 @@ impl StateStore for NoState {
 pub struct Journal {
     file: Mutex<File>,
     prior: HashMap<String, Prior>,
+    inputs: Mutex<BTreeSet<String>>,
 }
 
 /// Why the journal could not be opened.
@@ -119,6 +146,8 @@ pub enum OpenError {
     Locked(PathBuf),
     /// The file could not be opened or read.
     Io(PathBuf, io::Error),
+    /// The file was written by an earlier `dub-track`, whose record identities differ.
+    Outdated(PathBuf),
 }
 
 impl std::fmt::Display for OpenError {
@@ -131,6 +160,14 @@ impl std::fmt::Display for OpenError {
                 p.display()
             ),
             OpenError::Io(p, e) => write!(f, "the state file {}: {e}", p.display()),
+            OpenError::Outdated(p) => write!(
+                f,
+                "the state file {} was written by an earlier dub-track, which identified records \
+                 by their line numbers: finish that run with the version that started it, or \
+                 move the file away to send every record again (records Dub does not deduplicate \
+                 would then be recorded again)",
+                p.display()
+            ),
         }
     }
 }
@@ -155,16 +192,28 @@ impl Journal {
             Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
         }
         let mut prior = HashMap::new();
-        let mut bytes = Vec::new();
-        (&file).read_to_end(&mut bytes).map_err(io_err)?;
-        let ends_cleanly = bytes.last().is_none_or(|&b| b == b'\n');
-        for line in bytes.split(|&b| b == b'\n') {
+        let mut inputs = BTreeSet::new();
+        let mut ends_cleanly = true;
+        let mut reader = BufReader::new(&file);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line).map_err(io_err)? == 0 {
+                break;
+            }
+            ends_cleanly = line.last() == Some(&b'\n');
             // A torn or foreign line tells nothing reliable; the records it would have named are
             // treated as never sent, which is safe for every record but a started unsafe one,
             // and that one's "started" line was fsynced before it was sent.
-            let Ok(entry) = serde_json::from_slice::<Line>(line) else {
+            let Ok(entry) = serde_json::from_slice::<Line>(&line) else {
+                if let Ok(names) = serde_json::from_slice::<InputsLine>(&line) {
+                    inputs.extend(names.inputs);
+                }
                 continue;
             };
+            if !Key::is_key(&entry.key) {
+                return Err(OpenError::Outdated(path.to_path_buf()));
+            }
             let keep_terminal = prior
                 .get(&entry.key)
                 .is_some_and(|p: &Prior| p.mark.is_terminal() && !entry.outcome.is_terminal());
@@ -183,6 +232,7 @@ impl Journal {
                 );
             }
         }
+        drop(reader);
         if !ends_cleanly {
             // Close a torn last line, or the next line appended would be glued to it and lost.
             (&file).write_all(b"\n").map_err(io_err)?;
@@ -190,10 +240,11 @@ impl Journal {
         Ok(Journal {
             file: Mutex::new(file),
             prior,
+            inputs: Mutex::new(inputs),
         })
     }
 
-    fn append(&self, line: &Line) -> io::Result<()> {
+    fn append(&self, line: &impl Serialize) -> io::Result<()> {
         let mut bytes = serde_json::to_vec(line).map_err(io::Error::other)?;
         bytes.push(b'\n');
         let file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
@@ -204,6 +255,34 @@ impl Journal {
 }
 
 impl StateStore for Journal {
+    fn inputs(&self) -> BTreeSet<String> {
+        self.inputs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn len(&self) -> usize {
+        self.prior.len()
+    }
+
+    fn add_inputs(&self, names: &[String]) -> io::Result<()> {
+        let mut known = self.inputs.lock().unwrap_or_else(PoisonError::into_inner);
+        let new: Vec<String> = names
+            .iter()
+            .filter(|n| !known.contains(*n))
+            .cloned()
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        self.append(&InputsLine {
+            inputs: new.clone(),
+        })?;
+        known.extend(new);
+        Ok(())
+    }
+
     fn prior(&self, key: &str) -> Option<Prior> {
         self.prior.get(key).cloned()
     }
@@ -248,6 +327,11 @@ impl StateStore for Journal {
 mod tests {
     use super::*;
 
+    const A: &str = "0000000000000000000000000000000a-0";
+    const B: &str = "0000000000000000000000000000000b-0";
+    const C: &str = "0000000000000000000000000000000c-0";
+    const D: &str = "0000000000000000000000000000000d-0";
+
     fn temp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("dub-track-state-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -261,20 +345,20 @@ mod tests {
         let p = temp("j1");
         {
             let j = Journal::open(&p).unwrap();
-            j.started("a").unwrap();
-            j.finished("b", Mark::Delivered, None).unwrap();
-            j.started("c").unwrap();
-            j.finished("c", Mark::Failed, Some(&serde_json::json!({"x": 1})))
+            j.started(A).unwrap();
+            j.finished(B, Mark::Delivered, None).unwrap();
+            j.started(C).unwrap();
+            j.finished(C, Mark::Failed, Some(&serde_json::json!({"x": 1})))
                 .unwrap();
             j.sync().unwrap();
         }
         let j = Journal::open(&p).unwrap();
-        assert_eq!(j.prior("a").unwrap().mark, Mark::Started);
-        assert_eq!(j.prior("b").unwrap().mark, Mark::Delivered);
-        let c = j.prior("c").unwrap();
+        assert_eq!(j.prior(A).unwrap().mark, Mark::Started);
+        assert_eq!(j.prior(B).unwrap().mark, Mark::Delivered);
+        let c = j.prior(C).unwrap();
         assert_eq!(c.mark, Mark::Failed);
         assert_eq!(c.error, Some(serde_json::json!({"x": 1})));
-        assert!(j.prior("d").is_none());
+        assert!(j.prior(D).is_none());
     }
 
     #[test]
@@ -282,15 +366,15 @@ mod tests {
         let p = temp("j4");
         {
             let j = Journal::open(&p).unwrap();
-            j.started("a").unwrap();
-            j.released("a").unwrap();
-            j.finished("b", Mark::Uncertain, None).unwrap();
-            j.released("b").unwrap();
+            j.started(A).unwrap();
+            j.released(A).unwrap();
+            j.finished(B, Mark::Uncertain, None).unwrap();
+            j.released(B).unwrap();
             j.sync().unwrap();
         }
         let j = Journal::open(&p).unwrap();
-        assert!(j.prior("a").is_none());
-        assert_eq!(j.prior("b").unwrap().mark, Mark::Uncertain);
+        assert!(j.prior(A).is_none());
+        assert_eq!(j.prior(B).unwrap().mark, Mark::Uncertain);
     }
 
     #[test]
@@ -298,12 +382,12 @@ mod tests {
         let p = temp("j2");
         std::fs::write(
             &p,
-            b"{\"key\":\"a\",\"outcome\":\"delivered\"}\n{\"key\":\"b\",\"outc",
+            format!("{{\"key\":\"{A}\",\"outcome\":\"delivered\"}}\n{{\"key\":\"{B}\",\"outc"),
         )
         .unwrap();
         let j = Journal::open(&p).unwrap();
-        assert_eq!(j.prior("a").unwrap().mark, Mark::Delivered);
-        assert!(j.prior("b").is_none());
+        assert_eq!(j.prior(A).unwrap().mark, Mark::Delivered);
+        assert!(j.prior(B).is_none());
     }
 
     #[test]
@@ -311,5 +395,34 @@ mod tests {
         let p = temp("j3");
         let _first = Journal::open(&p).unwrap();
         assert!(matches!(Journal::open(&p), Err(OpenError::Locked(_))));
+    }
+
+    #[test]
+    fn inputs_are_remembered() {
+        let p = temp("j5");
+        {
+            let j = Journal::open(&p).unwrap();
+            j.add_inputs(&["/x.jsonl".into()]).unwrap();
+            j.add_inputs(&["/x.jsonl".into(), "-".into()]).unwrap();
+        }
+        let j = Journal::open(&p).unwrap();
+        assert_eq!(
+            j.inputs().into_iter().collect::<Vec<_>>(),
+            ["-".to_owned(), "/x.jsonl".to_owned()]
+        );
+        assert_eq!(std::fs::read_to_string(&p).unwrap().lines().count(), 2);
+    }
+
+    #[test]
+    fn a_journal_of_line_numbered_keys_is_refused() {
+        let p = temp("j6");
+        std::fs::write(
+            &p,
+            "{\"key\":\"/tmp/x.jsonl:3:0123456789abcdef\",\"outcome\":\"delivered\"}\n",
+        )
+        .unwrap();
+        let e = Journal::open(&p).unwrap_err();
+        assert!(matches!(e, OpenError::Outdated(_)), "{e}");
+        assert!(e.to_string().contains("earlier dub-track"), "{e}");
     }
 }

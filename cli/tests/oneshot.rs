@@ -312,3 +312,96 @@ async fn every_subcommand_has_complete_help() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_numbers_are_refused_by_the_rule_they_break_not_by_the_parser() {
+    let mock = MockDub::start().await.unwrap();
+    let dir = Scratch::new("negative");
+    let sale = ["sale", "--customer-external-id", "u", "--amount", "-5"];
+    let out = run(&mock, &dir.0, &sale).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    let err: Value = serde_json::from_str(out.stderr.trim()).expect("a JSON error");
+    assert_eq!(err["error"]["field"], "amount", "{out:?}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("must be from 0 to "),
+        "{out:?}"
+    );
+
+    let lead = [
+        "lead",
+        "--click-id",
+        "c",
+        "--event-name",
+        "Sign up",
+        "--customer-external-id",
+        "u",
+        "--event-quantity",
+        "-1",
+    ];
+    let out = run(&mock, &dir.0, &lead).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    let err: Value = serde_json::from_str(out.stderr.trim()).expect("a JSON error");
+    assert_eq!(err["error"]["field"], "eventQuantity", "{out:?}");
+    assert_eq!(mock.request_count(), 0, "nothing was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_to_another_host_needs_allow_insecure_http_and_warns() {
+    let mock = MockDub::start().await.unwrap();
+    let dir = Scratch::new("insecure");
+    // The mock's own socket through an address that is not loopback by its spelling (an
+    // IPv4-mapped IPv6 address): plain http to it is refused unless allowed.
+    let port = mock.url().rsplit(':').next().unwrap().to_owned();
+    let url = format!("http://[::ffff:127.0.0.1]:{port}");
+    let sale = [
+        "sale",
+        "--customer-external-id",
+        "u",
+        "--amount",
+        "5",
+        "--invoice-id",
+        "i",
+        "--click-id",
+        "c",
+        "--base-url",
+        &url,
+    ];
+    let out = run(&mock, &dir.0, &sale).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("--allow-insecure-http"), "{out:?}");
+    assert!(!out.stderr.contains("allow_insecure_http("), "{out:?}");
+    assert_eq!(mock.request_count(), 0);
+
+    let mut allowed = sale.to_vec();
+    allowed.push("--allow-insecure-http");
+    let out = run(&mock, &dir.0, &allowed).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("warning: --allow-insecure-http"),
+        "{out:?}"
+    );
+    assert_eq!(mock.sales().len(), 1);
+
+    // `send` takes it too.
+    dir.write(
+        "s.jsonl",
+        "{\"type\":\"sale\",\"customerExternalId\":\"u\",\"amount\":5,\"invoiceId\":\"i2\"}\n",
+    );
+    let out = run(
+        &mock,
+        &dir.0,
+        &[
+            "send",
+            "--allow-insecure-http",
+            "--base-url",
+            &url,
+            "s.jsonl",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(mock.sales().len(), 2);
+}

@@ -86,6 +86,11 @@ async fn standard_input_is_read_as_json_lines() {
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.count("delivered"), 1);
     assert_eq!(mock.leads().len(), 1);
+    // Not a terminal: no notice.
+    assert!(
+        !out.stderr.contains("reading records from standard input"),
+        "{out:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,4 +423,270 @@ async fn a_second_send_on_the_same_state_file_is_refused_while_the_first_runs() 
     let first = support::Run::from(first.wait_with_output().await.unwrap(), mock.token());
     assert_eq!(first.code, 0, "{first:?}");
     assert_eq!(mock.request_count(), 200);
+}
+
+/// A sale Dub does not deduplicate (no invoiceId): each request for it is recorded again.
+fn unsafe_sale(customer: &str, amount: u64) -> Value {
+    json!({"type": "sale", "customerExternalId": customer, "amount": amount,
+           "clickId": format!("clk_{customer}")})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_named_twice_or_through_other_paths_sends_each_record_once() {
+    let mock = MockDub::start().await.unwrap();
+    let dir = Scratch::new("twice");
+    let records: Vec<Value> = (0..30)
+        .map(|c| unsafe_sale(&format!("t{c}"), 100))
+        .collect();
+    dir.write("f.jsonl", &jsonl(&records));
+    std::os::unix::fs::symlink(dir.path("f.jsonl"), dir.path("link.jsonl")).unwrap();
+    std::fs::hard_link(dir.path("f.jsonl"), dir.path("hard.jsonl")).unwrap();
+    let out = run(
+        &mock,
+        &dir.0,
+        &[
+            "send",
+            "--allow-unsafe",
+            "f.jsonl",
+            "f.jsonl",
+            "./f.jsonl",
+            "link.jsonl",
+            "hard.jsonl",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.count("delivered"), 30, "{out:?}");
+    assert_eq!(mock.sales().len(), 30, "a record was sent twice");
+    assert_eq!(mock.request_count(), 30);
+    assert!(
+        out.stderr
+            .contains("link.jsonl is the same file as f.jsonl"),
+        "{out:?}"
+    );
+}
+
+/// Sends `file` with --allow-unsafe and the state file `st`; returns the run.
+async fn send_unsafe(mock: &MockDub, dir: &Scratch, extra: &[&str], file: &str) -> support::Run {
+    let mut args = vec!["send", "--allow-unsafe", "--state", "st"];
+    args.extend_from_slice(extra);
+    args.push(file);
+    run(mock, &dir.0, &args).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_other_lines_never_resends_a_delivered_unsafe_record() {
+    let mock = MockDub::start().await.unwrap();
+    let dir = Scratch::new("edits");
+    let a = unsafe_sale("e1", 100).to_string();
+    let b = unsafe_sale("e2", 200).to_string();
+    let c = unsafe_sale("e3", 300).to_string();
+    // `a` twice: two records, both sent.
+    dir.write("s.jsonl", &format!("{a}\n{b}\n{a}\n{c}\n"));
+    let out = send_unsafe(&mock, &dir, &[], "s.jsonl").await;
+    assert_eq!((out.code, out.count("delivered")), (0, 4), "{out:?}");
+    assert_eq!(mock.sales().len(), 4);
+
+    // Each edit leaves the four records as they were; none is sent again.
+    let edits = [
+        (
+            "a blank line inserted at the top",
+            format!("\n{a}\n{b}\n{a}\n{c}\n"),
+        ),
+        ("lines moved", format!("{c}\n{a}\n{b}\n{a}\n")),
+        (
+            "fields reordered and spaced",
+            format!(
+                "{a}\n{{ \"amount\": 200, \"type\": \"sale\", \"clickId\": \"clk_e2\", \
+                 \"customerExternalId\": \"e2\" }}\n{a}\n{c}\n"
+            ),
+        ),
+        (
+            "another record inserted at the top",
+            format!("{}\n{a}\n{b}\n{a}\n{c}\n", unsafe_sale("e4", 400)),
+        ),
+    ];
+    let mut expected = 4;
+    for (edit, text) in edits {
+        dir.write("s.jsonl", &text);
+        let out = send_unsafe(&mock, &dir, &[], "s.jsonl").await;
+        assert_eq!(out.code, 0, "{edit}: {out:?}");
+        if edit.starts_with("another") {
+            expected += 1;
+            assert_eq!(out.count("delivered"), 1, "{edit}: {out:?}");
+        } else {
+            assert_eq!(out.count("delivered"), 0, "{edit}: {out:?}");
+        }
+        assert_eq!(
+            mock.sales().len(),
+            expected,
+            "{edit}: a record was sent again"
+        );
+    }
+
+    // One of the two identical lines removed: the other is still known; a third copy added is a
+    // new record, sent once.
+    let e4 = unsafe_sale("e4", 400).to_string();
+    dir.write("s.jsonl", &format!("{e4}\n{b}\n{a}\n{c}\n"));
+    let out = send_unsafe(&mock, &dir, &[], "s.jsonl").await;
+    assert_eq!((out.code, out.count("delivered")), (0, 0), "{out:?}");
+    dir.write("s.jsonl", &format!("{e4}\n{a}\n{b}\n{a}\n{c}\n{a}\n"));
+    let out = send_unsafe(&mock, &dir, &[], "s.jsonl").await;
+    assert_eq!((out.code, out.count("delivered")), (0, 1), "{out:?}");
+    assert_eq!(mock.sales().len(), 6);
+    let e1 = mock
+        .sales()
+        .iter()
+        .filter(|s| s.customer_external_id == "e1")
+        .count();
+    assert_eq!(e1, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_invalid_line_after_skip_invalid_resends_nothing() {
+    let mock = MockDub::start().await.unwrap();
+    let dir = Scratch::new("edit-invalid");
+    let good: Vec<String> = (0..5)
+        .map(|c| unsafe_sale(&format!("v{c}"), 100 + c).to_string())
+        .collect();
+    let bad = r#"{"type":"sale","customerExternalId":"bad","amount":"ten"}"#;
+    dir.write(
+        "s.jsonl",
+        &format!(
+            "{}\n{bad}\n{}\n",
+            good[..2].join("\n"),
+            good[2..].join("\n")
+        ),
+    );
+    let out = send_unsafe(&mock, &dir, &["--skip-invalid"], "s.jsonl").await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(
+        (out.count("delivered"), out.count("failed")),
+        (5, 1),
+        "{out:?}"
+    );
+    dir.write("s.jsonl", &format!("{}\n", good.join("\n")));
+    let out = send_unsafe(&mock, &dir, &["--skip-invalid"], "s.jsonl").await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        (out.count("delivered"), out.count("skipped")),
+        (0, 5),
+        "{out:?}"
+    );
+    assert_eq!(mock.sales().len(), 5, "a delivered sale was sent again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csv_header_named_twice_is_refused() {
+    let mock = MockDub::start().await.unwrap();
+    let dir = Scratch::new("csv-twice");
+    dir.write(
+        "s.csv",
+        "type,customerExternalId,amount,invoiceId,amount\nsale,u1,100,in_1,9999\n",
+    );
+    let out = run(&mock, &dir.0, &["send", "s.csv"]).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("s.csv:1: amount:") && out.stderr.contains("twice"),
+        "{out:?}"
+    );
+    assert_eq!(mock.request_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_of_other_inputs_is_named_and_refused_where_unsafe_records_would_be_sent() {
+    let mock = MockDub::start().await.unwrap();
+    let dir = Scratch::new("other-state");
+    let a: Vec<Value> = (0..3).map(|c| unsafe_sale(&format!("a{c}"), 100)).collect();
+    let b: Vec<Value> = (0..3).map(|c| unsafe_sale(&format!("b{c}"), 100)).collect();
+    dir.write("a.jsonl", &jsonl(&a));
+    dir.write("b.jsonl", &jsonl(&b));
+    let out = send_unsafe(&mock, &dir, &[], "a.jsonl").await;
+    assert_eq!((out.code, out.count("delivered")), (0, 3), "{out:?}");
+
+    // b's unsafe records on a's state: they may have been sent with b's own state.
+    let out = send_unsafe(&mock, &dir, &[], "b.jsonl").await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("was written for") && out.stderr.contains("a.jsonl"),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("--adopt-state"), "{out:?}");
+    assert_eq!(mock.request_count(), 3);
+
+    // a copied under another name, with a's state: said, and nothing is sent again.
+    std::fs::copy(dir.path("a.jsonl"), dir.path("copy.jsonl")).unwrap();
+    let out = send_unsafe(&mock, &dir, &[], "copy.jsonl").await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.count("skipped"), 3, "{out:?}");
+    assert!(out.stderr.contains("was written for"), "{out:?}");
+    assert_eq!(mock.request_count(), 3);
+
+    // Records Dub deduplicates are sent with a word only; --adopt-state takes the file as theirs.
+    dir.write("safe.jsonl", &jsonl(&[sale("s1", "in_s1", 100)]));
+    let out = send_unsafe(&mock, &dir, &[], "safe.jsonl").await;
+    assert_eq!((out.code, out.count("delivered")), (0, 1), "{out:?}");
+    assert!(out.stderr.contains("was written for"), "{out:?}");
+    let out = send_unsafe(&mock, &dir, &["--adopt-state"], "b.jsonl").await;
+    assert_eq!((out.code, out.count("delivered")), (0, 3), "{out:?}");
+    assert_eq!(mock.request_count(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_dash_on_a_terminal_says_it_reads_standard_input() {
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: python3 is needed to give dub-track a terminal (pty)");
+        return;
+    }
+    // Standard input a pty: wait for the notice on standard error (10 s at most), then type a
+    // record and Ctrl-D.
+    const SCRIPT: &str = r#"
+import os, pty, select, subprocess, sys, time
+master, slave = pty.openpty()
+p = subprocess.Popen(sys.argv[1:], stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+os.close(slave)
+err = b""
+deadline = time.time() + 10
+while b"\n" not in err and time.time() < deadline:
+    ready, _, _ = select.select([p.stderr], [], [], 0.1)
+    if ready:
+        chunk = os.read(p.stderr.fileno(), 4096)
+        if not chunk:
+            break
+        err += chunk
+os.write(master, sys.stdin.buffer.read() + b"\n\x04")
+out, rest = p.communicate(timeout=60)
+sys.stdout.buffer.write(out)
+sys.stderr.buffer.write(err + rest)
+sys.exit(p.returncode)
+"#;
+    let mock = MockDub::start().await.unwrap();
+    let dir = Scratch::new("tty");
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.args(["-c", SCRIPT, support::BIN, "send", "-"])
+        .current_dir(&dir.0)
+        .env("DUB_API_KEY", mock.token())
+        .env("DUB_BASE_URL", mock.url())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, lead("p1").to_string().as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = support::Run::from(child.wait_with_output().await.unwrap(), mock.token());
+    let first = out.stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("reading records from standard input"),
+        "{out:?}"
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(mock.leads().len(), 1);
 }

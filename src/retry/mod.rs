@@ -35,7 +35,7 @@
 //!
 //! # Where retries happen
 //!
-//! Exactly one layer retries: the generated client's `exec` hook in `transport.rs`, which owns
+//! Exactly one layer retries: the generated client's `exec` hook in `transport/`, which owns
 //! each HTTP exchange. reqwest's own retries (of HTTP/2 refused streams) are turned off on the
 //! client this crate builds, so [`Error::attempts`](crate::Error::attempts) counts every request
 //! that went out; a refused stream is classified as "never sent" here instead. A
@@ -48,9 +48,7 @@ pub use decision::{Attempt, Decision, Reason, Seen, Stop};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use reqwest::header::HeaderMap;
+use std::time::Duration;
 
 /// How the backoff delay is randomised, so that clients failing together do not retry together.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -289,40 +287,6 @@ fn scale(d: Duration, factor: f64) -> Duration {
         .min(d)
 }
 
-/// Reads how long the server asked to wait: `retry-after-ms`, else `Retry-After` as seconds,
-/// an HTTP date, or (what Dub actually sends) a Unix timestamp in milliseconds. Garbage,
-/// negative values and moments in the past yield `None`; any magnitude saturates instead of
-/// overflowing (`Duration::MAX` at most).
-pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let text = |name| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
-    if let Some(ms) = text("retry-after-ms").and_then(|t| t.parse::<f64>().ok())
-        && ms >= 0.0
-    {
-        // NaN fails the comparison above; infinity and 1e22 saturate.
-        return Some(Duration::try_from_secs_f64(ms / 1000.0).unwrap_or(Duration::MAX));
-    }
-    let value = text("retry-after")?;
-    if let Ok(n) = value.parse::<u64>() {
-        // Seconds are small; Dub's millisecond timestamps are past 2001 (10^12 ms).
-        if n < 1_000_000_000_000 {
-            return Some(Duration::from_secs(n));
-        }
-        let at = UNIX_EPOCH.checked_add(Duration::from_millis(n))?;
-        return at.duration_since(now).ok();
-    }
-    if value.bytes().all(|b| b.is_ascii_digit()) && !value.is_empty() {
-        // More digits than a u64 holds: a moment so far ahead it is "never".
-        return Some(Duration::MAX);
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    at.duration_since(now).ok()
-}
-
 /// A retry budget shared by every call of one client: a token bucket that stops retries when
 /// most recent calls are failing, so an outage does not multiply the load on Dub.
 ///
@@ -439,53 +403,6 @@ impl Drop for Withdrawal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderValue;
-
-    fn headers(name: &'static str, value: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(name, HeaderValue::from_str(value).unwrap());
-        h
-    }
-
-    #[test]
-    fn retry_after_forms() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let at = |n, v| retry_after(&headers(n, v), now);
-        assert_eq!(
-            at("retry-after-ms", "1500"),
-            Some(Duration::from_millis(1500))
-        );
-        assert_eq!(at("retry-after", "7"), Some(Duration::from_secs(7)));
-        assert_eq!(
-            at("retry-after", "1800000003000"),
-            Some(Duration::from_secs(3))
-        );
-        let date = httpdate::fmt_http_date(now + Duration::from_secs(9));
-        assert_eq!(at("retry-after", &date), Some(Duration::from_secs(9)));
-        for garbage in ["-3", "soon", "", "1e9999", "1799999999000"] {
-            assert_eq!(at("retry-after", garbage), None, "{garbage:?}");
-        }
-        assert_eq!(at("retry-after-ms", "-5"), None);
-        assert_eq!(at("retry-after-ms", "NaN"), None);
-    }
-
-    #[test]
-    fn retry_after_of_any_magnitude_saturates() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let at = |n, v| retry_after(&headers(n, v), now);
-        assert_eq!(
-            at("retry-after-ms", "1e22"),
-            Some(Duration::from_secs(10_000_000_000_000_000_000))
-        );
-        for huge in ["1e23", "inf", "1e308"] {
-            assert_eq!(at("retry-after-ms", huge), Some(Duration::MAX), "{huge}");
-        }
-        assert_eq!(
-            at("retry-after", "99999999999999999999999999"),
-            Some(Duration::MAX)
-        );
-        assert!(at("retry-after", "18446744073709551615").is_some());
-    }
 
     #[test]
     fn delays_grow_and_cap() {

@@ -1,8 +1,9 @@
 //! The tracker's task: claims events whose turn has come, delivers them through the client,
 //! and decides what each result means (delivered, failed, uncertain, or again later).
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::task::JoinSet;
@@ -24,6 +25,9 @@ const MAX_OUTAGE_PAUSE: Duration = Duration::from_secs(60);
 const RECOVER_EVERY: Duration = Duration::from_secs(10);
 /// How often the counts are traced while there is work.
 const TRACE_EVERY: Duration = Duration::from_secs(10);
+/// The longest wait between attempts to write to a spool that failed (a full disk): once the
+/// disk has room, held outcomes are written and deliveries resume within this.
+const MAX_STORE_RETRY: Duration = Duration::from_secs(30);
 
 /// One delivery's result; `None` when the shutdown deadline cut it off.
 struct Delivery {
@@ -92,37 +96,270 @@ impl Outage {
     }
 }
 
+/// The deliveries started and not yet settled, with Dub's answer once it came.
+///
+/// A delivery is recorded here before it starts, and its answer as soon as it arrives, so that
+/// whatever cuts the dispatcher short (a shutdown deadline it overran, the last handle dropped,
+/// its runtime shut down) leaves an honest account: an event Dub answered for is delivered,
+/// one whose request may have reached Dub and that Dub does not deduplicate is uncertain, and
+/// neither comes back as "undelivered". Whoever takes an entry out settles the event: the
+/// dispatcher normally, [`abandon`] once the dispatcher is cut short.
+#[derive(Default)]
+pub(super) struct InFlight(Mutex<InFlightState>);
+
+#[derive(Default)]
+struct InFlightState {
+    /// Abandoned: no delivery may start any more.
+    closed: bool,
+    started: HashMap<EventId, Attempt>,
+}
+
+struct Attempt {
+    claimed: Claimed,
+    answer: Option<Response>,
+}
+
+impl InFlight {
+    fn lock(&self) -> MutexGuard<'_, InFlightState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a delivery about to start; `false` once abandoned (then it must not start).
+    fn start(&self, claimed: &Claimed) -> bool {
+        let mut s = self.lock();
+        if s.closed {
+            return false;
+        }
+        s.started.insert(
+            claimed.id,
+            Attempt {
+                claimed: claimed.clone(),
+                answer: None,
+            },
+        );
+        true
+    }
+
+    fn answered(&self, id: EventId, response: &Response) {
+        if let Some(attempt) = self.lock().started.get_mut(&id) {
+            attempt.answer = Some(response.clone());
+        }
+    }
+
+    fn contains(&self, id: EventId) -> bool {
+        self.lock().started.contains_key(&id)
+    }
+
+    /// Takes the entry to settle the event; `false` if [`abandon`] took it first.
+    fn take(&self, id: EventId) -> bool {
+        self.lock().started.remove(&id).is_some()
+    }
+
+    fn close(&self) -> Vec<Attempt> {
+        let mut s = self.lock();
+        s.closed = true;
+        let mut left: Vec<Attempt> = s.started.drain().map(|(_, a)| a).collect();
+        left.sort_by_key(|a| a.claimed.id);
+        left
+    }
+}
+
+/// Marks the dispatcher gone when its task ends or is dropped (its runtime shut down): the
+/// tracker then refuses hand-overs instead of queueing events nobody will deliver.
+struct Running(Arc<Core>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Release);
+        self.0.stop_taking();
+    }
+}
+
+/// A write the store could not make (a full disk), held until it can.
+enum Unwritten {
+    Finish(EventId, Terminal, Vec<u8>),
+    Reschedule {
+        id: EventId,
+        due_ms: u64,
+        attempts: u32,
+        maybe_sent: bool,
+    },
+}
+
+/// A store that fails (a full disk, a file that cannot be read): the loop would otherwise retry
+/// at once, again and again. One ERROR line when the trouble begins and one INFO line when it
+/// ends; no claim until a capped backoff has passed; and outcomes that could not be written
+/// are held here and written first when the store works again, so their rows do not stay
+/// claimed (and their customers blocked) until a restart.
+#[derive(Default)]
+struct StoreTrouble {
+    failures: u32,
+    retry_at: Option<Instant>,
+    unwritten: Vec<Unwritten>,
+}
+
+impl StoreTrouble {
+    fn failed(&mut self, core: &Core, e: &str) {
+        if self.failures == 0 {
+            tracing::error!(
+                error = %e,
+                "dub tracker: the store failed; retrying with backoff, outcomes held in memory"
+            );
+        }
+        self.failures = self.failures.saturating_add(1);
+        let wait = backoff(core, self.failures).min(MAX_STORE_RETRY);
+        self.retry_at = Instant::now().checked_add(wait);
+    }
+
+    /// A write went through: the trouble is over once nothing is held.
+    fn worked(&mut self) {
+        if self.failures > 0 && self.unwritten.is_empty() {
+            tracing::info!(
+                failures = self.failures,
+                "dub tracker: the store can be written again"
+            );
+            self.failures = 0;
+            self.retry_at = None;
+        }
+    }
+
+    fn in_trouble(&self) -> bool {
+        self.failures > 0
+    }
+
+    /// Whether the store is left alone until the backoff has passed.
+    fn waiting(&self, now: Instant) -> bool {
+        self.retry_at.is_some_and(|at| now < at)
+    }
+
+    /// Keeps a write for later, or makes it now when the store is not known to fail.
+    async fn write(&mut self, core: &Arc<Core>, w: Unwritten) {
+        self.unwritten.push(w);
+        if !self.in_trouble() {
+            self.write_held(core).await;
+        }
+    }
+
+    /// Writes what is held; on failure keeps what is left and backs off.
+    async fn write_held(&mut self, core: &Arc<Core>) {
+        if self.unwritten.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut self.unwritten);
+        let count = held.len();
+        match store_op(core, move |s| Ok(write_all(s, held))).await {
+            Ok((left, None)) => {
+                self.unwritten = left;
+                self.worked();
+            }
+            Ok((left, Some(e))) => {
+                self.unwritten = left;
+                self.failed(core, &e);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, events = count, "dub tracker: outcomes were not written");
+            }
+        }
+    }
+}
+
+/// Writes `held` in order: all outcomes in one transaction, then each reschedule. Returns what
+/// could not be written, with the error.
+fn write_all(store: &Store, held: Vec<Unwritten>) -> (Vec<Unwritten>, Option<String>) {
+    let mut finish = Vec::new();
+    let mut later = Vec::new();
+    for w in held {
+        match w {
+            Unwritten::Finish(id, t, o) => finish.push((id, t, o)),
+            r @ Unwritten::Reschedule { .. } => later.push(r),
+        }
+    }
+    if !finish.is_empty()
+        && let Err(e) = store.finish(finish.clone())
+    {
+        let mut left: Vec<Unwritten> = finish
+            .into_iter()
+            .map(|(id, t, o)| Unwritten::Finish(id, t, o))
+            .collect();
+        left.extend(later);
+        return (left, Some(e));
+    }
+    let mut later = later.into_iter();
+    while let Some(w) = later.next() {
+        let Unwritten::Reschedule {
+            id,
+            due_ms,
+            attempts,
+            maybe_sent,
+        } = w
+        else {
+            continue;
+        };
+        if let Err(e) = store.reschedule(id, due_ms, attempts, maybe_sent) {
+            let mut left = vec![w];
+            left.extend(later);
+            return (left, Some(e));
+        }
+    }
+    (Vec::new(), None)
+}
+
 pub(super) async fn run(core: Arc<Core>) {
+    let _running = Running(core.clone());
     let mut tasks: JoinSet<Delivery> = JoinSet::new();
     let mut outage = Outage::default();
+    let mut trouble = StoreTrouble::default();
     let mut shutdown = core.shutdown.subscribe();
     let mut traced = Instant::now();
     let mut recovered: Option<Instant> = None;
     loop {
         if recovered.is_none_or(|at| at.elapsed() >= RECOVER_EVERY) {
             recovered = Some(Instant::now());
-            recover(&core).await;
+            recover(&core, &mut trouble).await;
+        }
+        if !trouble.waiting(Instant::now()) {
+            trouble.write_held(&core).await;
         }
         let stopping = *shutdown.borrow_and_update();
         let now = Instant::now();
         let past_deadline = stopping.is_some_and(|s| now >= s.claim_until);
-        if !past_deadline {
+        if !past_deadline && !trouble.waiting(now) {
             let free = core.config.max_in_flight.saturating_sub(tasks.len());
             let allowed = outage.allowed(now, free, tasks.len());
             if allowed > 0 {
                 match claim(&core, allowed).await {
                     Ok(batch) => {
+                        if !batch.is_empty() {
+                            trouble.worked();
+                        }
                         for claimed in batch {
+                            if !core.in_flight.start(&claimed) {
+                                // Abandoned meanwhile: the event stays queued, unsent.
+                                let (id, attempts) = (claimed.id, claimed.attempts);
+                                let _ =
+                                    store_op(&core, move |s| s.reschedule(id, 0, attempts, false))
+                                        .await;
+                                continue;
+                            }
                             let shutdown = core.shutdown.subscribe();
                             let probe = outage.probing();
                             tasks.spawn(deliver(core.clone(), claimed, shutdown, probe));
                         }
                     }
-                    Err(e) => tracing::error!(error = %e, "dub tracker: cannot read the queue"),
+                    Err(e) => trouble.failed(&core, &e),
                 }
             }
         }
         if tasks.is_empty() && (past_deadline || (stopping.is_some() && is_drained(&core))) {
+            // A last try for what the store could not take; then the rows stay claimed and the
+            // next start treats them as left in flight by a process that died.
+            trouble.write_held(&core).await;
+            if !trouble.unwritten.is_empty() {
+                tracing::error!(
+                    events = trouble.unwritten.len(),
+                    "dub tracker: outcomes could not be written to the store before shutdown"
+                );
+            }
             break;
         }
         if now.saturating_duration_since(traced) >= TRACE_EVERY {
@@ -143,8 +380,9 @@ pub(super) async fn run(core: Arc<Core>) {
         // A due event matters only when one could be started: otherwise the loop would wake
         // at once, again and again, while it waits for a slot or the end of an outage pause.
         let free = core.config.max_in_flight.saturating_sub(tasks.len());
-        let could_claim = !past_deadline && outage.allowed(now, free, tasks.len()) > 0;
-        let wake_at = next_wake(
+        let could_claim =
+            !past_deadline && !trouble.waiting(now) && outage.allowed(now, free, tasks.len()) > 0;
+        let mut wake_at = next_wake(
             &core,
             &outage,
             stopping.map(|s| s.claim_until),
@@ -152,10 +390,13 @@ pub(super) async fn run(core: Arc<Core>) {
             traced,
             now,
         );
+        if let Some(retry) = trouble.retry_at.filter(|&at| at > now) {
+            wake_at = wake_at.min(retry);
+        }
         tokio::select! {
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Ok(delivery) = done {
-                    settle(&core, &mut outage, delivery).await;
+                    settle(&core, &mut outage, &mut trouble, delivery).await;
                 }
             }
             _ = core.wake.notified() => {}
@@ -166,8 +407,9 @@ pub(super) async fn run(core: Arc<Core>) {
 }
 
 fn is_drained(core: &Core) -> bool {
-    let (queued, in_flight, _) = core.store.counts();
-    queued + in_flight == 0
+    core.store
+        .counts()
+        .is_ok_and(|(queued, in_flight, _)| queued + in_flight == 0)
 }
 
 /// The next moment the loop has something to do without being woken.
@@ -194,7 +436,7 @@ fn next_wake(
 }
 
 /// Announces what a process that died had in flight and Dub does not deduplicate.
-async fn recover(core: &Arc<Core>) {
+async fn recover(core: &Arc<Core>, trouble: &mut StoreTrouble) {
     if !core.store.is_durable() {
         return;
     }
@@ -224,7 +466,7 @@ async fn recover(core: &Arc<Core>) {
                 );
             }
         }
-        Err(e) => tracing::error!(error = %e, "dub tracker: cannot recover the spool"),
+        Err(e) => trouble.failed(core, &e),
     }
 }
 
@@ -256,8 +498,8 @@ async fn deliver(
     let track = core.dub.track();
     let call = async {
         match claimed.event.clone() {
-            Event::Lead(r) => track.lead(r).retries(policy).await.map(Response::Lead),
-            Event::Sale(r) => track.sale(r).retries(policy).await.map(Response::Sale),
+            Event::Lead(r) => track.lead(r).retry_config(policy).await.map(Response::Lead),
+            Event::Sale(r) => track.sale(r).retry_config(policy).await.map(Response::Sale),
         }
     };
     // A delivery that began before shutdown is cut off at its deadline.
@@ -277,6 +519,9 @@ async fn deliver(
         result = call => Some(result),
         () = cut => None,
     };
+    if let Some(Ok(response)) = &result {
+        core.in_flight.answered(claimed.id, response);
+    }
     Delivery {
         claimed,
         result,
@@ -359,7 +604,11 @@ fn judge(core: &Core, claimed: &Claimed, e: Error, age: Duration) -> Next {
     }
 }
 
-async fn settle(core: &Arc<Core>, outage: &mut Outage, d: Delivery) {
+async fn settle(core: &Arc<Core>, outage: &mut Outage, trouble: &mut StoreTrouble, d: Delivery) {
+    if !core.in_flight.contains(d.claimed.id) {
+        // Abandoned: already settled by `abandon`.
+        return;
+    }
     let now_ms = crate::clock::now_ms();
     let age = Duration::from_millis(now_ms.saturating_sub(d.claimed.created_ms));
     let deliveries = d.claimed.attempts.saturating_add(1);
@@ -367,10 +616,14 @@ async fn settle(core: &Arc<Core>, outage: &mut Outage, d: Delivery) {
         None if d.claimed.event.is_deduplicated() => {
             // Cut off at the shutdown deadline: Dub would deduplicate a second delivery, so the
             // event simply stays queued.
-            let id = d.claimed.id;
-            if let Err(e) = store_op(core, move |s| s.reschedule(id, 0, deliveries, true)).await {
-                tracing::error!(error = %e, "dub tracker: cannot requeue an event");
-            }
+            let w = Unwritten::Reschedule {
+                id: d.claimed.id,
+                due_ms: 0,
+                attempts: deliveries,
+                maybe_sent: true,
+            };
+            trouble.write(core, w).await;
+            core.in_flight.take(d.claimed.id);
             return;
         }
         None => Next::Terminal(Outcome::Uncertain(Error::cut_off())),
@@ -396,12 +649,14 @@ async fn settle(core: &Arc<Core>, outage: &mut Outage, d: Delivery) {
                         now_ms.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
                     core.counters.retried.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(id = %d.claimed.id, wait_ms = wait.as_millis() as u64, "dub tracker: will retry");
-                    let id = d.claimed.id;
-                    if let Err(e) =
-                        store_op(core, move |s| s.reschedule(id, due, deliveries, maybe_sent)).await
-                    {
-                        tracing::error!(error = %e, "dub tracker: cannot reschedule an event");
-                    }
+                    let w = Unwritten::Reschedule {
+                        id: d.claimed.id,
+                        due_ms: due,
+                        attempts: deliveries,
+                        maybe_sent,
+                    };
+                    trouble.write(core, w).await;
+                    core.in_flight.take(d.claimed.id);
                     return;
                 }
                 Next::Terminal(outcome) => {
@@ -416,22 +671,17 @@ async fn settle(core: &Arc<Core>, outage: &mut Outage, d: Delivery) {
     let Next::Terminal(outcome) = next else {
         return;
     };
-    let terminal = match &outcome {
-        Outcome::Delivered(_) => Terminal::Delivered,
-        Outcome::Failed(_) => Terminal::Failed,
-        _ => Terminal::Uncertain,
-    };
+    let terminal = terminal_of(&outcome);
     let stored = stored_outcome(&outcome);
     let id = d.claimed.id;
-    if let Err(e) = store_op(core, move |s| s.finish(vec![(id, terminal, stored)])).await {
-        tracing::error!(error = %e, "dub tracker: cannot record an outcome");
+    trouble
+        .write(core, Unwritten::Finish(id, terminal, stored))
+        .await;
+    // Nothing below awaits: once the entry is taken, the event is announced exactly once.
+    if !core.in_flight.take(id) {
+        return;
     }
-    let counter = match terminal {
-        Terminal::Delivered => &core.counters.delivered,
-        Terminal::Failed => &core.counters.failed,
-        Terminal::Uncertain => &core.counters.uncertain,
-    };
-    counter.fetch_add(1, Ordering::Relaxed);
+    count(core, terminal);
     tracing::debug!(id = %id, outcome = outcome.as_str(), "dub tracker: event settled");
     announce(
         core,
@@ -446,6 +696,75 @@ async fn settle(core: &Arc<Core>, outage: &mut Outage, d: Delivery) {
     );
 }
 
+fn terminal_of(outcome: &Outcome) -> Terminal {
+    match outcome {
+        Outcome::Delivered(_) => Terminal::Delivered,
+        Outcome::Failed(_) => Terminal::Failed,
+        _ => Terminal::Uncertain,
+    }
+}
+
+fn count(core: &Core, terminal: Terminal) {
+    let counter = match terminal {
+        Terminal::Delivered => &core.counters.delivered,
+        Terminal::Failed => &core.counters.failed,
+        Terminal::Uncertain => &core.counters.uncertain,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Settles the deliveries the dispatcher left unsettled when it was cut short (it overran the
+/// shutdown deadline, the last handle was dropped, or its runtime shut down); no delivery starts
+/// after this. What Dub answered is delivered; a request that may have reached Dub is uncertain
+/// unless Dub deduplicates the event, which then goes back to the queue (the report, or the
+/// spool). Called only where the dispatcher can no longer run normally, before the report.
+pub(super) fn abandon(core: &Core) {
+    for attempt in core.in_flight.close() {
+        let Attempt { claimed, answer } = attempt;
+        let id = claimed.id;
+        let deliveries = claimed.attempts.saturating_add(1);
+        let outcome = match answer {
+            Some(response) => Outcome::Delivered(response),
+            None if claimed.event.is_deduplicated() => {
+                if let Err(e) = core.store.reschedule(id, 0, deliveries, true) {
+                    tracing::error!(error = %e, "dub tracker: cannot requeue an event");
+                }
+                continue;
+            }
+            None => Outcome::Uncertain(Error::abandoned()),
+        };
+        let terminal = terminal_of(&outcome);
+        if let Err(e) = core
+            .store
+            .finish(vec![(id, terminal, stored_outcome(&outcome))])
+        {
+            tracing::error!(error = %e, "dub tracker: cannot record an outcome");
+        }
+        count(core, terminal);
+        let age = Duration::from_millis(crate::clock::now_ms().saturating_sub(claimed.created_ms));
+        announce(
+            core,
+            EventOutcome {
+                id,
+                key: claimed.key,
+                event: claimed.event,
+                outcome,
+                attempts: deliveries,
+                age,
+            },
+        );
+    }
+}
+
+/// Stops a spool's writer after it committed what it holds (a memory queue closed already).
+pub(super) async fn close_hand_overs(core: &Arc<Core>) {
+    let _ = store_op(core, |s| {
+        s.close_hand_overs();
+        Ok(())
+    })
+    .await;
+}
+
 /// Tells the outcome callback and the event's receipts.
 pub(super) fn announce(core: &Core, outcome: EventOutcome) {
     if let Some(callback) = &core.on_outcome {
@@ -454,10 +773,7 @@ pub(super) fn announce(core: &Core, outcome: EventOutcome) {
             tracing::error!(id = %outcome.id, "dub tracker: the outcome callback panicked");
         }
     }
-    let waiting = core.receipts().remove(&outcome.id);
-    for tx in waiting.into_iter().flatten() {
-        tx.send(outcome.outcome.clone());
-    }
+    core.receipts.announce(outcome.id, &outcome.outcome);
 }
 
 fn backoff(core: &Core, deliveries: u32) -> Duration {
@@ -505,8 +821,9 @@ fn stored_outcome(outcome: &Outcome) -> Vec<u8> {
 }
 
 /// The report of a stopped tracker: what is left comes back (memory) or stays (spool), and
-/// receipts of what is left resolve to `NotDelivered`.
+/// receipts of what is left resolve to `NotDelivered`. The dispatcher has ended or was aborted.
 pub(super) fn report(core: &Core) -> ShutdownReport {
+    abandon(core);
     let mut report = ShutdownReport::default();
     match &core.store {
         Store::Memory(queue) => {
@@ -514,25 +831,14 @@ pub(super) fn report(core: &Core) -> ShutdownReport {
         }
         #[cfg(feature = "spool")]
         Store::Spool(_) => {
-            let (queued, in_flight, _) = core.store.counts();
+            let (queued, in_flight, _) = core.store.counts().unwrap_or_default();
             report.left_in_spool = queued + in_flight;
         }
     }
-    let left: Vec<EventId> = report.undelivered.iter().map(|(id, _)| *id).collect();
-    let mut receipts = core.receipts();
-    for id in left {
-        for tx in receipts.remove(&id).into_iter().flatten() {
-            tx.send(Outcome::NotDelivered);
-        }
-    }
-    // Spool events keep their receipts' senders until now; they resolve NotDelivered too.
-    for (_, senders) in receipts.drain() {
-        for tx in senders {
-            tx.send(Outcome::NotDelivered);
-        }
-    }
-    drop(receipts);
+    core.receipts.resolve_rest();
     report.stats = core.stats();
-    report.drained = report.undelivered.is_empty() && report.left_in_spool == 0;
+    report.drained = report.undelivered.is_empty()
+        && report.left_in_spool == 0
+        && report.stats.store_error.is_none();
     report
 }

@@ -6,9 +6,11 @@
 //! claim takes the earliest-due, then oldest, heads across customers.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::event::{Event, EventId};
+use super::outcome::Receipt;
+use super::receipts::Receipts;
 use super::store::Claimed;
 
 #[derive(Debug)]
@@ -31,6 +33,8 @@ struct State {
     heads: BTreeSet<(u64, u64)>,
     keys: HashMap<String, u64>,
     in_flight: u64,
+    /// No more hand-overs: the tracker is stopping, or its dispatcher is gone.
+    closed: bool,
 }
 
 /// The queue of a tracker without a spool.
@@ -38,44 +42,59 @@ struct State {
 pub(crate) struct MemoryQueue {
     state: Mutex<State>,
     capacity: usize,
+    receipts: Arc<Receipts>,
 }
 
 /// Why a push was refused.
-pub(crate) struct Full;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    Full,
+    Closed,
+}
 
 impl MemoryQueue {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize, receipts: Arc<Receipts>) -> Self {
         Self {
             state: Mutex::new(State {
                 next_id: 1,
                 ..State::default()
             }),
             capacity,
+            receipts,
         }
+    }
+
+    /// Refuses hand-overs from now on. Under the queue's lock, so that an event is either
+    /// queued (with its receipt) before this, and then drained or delivered, or refused.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues an event; with a key already queued, returns that event's id instead (`false`).
-    /// A full queue hands the event back.
+    /// Queues an event and registers its receipt; with a key already queued, returns a receipt
+    /// for that event instead. A full or closed queue hands the event back.
     #[expect(
         clippy::result_large_err,
-        reason = "the event goes back to the caller by value, on the rare full path"
+        reason = "the event goes back to the caller by value, on the rare refused path"
     )]
     pub(crate) fn push(
         &self,
         key: Option<String>,
         event: Event,
         now_ms: u64,
-    ) -> Result<(EventId, bool), (Full, Event)> {
+    ) -> Result<Receipt, (Refused, Event)> {
         let mut s = self.lock();
+        if s.closed {
+            return Err((Refused::Closed, event));
+        }
         if let Some(id) = key.as_ref().and_then(|k| s.keys.get(k)) {
-            return Ok((EventId(*id), false));
+            return Ok(self.receipts.register(EventId(*id)));
         }
         if s.entries.len() >= self.capacity {
-            return Err((Full, event));
+            return Err((Refused::Full, event));
         }
         let id = s.next_id;
         s.next_id += 1;
@@ -100,7 +119,9 @@ impl MemoryQueue {
                 maybe_sent: false,
             },
         );
-        Ok((EventId(id), true))
+        // Registered before the lock is released: the event cannot be claimed, delivered or
+        // drained before its receipt exists.
+        Ok(self.receipts.register(EventId(id)))
     }
 
     /// Takes up to `max` events whose turn has come, marking them in flight.
@@ -198,9 +219,10 @@ impl MemoryQueue {
         (total - s.in_flight, s.in_flight, oldest)
     }
 
-    /// Takes every remaining event, in hand-over order.
+    /// Closes the queue and takes every remaining event, in hand-over order.
     pub(crate) fn drain(&self) -> Vec<(EventId, Event)> {
         let mut s = self.lock();
+        s.closed = true;
         let mut all: Vec<_> = s
             .entries
             .drain()
@@ -237,12 +259,16 @@ mod tests {
             .into()
     }
 
+    fn queue(capacity: usize) -> MemoryQueue {
+        MemoryQueue::new(capacity, Arc::default())
+    }
+
     #[test]
     fn a_customers_events_go_one_at_a_time_in_order() {
-        let q = MemoryQueue::new(10);
-        let a1 = q.push(None, lead("a"), 0).ok().unwrap().0;
-        let a2 = q.push(None, sale("a"), 0).ok().unwrap().0;
-        let b1 = q.push(None, sale("b"), 0).ok().unwrap().0;
+        let q = queue(10);
+        let a1 = q.push(None, lead("a"), 0).ok().unwrap().id();
+        let a2 = q.push(None, sale("a"), 0).ok().unwrap().id();
+        let b1 = q.push(None, sale("b"), 0).ok().unwrap().id();
         let ids: Vec<_> = q.claim(10, 0).iter().map(|c| c.id).collect();
         assert_eq!(ids, [a1, b1]);
         assert!(q.claim(10, 0).is_empty());
@@ -257,16 +283,23 @@ mod tests {
 
     #[test]
     fn the_bound_is_enforced_and_keys_dedup_while_queued() {
-        let q = MemoryQueue::new(2);
-        let (id, new) = q.push(Some("k".into()), lead("a"), 0).ok().unwrap();
-        assert!(new);
+        let q = queue(2);
+        let id = q.push(Some("k".into()), lead("a"), 0).ok().unwrap().id();
         assert_eq!(
-            q.push(Some("k".into()), lead("a"), 0).ok().unwrap(),
-            (id, false)
+            q.push(Some("k".into()), lead("a"), 0).ok().unwrap().id(),
+            id
         );
-        q.push(None, lead("b"), 0).ok().unwrap();
-        assert!(q.push(None, lead("c"), 0).is_err());
+        assert_eq!(q.receipts.len(), 1, "one slot per event");
+        let _ = q.push(None, lead("b"), 0).ok().unwrap();
+        assert!(matches!(
+            q.push(None, lead("c"), 0),
+            Err((Refused::Full, _))
+        ));
         assert_eq!(q.drain().len(), 2);
         assert_eq!(q.counts(), (0, 0, None));
+        assert!(matches!(
+            q.push(None, lead("c"), 0),
+            Err((Refused::Closed, _))
+        ));
     }
 }

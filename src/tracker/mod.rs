@@ -52,13 +52,20 @@
 //!   while there is work).
 //! - **Shutdown loses nothing.** [`Tracker::shutdown`] stops taking events, delivers what it can
 //!   before the deadline (each attempt bounded by it), and returns what is left
-//!   ([`ShutdownReport::undelivered`]) or leaves it in the spool. Dropping the last handle without
-//!   shutdown logs how many events were not delivered.
+//!   ([`ShutdownReport::undelivered`]) or leaves it in the spool. An accepted event ends in exactly
+//!   one place: delivered, in the report, or in the spool; a hand-over racing the shutdown is
+//!   either accepted (and then one of those) or refused with the event. What may have reached Dub
+//!   never comes back as undelivered: a delivery Dub answered is delivered even if the tracker
+//!   was cut short before settling it, and one cut off in flight is [`Outcome::Uncertain`] unless
+//!   Dub deduplicates the event. Dropping the last handle without shutdown logs how many events
+//!   were not delivered (receipts of those in flight resolve the same way). A tracker whose
+//!   runtime was shut down refuses hand-overs with the event, and its report lists what it holds.
 
 mod dispatcher;
 mod event;
 mod memory;
 mod outcome;
+mod receipts;
 mod slot;
 #[cfg(feature = "spool")]
 mod spool;
@@ -70,10 +77,9 @@ pub use outcome::{
     ReceiptFuture, Response, ShutdownReport, Stats,
 };
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
@@ -81,7 +87,9 @@ use tokio::time::Instant;
 
 use crate::models::{TrackLeadRequest, TrackSaleRequest};
 use crate::{Dub, Error, RetryConfig};
-use memory::MemoryQueue;
+use dispatcher::InFlight;
+use memory::{MemoryQueue, Refused};
+use receipts::Receipts;
 use store::Store;
 
 /// Called with every event's terminal outcome, on the tracker's task: keep it quick.
@@ -174,10 +182,18 @@ impl TrackerBuilder {
     }
 
     /// The retry policy of each delivery call (default [`RetryConfig::default`]: 3 attempts
-    /// within 30 s); the tracker retries beyond it.
-    pub fn call_retries(mut self, policy: RetryConfig) -> Self {
+    /// within 30 s); the tracker retries beyond it. The same setting as
+    /// [`DubBuilder::retry_config`](crate::DubBuilder::retry_config) and
+    /// [`TrackCall::retry_config`](crate::TrackCall::retry_config).
+    pub fn retry_config(mut self, policy: RetryConfig) -> Self {
         self.config.call_policy = policy;
         self
+    }
+
+    /// The former name of [`retry_config`](Self::retry_config).
+    #[deprecated(since = "0.1.0", note = "renamed `retry_config`, as on `DubBuilder`")]
+    pub fn call_retries(self, policy: RetryConfig) -> Self {
+        self.retry_config(policy)
     }
 
     /// Keeps the queue in a durable spool, a SQLite file at `path` (created if missing), instead
@@ -209,8 +225,10 @@ impl TrackerBuilder {
         self
     }
 
-    /// Called with every event's terminal outcome, from the tracker's task (keep it quick; a
-    /// panic in it is caught and logged).
+    /// Called with every event's terminal outcome, from the tracker's task (keep it quick: it
+    /// delays the deliveries behind it; a panic in it is caught and logged). Outcomes of
+    /// deliveries still unsettled when the tracker is cut short are reported from
+    /// [`Tracker::shutdown`] or from dropping the last handle.
     pub fn on_outcome(mut self, callback: impl Fn(&EventOutcome) + Send + Sync + 'static) -> Self {
         self.on_outcome = Some(Arc::new(callback));
         self
@@ -244,7 +262,7 @@ impl TrackerBuilder {
         self.launch(handle, Some(runtime))
     }
 
-    fn store(&self) -> crate::Result<Store> {
+    fn store(&self, receipts: &Arc<Receipts>) -> crate::Result<Store> {
         #[cfg(feature = "spool")]
         if let Some(path) = &self.config.spool {
             let spool = spool::Spool::open(path, self.config.capacity).map_err(|e| {
@@ -255,7 +273,10 @@ impl TrackerBuilder {
             })?;
             return Ok(Store::Spool(spool));
         }
-        Ok(Store::Memory(MemoryQueue::new(self.config.capacity)))
+        Ok(Store::Memory(MemoryQueue::new(
+            self.config.capacity,
+            receipts.clone(),
+        )))
     }
 
     fn launch(
@@ -263,17 +284,20 @@ impl TrackerBuilder {
         runtime: tokio::runtime::Handle,
         own: Option<tokio::runtime::Runtime>,
     ) -> crate::Result<Tracker> {
-        self.dub.shared()?;
-        let store = self.store()?;
+        self.dub.core()?;
+        let receipts = Arc::new(Receipts::default());
+        let store = self.store(&receipts)?;
         let (shutdown, _) = watch::channel(None);
         let core = Arc::new(Core {
             dub: self.dub,
             config: self.config,
             store,
             wake: Notify::new(),
-            receipts: Mutex::new(HashMap::new()),
+            receipts,
+            in_flight: InFlight::default(),
             counters: Counters::default(),
             accepting: AtomicBool::new(true),
+            running: AtomicBool::new(true),
             shutdown,
             on_outcome: self.on_outcome,
         });
@@ -300,9 +324,13 @@ pub(crate) struct Core {
     store: Store,
     /// Wakes the dispatcher: an event was handed over.
     wake: Notify,
-    receipts: Mutex<HashMap<EventId, Vec<slot::Sender<Outcome>>>>,
+    receipts: Arc<Receipts>,
+    /// Deliveries started and not yet settled, with what Dub answered.
+    in_flight: InFlight,
     counters: Counters,
     accepting: AtomicBool,
+    /// The dispatcher task exists (false once it ended, or its runtime dropped it).
+    running: AtomicBool,
     /// How the tracker is stopping, once it is.
     shutdown: watch::Sender<Option<Stopping>>,
     on_outcome: Option<OutcomeCallback>,
@@ -325,14 +353,24 @@ struct Counters {
 }
 
 impl Core {
-    fn receipts(&self) -> MutexGuard<'_, HashMap<EventId, Vec<slot::Sender<Outcome>>>> {
-        self.receipts.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Takes no more hand-overs. The memory queue closes under its lock, so a hand-over is
+    /// either queued before (then delivered or in the report) or refused.
+    fn stop_taking(&self) {
+        self.accepting.store(false, Ordering::Release);
+        if let Store::Memory(queue) = &self.store {
+            queue.close();
+        }
     }
 
     fn stats(&self) -> Stats {
-        let (queued, in_flight, oldest) = self.store.counts();
+        let (counts, store_error) = match self.store.counts() {
+            Ok(counts) => (counts, None),
+            Err(e) => ((0, 0, None), Some(e)),
+        };
+        let (queued, in_flight, oldest) = counts;
         let now = crate::clock::now_ms();
         Stats {
+            store_error,
             queued,
             in_flight,
             delivered: self.counters.delivered.load(Ordering::Relaxed),
@@ -371,7 +409,11 @@ impl Drop for Handle {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(task) = running {
+            self.core.stop_taking();
             task.abort();
+            // What was in flight may have reached Dub: settled honestly, not "not delivered".
+            dispatcher::abandon(&self.core);
+            self.core.receipts.resolve_rest();
             let stats = self.core.stats();
             let left = stats.queued + stats.in_flight;
             if left > 0 {
@@ -442,26 +484,24 @@ impl Tracker {
             return HandOver::done(Err(err));
         }
         match &core.store {
-            Store::Memory(queue) => {
-                let (tx, rx) = slot::slot();
-                let mut receipts = core.receipts();
-                match queue.push(key, event, crate::clock::now_ms()) {
-                    Ok((id, _)) => {
-                        receipts.entry(id).or_default().push(tx);
-                        drop(receipts);
-                        core.wake.notify_one();
-                        HandOver::done(Ok(Receipt { id, rx: Some(rx) }))
-                    }
-                    Err((_, event)) => HandOver::done(Err(HandOverError::new(
-                        HandOverErrorKind::Full,
-                        Some(event),
-                    )
-                    .with_detail(format!(
-                        "{} undelivered events already",
-                        core.config.capacity
-                    )))),
+            Store::Memory(queue) => match queue.push(key, event, crate::clock::now_ms()) {
+                Ok(receipt) => {
+                    core.wake.notify_one();
+                    HandOver::done(Ok(receipt))
                 }
-            }
+                Err((Refused::Full, event)) => HandOver::done(Err(HandOverError::new(
+                    HandOverErrorKind::Full,
+                    Some(event),
+                )
+                .with_detail(format!(
+                    "{} undelivered events already",
+                    core.config.capacity
+                )))),
+                Err((Refused::Closed, event)) => HandOver::done(Err(HandOverError::new(
+                    HandOverErrorKind::Stopped,
+                    Some(event),
+                ))),
+            },
             #[cfg(feature = "spool")]
             Store::Spool(spool) => HandOver {
                 state: outcome::HandOverState::Committing(spool.hand_over(
@@ -510,7 +550,9 @@ impl Tracker {
 
     async fn finish(self, stopping: Stopping) -> ShutdownReport {
         let core = self.handle.core.clone();
-        core.accepting.store(false, Ordering::Release);
+        core.stop_taking();
+        // A spool's writer commits what it holds and stops, so the report counts it.
+        dispatcher::close_hand_overs(&core).await;
         // send_replace, not send: `send` drops the value when nobody subscribed yet, and a
         // dispatcher stopped right after start may not have subscribed.
         core.shutdown.send_replace(Some(stopping));
@@ -560,9 +602,20 @@ impl Tracker {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        let (tx, rx) = slot::slot();
-        runtime.spawn(async move { tx.send(f(self).await) });
-        let report = rx.wait().unwrap_or_default();
+        let core = self.handle.core.clone();
+        let report = if core.running.load(Ordering::Acquire) {
+            let (tx, rx) = slot::slot();
+            runtime.spawn(async move { tx.send(f(self).await) });
+            rx.wait()
+        } else {
+            drop(self);
+            None
+        };
+        // The runtime is gone (shut down under the tracker): the report is made here.
+        let report = report.unwrap_or_else(|| {
+            core.stop_taking();
+            dispatcher::report(&core)
+        });
         if let Some(rt) = own {
             rt.shutdown_background();
         }
@@ -572,4 +625,47 @@ impl Tracker {
 
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86400 * 365 * 30)
+}
+
+impl Core {
+    /// Receipt slots held for undelivered events (what a caller's repeated hand-overs cost).
+    #[cfg(test)]
+    fn receipt_slots(&self) -> usize {
+        self.receipts.len()
+    }
+}
+
+#[cfg(all(test, feature = "mock"))]
+mod tests {
+    use super::*;
+    use crate::mock::{Fault, MockDub, RandomFaults};
+
+    /// Issue 18, defect 6: a key handed over again and again while its event is pending (a
+    /// webhook retried through an outage) costs the tracker nothing more.
+    #[tokio::test]
+    async fn a_key_handed_over_again_and_again_holds_one_receipt_slot() {
+        let mock = MockDub::start().await.unwrap();
+        mock.random_faults(
+            RandomFaults::new(1, 1.0).kinds([Fault::Delay(Duration::from_secs(60))]),
+        );
+        let dub = Dub::builder()
+            .token(mock.token())
+            .server_url(mock.url())
+            .build()
+            .unwrap();
+        let tracker = dub.tracker().start().unwrap();
+        let lead = TrackLeadRequest::builder()
+            .click_id("clk")
+            .event_name("Sign up")
+            .customer_external_id("user_1")
+            .build();
+        let first = tracker.send_with_key("evt_1", lead.clone()).await.unwrap();
+        for _ in 0..100_000 {
+            let again = tracker.send_with_key("evt_1", lead.clone()).await.unwrap();
+            assert_eq!(again.id(), first.id());
+        }
+        assert_eq!(tracker.handle.core.receipt_slots(), 1);
+        assert_eq!(tracker.stats().queued + tracker.stats().in_flight, 1);
+        let _ = tracker.shutdown(Duration::ZERO).await;
+    }
 }

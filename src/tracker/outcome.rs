@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use super::event::{Event, EventId};
+use super::receipts::SharedOutcome;
 use super::slot;
 use crate::Error;
 use crate::models::{TrackLeadResponse, TrackSaleResponse};
@@ -98,7 +99,8 @@ pub struct EventOutcome {
 #[must_use = "await the receipt, or drop it if the outcome callback is enough"]
 pub struct Receipt {
     pub(crate) id: EventId,
-    pub(crate) rx: Option<slot::Receiver<Outcome>>,
+    /// Shared by every receipt of the event (a key handed over again gets a clone).
+    pub(crate) rx: Option<SharedOutcome>,
 }
 
 impl fmt::Debug for Receipt {
@@ -114,30 +116,35 @@ impl Receipt {
     }
 
     /// Blocks this thread until the outcome is known. For sync code; in async code, `.await`
-    /// the receipt instead.
+    /// the receipt instead. Do not call it on the thread of a current-thread runtime that
+    /// runs the tracker: that thread would wait for itself.
     pub fn wait(self) -> Outcome {
-        match &self.rx {
-            Some(rx) => rx.wait().unwrap_or(Outcome::NotDelivered),
+        match self.rx {
+            Some(rx) => crate::wait::block_on(rx).unwrap_or(Outcome::NotDelivered),
             None => Outcome::NotDelivered,
         }
     }
 
     /// Like [`wait`](Self::wait), for at most `timeout`; the receipt comes back if it ran out.
     pub fn wait_timeout(self, timeout: Duration) -> Result<Outcome, Receipt> {
-        match &self.rx {
-            Some(rx) => match rx.wait_timeout(timeout) {
-                Ok(outcome) => Ok(outcome.unwrap_or(Outcome::NotDelivered)),
-                Err(()) => Err(self),
-            },
-            None => Ok(Outcome::NotDelivered),
+        let Receipt { id, rx } = self;
+        let Some(rx) = rx else {
+            return Ok(Outcome::NotDelivered);
+        };
+        let deadline = std::time::Instant::now().checked_add(timeout);
+        match crate::wait::block_until(rx, deadline) {
+            Ok(outcome) => Ok(outcome.unwrap_or(Outcome::NotDelivered)),
+            Err(rx) => Err(Receipt { id, rx: Some(rx) }),
         }
     }
 
     /// The outcome, if it is already known; the receipt otherwise.
-    pub fn try_outcome(self) -> Result<Outcome, Receipt> {
-        match self.rx.as_ref().and_then(slot::Receiver::try_take) {
-            Some(outcome) => Ok(outcome),
-            None => Err(self),
+    pub fn try_outcome(mut self) -> Result<Outcome, Receipt> {
+        let ready = self.rx.as_mut().map(crate::wait::now_or_never);
+        match ready {
+            None => Ok(Outcome::NotDelivered),
+            Some(Some(outcome)) => Ok(outcome.unwrap_or(Outcome::NotDelivered)),
+            Some(None) => Err(self),
         }
     }
 }
@@ -339,6 +346,9 @@ pub struct Stats {
     pub rate_limited: u64,
     /// How long the oldest undelivered event has waited.
     pub oldest_age: Option<Duration>,
+    /// Why the spool could not be read when these counts were taken (a damaged or vanished
+    /// file): `queued`, `in_flight` and `oldest_age` are then unknown, not zero.
+    pub store_error: Option<String>,
 }
 
 /// What [`Tracker::shutdown`](super::Tracker::shutdown) left.
@@ -352,6 +362,7 @@ pub struct ShutdownReport {
     pub undelivered: Vec<(EventId, Event)>,
     /// Events not delivered by the deadline that stay in the spool for the next start.
     pub left_in_spool: u64,
-    /// Whether everything was delivered before the deadline.
+    /// Whether everything was delivered before the deadline: never when the spool could not be
+    /// read ([`Stats::store_error`] in [`stats`](Self::stats) says why).
     pub drained: bool,
 }

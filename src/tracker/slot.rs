@@ -5,7 +5,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
 struct State<T> {
     value: Option<T>,
@@ -89,38 +88,6 @@ impl<T> Receiver<T> {
             s = self.0.ready.wait(s).unwrap_or_else(PoisonError::into_inner);
         }
     }
-
-    /// Like [`wait`](Self::wait) for at most `timeout`; `Err(())` when it ran out.
-    pub(crate) fn wait_timeout(&self, timeout: Duration) -> Result<Option<T>, ()> {
-        let deadline = std::time::Instant::now().checked_add(timeout);
-        let mut s = self.0.lock();
-        loop {
-            if let Some(v) = s.value.take() {
-                return Ok(Some(v));
-            }
-            if s.closed {
-                return Ok(None);
-            }
-            let left = match deadline {
-                Some(d) => d.saturating_duration_since(std::time::Instant::now()),
-                None => Duration::from_secs(3600),
-            };
-            if left.is_zero() {
-                return Err(());
-            }
-            s = self
-                .0
-                .ready
-                .wait_timeout(s, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-    }
-
-    /// The value, if it has arrived.
-    pub(crate) fn try_take(&self) -> Option<T> {
-        self.0.lock().value.take()
-    }
 }
 
 impl<T> Future for Receiver<T> {
@@ -153,8 +120,6 @@ mod tests {
         let (tx, rx) = slot::<u8>();
         drop(tx);
         assert_eq!(rx.wait(), None);
-        let (_tx, rx) = slot::<u8>();
-        assert_eq!(rx.wait_timeout(Duration::from_millis(10)), Err(()));
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@
 //!   of an import) answers with the stored outcome instead of sending twice. Terminal rows
 //!   without a key are deleted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
@@ -28,6 +28,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::Core;
 use super::event::{Event, EventId};
 use super::outcome::{HandOverError, HandOverErrorKind, Outcome, Receipt, Response};
+use super::receipts::Receipts;
 use super::slot;
 use super::store::{Claimed, Terminal};
 use crate::Error;
@@ -43,10 +44,11 @@ const WRITER_QUEUE: usize = 16_384;
 const PENDING: i64 = 0;
 const CLAIMED: i64 = 1;
 
-/// Run in one immediate transaction, so that the count of undelivered rows is taken and its
-/// triggers created with no other process writing in between.
-const SCHEMA: &str = "
-BEGIN IMMEDIATE;
+/// The tables, created in one immediate transaction (see [`prepare`]) so that the count of
+/// undelivered rows is taken and its triggers created with no other process writing in between.
+/// Columns added since the first version (`events.head`, `owners.process`) are added to older
+/// files by [`prepare`] before the rest of this runs.
+const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS events (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     key         TEXT UNIQUE,
@@ -59,15 +61,46 @@ CREATE TABLE IF NOT EXISTS events (
     maybe_sent  INTEGER NOT NULL DEFAULT 0,
     state       INTEGER NOT NULL DEFAULT 0, -- 0 pending, 1 claimed, 2 delivered, 3 failed, 4 uncertain
     owner       TEXT,
-    outcome     BLOB
+    outcome     BLOB,
+    head        INTEGER NOT NULL DEFAULT 0  -- 1: the oldest undelivered row of its customer
 );
-CREATE INDEX IF NOT EXISTS events_due ON events (state, due_ms, id);
-CREATE INDEX IF NOT EXISTS events_customer ON events (customer, id) WHERE state IN (0, 1);
 CREATE TABLE IF NOT EXISTS owners (
     owner         TEXT PRIMARY KEY,
     pid           INTEGER NOT NULL,
-    heartbeat_ms  INTEGER NOT NULL
+    heartbeat_ms  INTEGER NOT NULL,
+    process       TEXT  -- boot id, PID namespace and start time of the owner's process
 );
+";
+
+/// The columns a file must have to be a spool (those of the first version).
+const EVENTS_COLUMNS: [&str; 12] = [
+    "id",
+    "key",
+    "customer",
+    "event",
+    "dedup",
+    "created_ms",
+    "due_ms",
+    "attempts",
+    "maybe_sent",
+    "state",
+    "owner",
+    "outcome",
+];
+
+/// Marks the heads of customers' queues in a file written before `head` existed.
+const BACKFILL_HEADS: &str = "
+UPDATE events SET head = 1
+WHERE state IN (0, 1) AND id = (
+    SELECT MIN(p.id) FROM events p WHERE p.customer = events.customer AND p.state IN (0, 1));
+";
+
+const INDEXES_AND_TRIGGERS: &str = "
+CREATE INDEX IF NOT EXISTS events_due ON events (state, due_ms, id);
+CREATE INDEX IF NOT EXISTS events_customer ON events (customer, id) WHERE state IN (0, 1);
+-- The claimable rows: heads of their customers' queues, pending. A claim reads this index
+-- from its start, so its cost does not grow with a customer's backlog.
+CREATE INDEX IF NOT EXISTS events_heads ON events (due_ms, id) WHERE head = 1 AND state = 0;
 -- The number of rows in state 0 or 1, kept by triggers: the writer checks the capacity on
 -- every commit, and counting the rows instead costs time in proportion to the backlog.
 CREATE TABLE IF NOT EXISTS undelivered (n INTEGER NOT NULL);
@@ -83,19 +116,36 @@ CREATE TRIGGER IF NOT EXISTS undelivered_delete AFTER DELETE ON events
 CREATE TRIGGER IF NOT EXISTS undelivered_update AFTER UPDATE OF state ON events
     WHEN (OLD.state IN (0, 1)) != (NEW.state IN (0, 1))
     BEGIN UPDATE undelivered SET n = n + (NEW.state IN (0, 1)) - (OLD.state IN (0, 1)); END;
-COMMIT;
+-- `head` is kept by triggers too, so that every process on the file (whatever version of this
+-- crate it runs) keeps it right. A row stops being undelivered only from its customer's head.
+CREATE TRIGGER IF NOT EXISTS head_insert AFTER INSERT ON events
+    WHEN NEW.state IN (0, 1) AND NOT EXISTS (
+        SELECT 1 FROM events p
+        WHERE p.customer = NEW.customer AND p.state IN (0, 1) AND p.id < NEW.id)
+    BEGIN UPDATE events SET head = 1 WHERE id = NEW.id; END;
+CREATE TRIGGER IF NOT EXISTS head_update AFTER UPDATE OF state ON events
+    WHEN OLD.state IN (0, 1) AND NEW.state NOT IN (0, 1)
+    BEGIN
+        UPDATE events SET head = 0 WHERE id = NEW.id;
+        UPDATE events SET head = 1 WHERE id = (
+            SELECT MIN(id) FROM events WHERE customer = NEW.customer AND state IN (0, 1));
+    END;
+CREATE TRIGGER IF NOT EXISTS head_delete AFTER DELETE ON events
+    WHEN OLD.state IN (0, 1)
+    BEGIN
+        UPDATE events SET head = 1 WHERE id = (
+            SELECT MIN(id) FROM events WHERE customer = OLD.customer AND state IN (0, 1));
+    END;
 ";
 
 /// The heads of customers' queues that are due: a customer's oldest undelivered row, when it
-/// is pending (not in flight) and its time has come.
+/// is pending (not in flight) and its time has come. `INDEXED BY`: without statistics SQLite
+/// would rather walk `events_due` through every pending row of a long backlog.
 const CLAIMABLE: &str = "
-SELECT e.id, e.key, e.event, e.attempts, e.created_ms, e.maybe_sent
-FROM events e
-WHERE e.state = 0 AND e.due_ms <= ?1
-  AND NOT EXISTS (
-      SELECT 1 FROM events p
-      WHERE p.customer = e.customer AND p.id < e.id AND p.state IN (0, 1))
-ORDER BY e.due_ms, e.id
+SELECT id, key, event, attempts, created_ms, maybe_sent
+FROM events INDEXED BY events_heads
+WHERE head = 1 AND state = 0 AND due_ms <= ?1
+ORDER BY due_ms, id
 LIMIT ?2";
 
 fn terminal_code(t: Terminal) -> i64 {
@@ -134,7 +184,7 @@ impl std::fmt::Debug for Spool {
     }
 }
 
-fn open(path: &Path) -> rusqlite::Result<Connection> {
+fn connect(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     // Other processes on the file hold its write lock for one commit at a time.
     conn.busy_timeout(Duration::from_secs(30))?;
@@ -148,10 +198,247 @@ fn storage(e: impl std::fmt::Display) -> String {
     format!("spool: {e}")
 }
 
-/// Whether a process that wrote a heartbeat is certainly gone.
-fn owner_gone(pid: i64, heartbeat_ms: i64, now_ms: u64) -> bool {
+/// Why a spool cannot be opened, in one line: what is wrong with the file, not SQLite's words
+/// for it where better ones can be found.
+fn diagnose(path: &Path, e: &rusqlite::Error) -> String {
+    use rusqlite::ErrorCode;
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => {
+            return "it is not a SQLite database (or its first page is damaged)".into();
+        }
+        Some(ErrorCode::DatabaseCorrupt) => return damaged(&one_line(&e.to_string())),
+        _ => {}
+    }
+    // SQLite says "unable to open database file" or "attempt to write a readonly database";
+    // the filesystem says why.
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return format!("its directory {} does not exist", dir.display());
+    }
+    let probe = if path.exists() {
+        std::fs::OpenOptions::new().write(true).open(path).map(drop)
+    } else {
+        Ok(())
+    }
+    .and_then(|()| {
+        // The spool also writes files beside it (the `-wal` and `-shm` files).
+        let beside = dir.join(format!(".dub-spool-probe-{:016x}", fastrand::u64(..)));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&beside)
+            .map(|_| {
+                let _ = std::fs::remove_file(&beside);
+            })
+    });
+    match probe {
+        Err(io) => format!(
+            "it cannot be written: {} (the spool needs a writable file and directory)",
+            io.to_string().to_lowercase()
+        ),
+        Ok(()) => one_line(&e.to_string()),
+    }
+}
+
+fn damaged(why: &str) -> String {
+    format!(
+        "it is damaged ({why}): move it aside and restore it from a backup, or start a new spool"
+    )
+}
+
+fn one_line(s: &str) -> String {
+    let line: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(160) {
+        Some((at, _)) => format!("{}...", &line[..at]),
+        None => line,
+    }
+}
+
+/// Refuses a file that holds something else than a spool, before anything is written to it.
+fn check_is_spool(conn: &Connection) -> rusqlite::Result<Result<bool, String>> {
+    let tables: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'
+             ORDER BY name",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    if tables.is_empty() {
+        return Ok(Ok(false));
+    }
+    let columns = |table: &str| -> rusqlite::Result<Vec<String>> {
+        conn.prepare(&format!("PRAGMA table_info({table})"))?
+            .query_map([], |r| r.get(1))?
+            .collect()
+    };
+    let is_spool =
+        tables.iter().any(|t| t == "events") && tables.iter().any(|t| t == "owners") && {
+            let have = columns("events")?;
+            EVENTS_COLUMNS.iter().all(|c| have.iter().any(|h| h == c))
+        };
+    if is_spool {
+        return Ok(Ok(true));
+    }
+    let mut names = tables
+        .iter()
+        .take(8)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if tables.len() > 8 {
+        names.push_str(", ...");
+    }
+    Ok(Err(format!(
+        "it is not a dub spool (it has tables {names})"
+    )))
+}
+
+/// `PRAGMA quick_check`: a damaged file is refused at open rather than read as empty. Its cost
+/// grows with the file (about a second for a million rows; see BENCHMARKS.md).
+fn quick_check(conn: &Connection) -> rusqlite::Result<Result<(), String>> {
+    let found: Vec<String> = conn
+        .prepare("PRAGMA quick_check(3)")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    if found.len() == 1 && found[0] == "ok" {
+        return Ok(Ok(()));
+    }
+    let why = found
+        .iter()
+        .flat_map(|f| f.lines())
+        .find(|l| !l.starts_with("***"))
+        .unwrap_or("quick_check failed");
+    Ok(Err(damaged(&one_line(why))))
+}
+
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+    let names = stmt.query_map([], |r| r.get::<_, String>(1))?;
+    for name in names {
+        if name? == column {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Creates the tables, or brings a file written by an earlier version up to date.
+fn prepare(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(TABLES)?;
+    if !has_column(&tx, "events", "head")? {
+        tx.execute_batch("ALTER TABLE events ADD COLUMN head INTEGER NOT NULL DEFAULT 0;")?;
+        tx.execute_batch(BACKFILL_HEADS)?;
+    }
+    if !has_column(&tx, "owners", "process")? {
+        tx.execute_batch("ALTER TABLE owners ADD COLUMN process TEXT;")?;
+    }
+    tx.execute_batch(INDEXES_AND_TRIGGERS)?;
+    tx.commit()
+}
+
+/// Opens and checks the file, and prepares its tables.
+fn open_checked(path: &Path) -> Result<Connection, String> {
+    let fail = |e: rusqlite::Error| diagnose(path, &e);
+    let mut conn = Connection::open(path).map_err(fail)?;
+    let existing = check_is_spool(&conn).map_err(fail)??;
+    if existing {
+        quick_check(&conn).map_err(fail)??;
+    }
+    conn.busy_timeout(Duration::from_secs(30)).map_err(fail)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(fail)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(fail)?;
+    prepare(&mut conn).map_err(fail)?;
+    Ok(conn)
+}
+
+/// The owners registered by this process that are alive: an owner row with this process's PID
+/// (a container's service is always PID 1, so a process that died there had it too) is alive
+/// only if it is one of these.
+fn live_owners() -> MutexGuard<'static, HashSet<String>> {
+    static LIVE: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    LIVE.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Who a process is, beyond its PID, which a restarted process may inherit: the boot, the PID
+/// namespace and the process's start time, as `"<boot id> <pid namespace> <start time>"`.
+#[cfg(target_os = "linux")]
+fn process_identity(pid: u32) -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok()?;
+    Some(format!(
+        "{} {} {}",
+        boot.trim(),
+        ns.display(),
+        start_time(pid)?
+    ))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn process_identity(_pid: u32) -> Option<String> {
+    None
+}
+
+/// The start time of process `pid`, in clock ticks since boot (`/proc/<pid>/stat`, field 22).
+#[cfg(target_os = "linux")]
+fn start_time(pid: impl std::fmt::Display) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses; it ends at the last ')'.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19).map(str::to_owned)
+}
+
+fn this_process() -> Option<&'static str> {
+    static ME: OnceLock<Option<String>> = OnceLock::new();
+    ME.get_or_init(|| process_identity(std::process::id()))
+        .as_deref()
+}
+
+/// Whether an owner is certainly gone: its heartbeat is stale, or its process is not running.
+fn owner_gone(
+    owner: &str,
+    pid: i64,
+    heartbeat_ms: i64,
+    process: Option<&str>,
+    now_ms: u64,
+) -> bool {
     let stale = now_ms.saturating_sub(u64::try_from(heartbeat_ms).unwrap_or(0)) > STALE_MS;
-    stale || !process_exists(pid)
+    if stale {
+        return true;
+    }
+    let me = this_process().map(|m| m.splitn(3, ' ').collect::<Vec<_>>());
+    let recorded = process.map(|p| p.splitn(3, ' ').collect::<Vec<_>>());
+    if let (Some(me), Some(rec)) = (&me, &recorded)
+        && me.len() == 3
+        && rec.len() == 3
+    {
+        if rec[0] != me[0] {
+            // Written before the machine last booted.
+            return true;
+        }
+        if rec[1] != me[1] {
+            // Another PID namespace (another container): its PIDs mean nothing here, so only
+            // the heartbeat can tell.
+            return false;
+        }
+    }
+    if u32::try_from(pid).is_ok_and(|p| p == std::process::id()) {
+        // This process, or one that died with the same PID (a restarted container).
+        return !live_owners().contains(owner);
+    }
+    match recorded {
+        #[cfg(target_os = "linux")]
+        Some(rec) if rec.len() == 3 => start_time(pid).is_none_or(|t| t != rec[2]),
+        // An owner written by an earlier version of this crate: only its PID is known.
+        _ => !process_exists(pid),
+    }
 }
 
 #[cfg(target_os = "linux")]
@@ -168,17 +455,27 @@ fn process_exists(_pid: i64) -> bool {
 impl Spool {
     /// Opens (creating if need be) the spool at `path` for a tracker holding at most
     /// `capacity` undelivered events, and starts its writer thread.
+    ///
+    /// A file that is not a spool, is damaged, or cannot be written is refused here, with one
+    /// line saying which.
     pub(crate) fn open(path: &Path, capacity: usize) -> Result<Spool, String> {
-        let conn = open(path).map_err(storage)?;
-        conn.execute_batch(SCHEMA).map_err(storage)?;
+        let conn = open_checked(path)?;
         let owner = format!("{}-{:016x}", std::process::id(), fastrand::u64(..));
         let now = crate::clock::now_ms();
-        conn.execute(
-            "INSERT OR REPLACE INTO owners (owner, pid, heartbeat_ms) VALUES (?1, ?2, ?3)",
-            params![owner, std::process::id(), now as i64],
-        )
-        .map_err(storage)?;
-        let writer_conn = open(path).map_err(storage)?;
+        live_owners().insert(owner.clone());
+        let registered = conn.execute(
+            "INSERT OR REPLACE INTO owners (owner, pid, heartbeat_ms, process)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![owner, std::process::id(), now as i64, this_process()],
+        );
+        let writer_conn = registered.and_then(|_| connect(path));
+        let writer_conn = match writer_conn {
+            Ok(c) => c,
+            Err(e) => {
+                live_owners().remove(&owner);
+                return Err(diagnose(path, &e));
+            }
+        };
         let core = Arc::new(OnceLock::new());
         let gate = Arc::new(Mutex::new(()));
         let (tx, rx) = mpsc::sync_channel(WRITER_QUEUE);
@@ -192,7 +489,10 @@ impl Spool {
         let thread = std::thread::Builder::new()
             .name("dub-spool".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| format!("spool: cannot start its writer thread: {e}"))?;
+            .map_err(|e| {
+                live_owners().remove(&owner);
+                format!("its writer thread cannot start: {e}")
+            })?;
         Ok(Spool {
             path: path.to_owned(),
             owner,
@@ -273,19 +573,19 @@ impl Spool {
             params![self.owner, now as i64],
         )
         .map_err(storage)?;
-        let owners: Vec<(String, i64, i64)> = {
+        let owners: Vec<(String, i64, i64, Option<String>)> = {
             let mut stmt = tx
-                .prepare("SELECT owner, pid, heartbeat_ms FROM owners WHERE owner != ?1")
+                .prepare("SELECT owner, pid, heartbeat_ms, process FROM owners WHERE owner != ?1")
                 .map_err(storage)?;
             stmt.query_map(params![self.owner], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })
             .map_err(storage)?
             .collect::<Result<_, _>>()
             .map_err(storage)?
         };
-        for (owner, pid, heartbeat) in owners {
-            if owner_gone(pid, heartbeat, now) {
+        for (owner, pid, heartbeat, process) in owners {
+            if owner_gone(&owner, pid, heartbeat, process.as_deref(), now) {
                 tx.execute("DELETE FROM owners WHERE owner = ?1", params![owner])
                     .map_err(storage)?;
             }
@@ -412,10 +712,8 @@ impl Spool {
         let conn = self.lock();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT MIN(e.due_ms) FROM events e
-                 WHERE e.state = 0 AND NOT EXISTS (
-                     SELECT 1 FROM events p
-                     WHERE p.customer = e.customer AND p.id < e.id AND p.state IN (0, 1))",
+                "SELECT MIN(due_ms) FROM events INDEXED BY events_heads
+                 WHERE head = 1 AND state = 0",
             )
             .ok()?;
         stmt.query_row([], |r| r.get::<_, Option<i64>>(0))
@@ -424,8 +722,9 @@ impl Spool {
             .map(|due| u64::try_from(due).unwrap_or(0))
     }
 
-    /// (queued, in flight for this tracker, creation time of the oldest undelivered).
-    pub(crate) fn counts(&self) -> (u64, u64, Option<u64>) {
+    /// (queued, in flight for this tracker, creation time of the oldest undelivered), or why
+    /// the spool could not be read: never zeros in place of what cannot be known.
+    pub(crate) fn counts(&self) -> Result<(u64, u64, Option<u64>), String> {
         let conn = self.lock();
         let counts = conn.query_row(
             "SELECT
@@ -443,15 +742,16 @@ impl Spool {
             },
         );
         match counts {
-            Ok((queued, in_flight, oldest)) => (
+            Ok((queued, in_flight, oldest)) => Ok((
                 u64::try_from(queued).unwrap_or(0),
                 u64::try_from(in_flight).unwrap_or(0),
                 oldest.and_then(|o| u64::try_from(o).ok()),
-            ),
-            Err(e) => {
-                tracing::error!(error = %e, "dub tracker: cannot count the spool");
-                (0, 0, None)
-            }
+            )),
+            Err(e) => Err(format!(
+                "the spool at {} could not be read: {}",
+                self.path.display(),
+                one_line(&e.to_string())
+            )),
         }
     }
 
@@ -486,6 +786,7 @@ impl Drop for Spool {
             params![self.owner],
         );
         let _ = conn.execute("DELETE FROM owners WHERE owner = ?1", params![self.owner]);
+        live_owners().remove(&self.owner);
     }
 }
 
@@ -580,11 +881,13 @@ impl Writer {
     fn heartbeat(&self) {
         let _gate = lock_gate(&self.gate);
         let _ = self.conn.execute(
-            "INSERT OR REPLACE INTO owners (owner, pid, heartbeat_ms) VALUES (?1, ?2, ?3)",
+            "INSERT OR REPLACE INTO owners (owner, pid, heartbeat_ms, process)
+             VALUES (?1, ?2, ?3, ?4)",
             params![
                 self.owner,
                 std::process::id(),
-                crate::clock::now_ms() as i64
+                crate::clock::now_ms() as i64,
+                this_process()
             ],
         );
     }
@@ -664,17 +967,12 @@ impl Writer {
                     let result = match written {
                         Written::New(id) | Written::Pending(id) => {
                             any_new = true;
-                            let (tx, rx) = slot::slot();
-                            if let Some(core) = &core {
-                                core.receipts().entry(id).or_default().push(tx);
+                            match &core {
+                                Some(core) => Ok(core.receipts.register(id)),
+                                None => Ok(Receipts::ready(id, Outcome::NotDelivered)),
                             }
-                            Ok(Receipt { id, rx: Some(rx) })
                         }
-                        Written::Done(id, outcome) => {
-                            let (tx, rx) = slot::slot();
-                            tx.send(outcome);
-                            Ok(Receipt { id, rx: Some(rx) })
-                        }
+                        Written::Done(id, outcome) => Ok(Receipts::ready(id, outcome)),
                         Written::Full(event) => {
                             Err(HandOverError::new(HandOverErrorKind::Full, Some(event))
                                 .with_detail(format!(

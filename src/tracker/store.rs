@@ -41,6 +41,16 @@ impl Store {
         !matches!(self, Store::Memory(_))
     }
 
+    /// Refuses hand-overs from now on; a spool's writer first commits what it holds (this
+    /// waits for it).
+    pub(crate) fn close_hand_overs(&self) {
+        match self {
+            Store::Memory(q) => q.close(),
+            #[cfg(feature = "spool")]
+            Store::Spool(s) => s.close(),
+        }
+    }
+
     pub(crate) fn claim(&self, max: usize, now_ms: u64) -> Result<Vec<Claimed>, String> {
         match self {
             Store::Memory(q) => Ok(q.claim(max, now_ms)),
@@ -89,10 +99,10 @@ impl Store {
         }
     }
 
-    /// (queued, in flight, creation time of the oldest).
-    pub(crate) fn counts(&self) -> (u64, u64, Option<u64>) {
+    /// (queued, in flight, creation time of the oldest), or why they cannot be known.
+    pub(crate) fn counts(&self) -> Result<(u64, u64, Option<u64>), String> {
         match self {
-            Store::Memory(q) => q.counts(),
+            Store::Memory(q) => Ok(q.counts()),
             #[cfg(feature = "spool")]
             Store::Spool(s) => s.counts(),
         }

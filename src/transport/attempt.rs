@@ -19,7 +19,7 @@ pub(crate) const MAX_ERROR_BODY: usize = 64 * 1024;
     clippy::large_enum_variant,
     reason = "one lives per call; boxing the usual variant would allocate per attempt"
 )]
-pub(crate) enum Outcome {
+pub(crate) enum AttemptEnd {
     /// A whole response (its body read up to the cap).
     Response(Received),
     /// Nothing reached Dub: no connection was made, or an HTTP/2 stream was refused.
@@ -29,19 +29,19 @@ pub(crate) enum Outcome {
     NoResponse(reqwest::Error, Option<StatusCode>),
 }
 
-impl Outcome {
+impl AttemptEnd {
     /// What the retry decision needs to know.
     pub(crate) fn seen(&self, retry_after: Option<std::time::Duration>, lead_race: bool) -> Seen {
         match self {
-            Outcome::Response(r) => Seen::Response {
+            AttemptEnd::Response(r) => Seen::Response {
                 status: r.status.as_u16(),
                 retry_after,
                 lead_not_found: lead_race,
             },
-            Outcome::NotSent(e) => Seen::NotSent {
+            AttemptEnd::NotSent(e) => Seen::NotSent {
                 timed_out: e.is_timeout(),
             },
-            Outcome::NoResponse(e, _) => Seen::NoResponse {
+            AttemptEnd::NoResponse(e, _) => Seen::NoResponse {
                 timed_out: e.is_timeout(),
             },
         }
@@ -78,11 +78,11 @@ impl Received {
 
 /// Awaits the request `sent`, then reads the body with a cap, so that an attempt only succeeds
 /// with a whole response and a hostile server cannot make the client buffer without bound.
-pub(crate) async fn attempt(sent: impl Future<Output = reqwest::Result<Response>>) -> Outcome {
+pub(crate) async fn attempt(sent: impl Future<Output = reqwest::Result<Response>>) -> AttemptEnd {
     let mut response = match sent.await {
         Ok(r) => r,
-        Err(e) if never_sent(&e) => return Outcome::NotSent(e),
-        Err(e) => return Outcome::NoResponse(e, None),
+        Err(e) if never_sent(&e) => return AttemptEnd::NotSent(e),
+        Err(e) => return AttemptEnd::NoResponse(e, None),
     };
     let status = response.status();
     let cap = if status.is_success() {
@@ -121,7 +121,7 @@ pub(crate) async fn attempt(sent: impl Future<Output = reqwest::Result<Response>
                 }
             }
             Ok(None) => break,
-            Err(e) => return Outcome::NoResponse(e, Some(status)),
+            Err(e) => return AttemptEnd::NoResponse(e, Some(status)),
         }
     }
     let body = match buffer {
@@ -131,7 +131,7 @@ pub(crate) async fn attempt(sent: impl Future<Output = reqwest::Result<Response>
         None if !status.is_success() => Bytes::copy_from_slice(&single),
         None => single,
     };
-    Outcome::Response(Received {
+    AttemptEnd::Response(Received {
         status,
         version: response.version(),
         url: response.url().clone(),

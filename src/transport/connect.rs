@@ -9,7 +9,7 @@
 //! the request is set a little later (`CONNECT_FIRST`) so that the connector's fires first.
 //!
 //! The layer is only on the clients used by attempts with a timeout other than the client's
-//! (`Shared::client`): the crate's usual clients get the same effect from their connect timeout,
+//! (`ClientCore::client`): the crate's usual clients get the same effect from their connect timeout,
 //! capped at the attempt timeout, without the layer's cost on every request.
 
 use std::future::Future;

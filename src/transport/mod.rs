@@ -12,63 +12,30 @@
 //! per call; that costs one `String` for the base URL and a few reference-count increments.
 
 mod attempt;
+mod client_core;
 mod connect;
 
 pub(crate) use attempt::MAX_ERROR_BODY;
-pub(crate) use connect::{AttemptDeadlineLayer, CONNECT_FIRST, with_deadline};
+pub(crate) use client_core::{ClientCore, Http};
 
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use progenitor_client::{ClientHooks, ClientInfo, OperationInfo};
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, USER_AGENT};
+use reqwest::header::{AUTHORIZATION, HeaderMap, USER_AGENT};
 use reqwest::{Request, Response, StatusCode};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::generated::Client as Generated;
-use crate::models::ErrorBody;
-use crate::rate_limit::{Limiter, Permit};
+use crate::rate_limit::{self, Permit};
 use crate::retry::{self, Attempt, Decision, Reason, RetryBudget, RetryConfig, Stop};
-use attempt::{Outcome, attempt};
-
-/// Settings shared by every call of one client.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub http: reqwest::Client,
-    /// Whether `http` is the crate's own (so its timeouts and connector are ours).
-    pub own_http: bool,
-    /// A client without proxies for plain-http loopback URLs, made when first needed: the
-    /// token must not travel in clear text to a proxy on its way to a server on this machine.
-    pub direct: OnceLock<reqwest::Client>,
-    /// With our own client: clients with the attempt deadline on connecting, through a proxy
-    /// and direct, made when an attempt first needs one (see [`Shared::client`]).
-    pub with_deadline: [OnceLock<reqwest::Client>; 2],
-    /// The connect timeout asked for; `http` and `direct` connect within the attempt timeout
-    /// if that is shorter.
-    pub connect_timeout: Duration,
-    pub auth: HeaderValue,
-    pub user_agent: HeaderValue,
-    pub default_headers: HeaderMap,
-    pub budget: RetryBudget,
-    pub limiter: Limiter,
-    pub base_url: String,
-    /// Whether `base_url` is plain http to this machine (decided once: it takes a URL parse).
-    pub base_url_direct: bool,
-    /// The per-attempt timeout; `None` with a user's client whose own timeout then applies.
-    pub attempt_timeout: Option<Duration>,
-    /// The timeout `http` applies to every request by itself (set when we built it), which a
-    /// request with the same timeout therefore need not carry.
-    pub client_timeout: Option<Duration>,
-    pub retry: RetryConfig,
-    pub allow_insecure_http: bool,
-}
+use attempt::{AttemptEnd, attempt};
+use connect::{CONNECT_FIRST, with_deadline};
 
 /// One call: its settings and, once it ran, its [`Report`].
 #[derive(Debug)]
 pub(crate) struct Call {
-    pub shared: Arc<Shared>,
+    pub core: Arc<ClientCore>,
     pub operation: &'static str,
     /// This call's retry policy, when it overrides the client's (see [`Call::policy`]).
     pub retry: Option<RetryConfig>,
@@ -78,7 +45,7 @@ pub(crate) struct Call {
     pub deduplicated: bool,
     /// A sale (whose 404 "Lead event not found" is the lead race).
     pub sale: bool,
-    /// Whether the call goes direct, not via a proxy (see [`Shared::direct_for`]).
+    /// Whether the call goes direct, not via a proxy (see [`ClientCore::goes_direct`]).
     pub direct: bool,
     /// When the call started, before it waited for its first turn.
     pub started: Instant,
@@ -112,7 +79,7 @@ pub(crate) struct Report {
 impl Clone for Call {
     fn clone(&self) -> Self {
         Self {
-            shared: self.shared.clone(),
+            core: self.core.clone(),
             operation: self.operation,
             retry: self.retry.clone(),
             attempt_timeout: self.attempt_timeout,
@@ -130,7 +97,7 @@ impl Clone for Call {
 impl Call {
     /// The retry policy in force: the call's own, else the client's.
     pub(crate) fn policy(&self) -> &RetryConfig {
-        self.retry.as_ref().unwrap_or(&self.shared.retry)
+        self.retry.as_ref().unwrap_or(&self.core.retry)
     }
 
     /// The call's deadline, if its policy has one that fits in the clock.
@@ -152,92 +119,22 @@ impl Call {
     }
 }
 
-impl Shared {
-    /// Whether calls to `base_url` go direct: plain http to this machine never goes via a
-    /// proxy (with our own client).
-    pub(crate) fn direct_for(&self, base_url: &str) -> bool {
-        let direct = if base_url == self.base_url {
-            self.base_url_direct
-        } else {
-            crate::client::is_plain_http_loopback(base_url)
-        };
-        self.own_http && direct
-    }
-
-    /// The client for an attempt whose timeout is `timeout`.
-    ///
-    /// An attempt's deadline applies to opening a connection too (see `connect.rs`). Our own
-    /// `http` and `direct` clients connect within the client's attempt timeout already, which
-    /// is that deadline for every attempt with the client's attempt timeout (the usual case);
-    /// an attempt with another timeout (a per-call one, or the call's deadline coming first)
-    /// uses a client whose connector reads the deadline. A user's client keeps its own.
-    pub(crate) fn client(&self, direct: bool, timeout: Option<Duration>) -> &reqwest::Client {
-        if !self.own_http {
-            return &self.http;
-        }
-        let plain = !self.reads_deadline(timeout);
-        let make = |deadline: bool| {
-            let connect = if deadline {
-                self.connect_timeout
-            } else {
-                self.attempt_timeout
-                    .map_or(self.connect_timeout, |t| self.connect_timeout.min(t))
-            };
-            crate::client::own_client(connect, self.client_timeout, direct, deadline)
-                .unwrap_or_else(|_| self.http.clone())
-        };
-        match (plain, direct) {
-            (true, false) => &self.http,
-            (true, true) => self.direct.get_or_init(|| make(false)),
-            (false, _) => self.with_deadline[usize::from(direct)].get_or_init(|| make(true)),
-        }
-    }
-
-    /// Whether an attempt with `timeout` goes through a client whose connector reads the
-    /// attempt's deadline (see [`Shared::client`]).
-    pub(crate) fn reads_deadline(&self, timeout: Option<Duration>) -> bool {
-        self.own_http && timeout != self.attempt_timeout
-    }
-
-    /// The client the generated code is made with (it builds requests; `exchange` sends them
-    /// with [`Shared::client`]).
-    pub(crate) fn client_for(&self, direct: bool) -> &reqwest::Client {
-        self.client(direct, self.attempt_timeout)
-    }
-}
-
-impl ClientHooks<Call> for Generated {
-    // Not `async fn`: handing over `exchange`'s future as it is keeps the request out of one
-    // more layer of the call's future, which is boxed and moved whole.
-    fn exec(
-        &self,
-        request: Request,
-        _info: &OperationInfo,
-    ) -> impl Future<Output = reqwest::Result<Response>> {
-        exchange(self.client(), self.inner(), request)
-    }
-}
-
-async fn exchange(
+/// The exchange of one call, from the generated client's hook (`src/generated.rs`).
+pub(crate) async fn exchange(
     http: &reqwest::Client,
     call: &Call,
     mut request: Request,
 ) -> reqwest::Result<Response> {
     let headers = request.headers_mut();
-    headers.insert(AUTHORIZATION, call.shared.auth.clone());
-    headers.insert(USER_AGENT, call.shared.user_agent.clone());
-    for (name, value) in call
-        .shared
-        .default_headers
-        .iter()
-        .chain(call.headers.iter())
-    {
+    headers.insert(AUTHORIZATION, call.core.auth.clone());
+    headers.insert(USER_AGENT, call.core.user_agent.clone());
+    for (name, value) in call.core.default_headers.iter().chain(call.headers.iter()) {
         headers.insert(name, value.clone());
     }
 
     let policy = call.policy();
-    let budget = &call.shared.budget;
-    let limiter = &call.shared.limiter;
+    let budget = &call.core.budget;
+    let limiter = &call.core.limiter;
     let deadline = call.deadline();
     let first_turn = call
         .first_turn
@@ -270,10 +167,10 @@ async fn exchange(
         // Taken before reqwest starts its own timer, so that the connector's deadline comes
         // first (see `connect.rs`).
         let sent_at = Instant::now();
-        let client = call.shared.client(call.direct, timeout);
-        // Only a client with the deadline layer reads the deadline (see `Shared::client`).
+        let client = call.core.client(call.direct, timeout);
+        // Only a client with the deadline layer reads the deadline (see `ClientCore::client`).
         let attempt_deadline = timeout
-            .filter(|_| call.shared.reads_deadline(timeout))
+            .filter(|_| call.core.reads_deadline(timeout))
             .and_then(|t| sent_at.checked_add(t));
         // The last attempt the policy allows sends the request itself; the others send a copy
         // (the JSON body is in memory, so it can always be made), keeping it for a retry.
@@ -303,16 +200,16 @@ async fn exchange(
             None => attempt(sent).instrument(span.clone()).await,
         };
         let latency_ms = u64::try_from(sent_at.elapsed().as_millis()).unwrap_or(u64::MAX);
-        if let Outcome::Response(r) = &outcome {
+        if let AttemptEnd::Response(r) = &outcome {
             limiter.on_response(&turn, r.status.as_u16(), &r.headers);
         }
 
         let (retry_after, lead_race) = record(call, &outcome, number, remaining, timeout);
         match &outcome {
-            Outcome::Response(r) => {
+            AttemptEnd::Response(r) => {
                 tracing::debug!(parent: &span, status = r.status.as_u16(), latency_ms, "response")
             }
-            Outcome::NotSent(e) | Outcome::NoResponse(e, _) => {
+            AttemptEnd::NotSent(e) | AttemptEnd::NoResponse(e, _) => {
                 tracing::debug!(parent: &span, latency_ms, error = %e, "no whole response")
             }
         }
@@ -320,7 +217,7 @@ async fn exchange(
         // and knows Dub's window, where a per-call `Retry-After` would send every waiting call
         // at the window's start, when Dub has the least room.
         let honoured = match &outcome {
-            Outcome::Response(r) if r.status == StatusCode::TOO_MANY_REQUESTS => {
+            AttemptEnd::Response(r) if r.status == StatusCode::TOO_MANY_REQUESTS => {
                 retry_after.filter(|_| !limiter.config().is_enabled())
             }
             _ => retry_after,
@@ -383,16 +280,16 @@ async fn exchange(
 /// whether the response was a sale's "Lead event not found" race.
 fn record(
     call: &Call,
-    outcome: &Outcome,
+    outcome: &AttemptEnd,
     number: u32,
     remaining: Option<Duration>,
     timeout: Option<Duration>,
 ) -> (Option<Duration>, bool) {
     match outcome {
-        Outcome::Response(r) => {
+        AttemptEnd::Response(r) => {
             let status = r.status;
             let asked = (!status.is_success())
-                .then(|| retry::retry_after(&r.headers, crate::clock::now()))
+                .then(|| rate_limit::retry_after(&r.headers, crate::clock::now()))
                 .flatten();
             let lead_race = call.sale && status == StatusCode::NOT_FOUND && is_lead_race(&r.body);
             call.update(|rep| {
@@ -408,10 +305,10 @@ fn record(
             });
             (asked, lead_race)
         }
-        Outcome::NotSent(e) | Outcome::NoResponse(e, _) => {
-            let not_sent = matches!(outcome, Outcome::NotSent(_));
+        AttemptEnd::NotSent(e) | AttemptEnd::NoResponse(e, _) => {
+            let not_sent = matches!(outcome, AttemptEnd::NotSent(_));
             let began = match outcome {
-                Outcome::NoResponse(_, status) => *status,
+                AttemptEnd::NoResponse(_, status) => *status,
                 _ => None,
             };
             let timed_out = e.is_timeout();
@@ -432,7 +329,18 @@ fn record(
 
 /// Dub's 404 for a sale whose customer's `async` lead is not recorded yet.
 fn is_lead_race(body: &[u8]) -> bool {
-    serde_json::from_slice::<ErrorBody>(body).is_ok_and(|b| {
+    // The two fields of Dub's error body that tell the race (the whole body is `ErrorBody`,
+    // decoded into the error later).
+    #[derive(serde::Deserialize)]
+    struct Body {
+        error: Fields,
+    }
+    #[derive(serde::Deserialize)]
+    struct Fields {
+        code: String,
+        message: String,
+    }
+    serde_json::from_slice::<Body>(body).is_ok_and(|b| {
         b.error.code == "not_found" && b.error.message.starts_with("Lead event not found")
     })
 }
@@ -475,7 +383,7 @@ fn send(
         // The connector gives up at the attempt's deadline itself (a connection error: nothing
         // sent); the request's own timeout fires just after, so it never wins that race.
         let t = t.saturating_add(CONNECT_FIRST);
-        if call.shared.client_timeout != Some(t) {
+        if call.core.client_timeout != Some(t) {
             *copy.timeout_mut() = Some(t);
         }
     }
@@ -483,14 +391,14 @@ fn send(
 }
 
 /// Settles the retry budget and hands the last outcome to the generated code.
-fn finish(outcome: Outcome, budget: &RetryBudget, spent: u64) -> reqwest::Result<Response> {
+fn finish(outcome: AttemptEnd, budget: &RetryBudget, spent: u64) -> reqwest::Result<Response> {
     match outcome {
-        Outcome::Response(r) => {
+        AttemptEnd::Response(r) => {
             if r.status.is_success() {
                 budget.deposit(if spent > 0 { spent } else { 1 });
             }
             Ok(r.into_response())
         }
-        Outcome::NotSent(e) | Outcome::NoResponse(e, _) => Err(e),
+        AttemptEnd::NotSent(e) | AttemptEnd::NoResponse(e, _) => Err(e),
     }
 }

@@ -145,7 +145,7 @@ fn errors_are_the_same() {
                 .build(),
         )
         .attempt_timeout(Duration::from_millis(200))
-        .retries(RetryConfig::none())
+        .retry_config(RetryConfig::none())
         .send()
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Timeout);

@@ -574,7 +574,7 @@ async fn every_request_passes_prisms_validation_and_every_error_status_maps() {
                         .build(),
                 )
                 .header("Prefer", &prefer)
-                .retries(RetryConfig::none())
+                .retry_config(RetryConfig::none())
                 .await
                 .map(drop),
             dub.track()
@@ -586,7 +586,7 @@ async fn every_request_passes_prisms_validation_and_every_error_status_maps() {
                         .build(),
                 )
                 .header("Prefer", &prefer)
-                .retries(RetryConfig::none())
+                .retry_config(RetryConfig::none())
                 .await
                 .map(drop),
         ];

@@ -409,7 +409,7 @@ async fn the_token_never_shows() {
             .unwrap()
             .track()
             .lead(lead())
-            .retries(dub::RetryConfig::none())
+            .retry_config(dub::RetryConfig::none())
             .await
             .unwrap_err(),
     ];

@@ -418,7 +418,7 @@ async fn a_sale_racing_its_lead_is_retried_until_the_lead_is_written() {
     let e = dub
         .track()
         .sale(sale("race_2", "in_race_2"))
-        .retries(RetryConfig::none())
+        .retry_config(RetryConfig::none())
         .await
         .unwrap_err();
     assert_eq!(e.status().map(|s| s.as_u16()), Some(404), "{e:?}");

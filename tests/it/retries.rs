@@ -124,14 +124,18 @@ async fn attempt_timeouts_are_cut_to_the_deadline() {
 async fn per_call_policy_overrides_the_client() {
     let server = Server::start([status(503), status(503)]).await;
     let off = dub(&server, RetryConfig::none());
-    off.track().lead(lead()).retries(exact()).await.unwrap();
+    off.track()
+        .lead(lead())
+        .retry_config(exact())
+        .await
+        .unwrap();
     assert_eq!(server.count(), 3);
     let server = Server::start([status(503)]).await;
     let on = dub(&server, exact());
     let err = on
         .track()
         .lead(lead())
-        .retries(RetryConfig::none())
+        .retry_config(RetryConfig::none())
         .await
         .unwrap_err();
     assert_eq!((server.count(), err.attempts()), (1, 1));

@@ -79,7 +79,7 @@ fn with(schema: &str, field: &str, value: Value) -> Req {
             Req::Sale(sale)
         }
         _ => panic!(
-            "openapi.yaml constrains {schema}.{field}: teach src/validate.rs and this test about it"
+            "openapi.yaml constrains {schema}.{field}: teach src/models/validate.rs and this test about it"
         ),
     }
 }

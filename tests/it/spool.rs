@@ -188,7 +188,7 @@ async fn a_hand_over_completes_only_once_committed_and_refuses_beyond_capacity()
         .tracker()
         .spool(&path)
         .capacity(5)
-        .call_retries(RetryConfig::none())
+        .retry_config(RetryConfig::none())
         .start()
         .unwrap();
     let mut receipts = vec![];

@@ -318,7 +318,7 @@ async fn error_codes_outside_the_spec_decode() {
                 .amount(1)
                 .build(),
         )
-        .retries(RetryConfig::none())
+        .retry_config(RetryConfig::none())
         .await
         .unwrap_err();
     assert_eq!(

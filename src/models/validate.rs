@@ -2,13 +2,13 @@
 //!
 //! build.rs removes these keywords from the schemas progenitor sees (so setters stay
 //! infallible); this module enforces them instead and names the field that broke a rule.
-//! `tests/spec_constraints.rs` reads `openapi.yaml` and checks every constraint it states is
+//! `tests/it/spec_constraints.rs` reads `openapi.yaml` and checks every constraint it states is
 //! enforced here, so a spec change that tightens a rule fails the tests until this follows.
 //!
 //! Lengths are counted in UTF-16 code units, as Dub's JavaScript server counts them.
 
+use super::{TrackLeadRequest, TrackSaleRequest};
 use crate::error::Error;
-use crate::models::{TrackLeadRequest, TrackSaleRequest};
 use serde_json::{Map, Value};
 
 /// The largest integer JavaScript represents exactly: the spec's maximum `amount`.

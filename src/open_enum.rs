@@ -1,5 +1,7 @@
 //! Open string enums: the values this release knows as variants, and any other value Dub sends
-//! or accepts later kept as it is.
+//! or accepts later kept as it is. Public as `dub::models::{LeadMode, PaymentProcessor}`; a
+//! module of its own because the generated request types use them (build.rs replaces the
+//! spec's enums with these), and `models` re-exports the generated types.
 //!
 //! smithy-rs's rule is followed so that learning a value breaks no match: the catch-all variant
 //! `Unknown` holds an [`UnknownValue`] that cannot be constructed outside this crate (so

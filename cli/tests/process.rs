@@ -1,0 +1,246 @@
+//! `dub-track` as a Unix process: closed pipes, signals, and what it writes where.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use dub::mock::{Fault, MockDub, RandomFaults};
+use serde_json::json;
+use support::{BIN, Run, Scratch, command, jsonl, run};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+
+/// A standard output whose reading end is already closed, as after `| head -1` or `| true`:
+/// every write to it fails with EPIPE.
+fn closed_stdout() -> Stdio {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    Stdio::from(writer)
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 request over a fresh connection; the whole answer as text.
+async fn http(port: u16, request: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .map_err(|_| std::io::Error::other("no answer in 10 s"))??;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+fn kill(child: &tokio::process::Child, signal: i32) {
+    let pid = i32::try_from(child.id().expect("running")).unwrap();
+    // SAFETY: kill(2) on a child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_with_a_closed_stdout_delivers_and_exits_by_what_happened() {
+    let mock = MockDub::start().await.unwrap();
+    let dir = Scratch::new("closed-stdout-send");
+    let records: Vec<_> = (0..20)
+        .map(|c| {
+            json!({"type": "sale", "customerExternalId": format!("u{c}"), "clickId": "c",
+                   "amount": 100, "invoiceId": format!("in_{c}")})
+        })
+        .collect();
+    dir.write("sales.jsonl", &jsonl(&records));
+    let mut cmd = command(&mock, &dir.0, &["send", "sales.jsonl"]);
+    cmd.stdout(closed_stdout());
+    // Not `output()`, which would pipe standard output again.
+    let out = cmd.spawn().unwrap().wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(mock.sales().len(), 20);
+
+    // A record that fails still says so through the exit code.
+    dir.write(
+        "bad.jsonl",
+        &jsonl(&[
+            json!({"type": "sale", "customerExternalId": "u", "amount": -1,
+                         "invoiceId": "in_x"}),
+        ]),
+    );
+    let mut cmd = command(&mock, &dir.0, &["send", "--skip-invalid", "bad.jsonl"]);
+    cmd.stdout(closed_stdout());
+    // Not `output()`, which would pipe standard output again.
+    let out = cmd.spawn().unwrap().wait_with_output().await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_with_a_closed_stdout_keeps_serving() {
+    let port = free_port();
+    let mut server = Command::new(BIN)
+        .args(["mock", "--port", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(closed_stdout())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        if let Some(status) = server.try_wait().unwrap() {
+            let mut stderr = String::new();
+            let _ = server
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .await;
+            panic!("the mock died with {status}: {stderr}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no mock on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let answer = http(
+        port,
+        "GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(server.try_wait().unwrap().is_none(), "the mock stopped");
+
+    kill(&server, libc::SIGTERM);
+    let status = tokio::time::timeout(Duration::from_secs(10), server.wait())
+        .await
+        .expect("the mock did not stop on SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_send_as_ctrl_c_does_and_leaves_no_unsafe_record_uncertain() {
+    let mock = MockDub::start().await.unwrap();
+    let dir = Scratch::new("sigterm-send");
+    // Sales without invoice ids: one sent twice would be recorded twice.
+    let records: Vec<_> = (0..200)
+        .map(|c| {
+            json!({"type": "sale", "customerExternalId": format!("cust_{c}"),
+                   "clickId": format!("clk_{c}"), "amount": 1000 + c})
+        })
+        .collect();
+    dir.write("sales.jsonl", &jsonl(&records));
+    let args = [
+        "send",
+        "--allow-unsafe",
+        "--max-in-flight",
+        "4",
+        "sales.jsonl",
+    ];
+    mock.random_faults(RandomFaults::new(1, 1.0).kinds([Fault::Delay(Duration::from_millis(20))]));
+    let child = command(&mock, &dir.0, &args).spawn().unwrap();
+    while mock.request_count() < 40 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    kill(&child, libc::SIGTERM);
+    let first = Run::from(child.wait_with_output().await.unwrap(), mock.token());
+    assert_eq!(first.code, 130, "{first:?}");
+    assert!(
+        first.stderr.contains("run the same command again"),
+        "{first:?}"
+    );
+    assert_eq!(first.count("uncertain"), 0, "{first:?}");
+
+    // The rerun sends exactly the rest, and calls none of them uncertain.
+    mock.clear_faults();
+    let out = run(&mock, &dir.0, &args).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.count("uncertain"), 0, "{out:?}");
+    assert_eq!(
+        out.count("delivered") + out.count("skipped"),
+        200,
+        "{out:?}"
+    );
+    assert_eq!(mock.request_count(), 200, "a sale was sent twice");
+    assert_eq!(mock.sales().len(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_failed_file_is_refused_before_anything_is_sent() {
+    let mock = MockDub::start().await.unwrap();
+    let dir = Scratch::new("failed-unwritable");
+    dir.write(
+        "leads.jsonl",
+        &jsonl(&[
+            json!({"type": "lead", "clickId": "c", "eventName": "Sign up",
+                         "customerExternalId": "u"}),
+        ]),
+    );
+    for failed in ["no-such-dir/failed.jsonl", "."] {
+        let out = run(&mock, &dir.0, &["send", "--failed", failed, "leads.jsonl"]).await;
+        assert_eq!(out.code, 2, "{out:?}");
+        assert!(out.stderr.contains(failed), "{out:?}");
+        assert_eq!(mock.request_count(), 0, "sent before the check");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_that_cannot_be_written_at_the_end_go_to_stderr() {
+    let mock = MockDub::start().await.unwrap();
+    let dir = Scratch::new("failed-lost");
+    // One invalid record (a failure to report) and enough slow leads to remove the failed
+    // file's directory while they are sent.
+    let mut records = vec![json!({"type": "sale", "customerExternalId": "bad_one",
+                                  "amount": -1, "invoiceId": "in_bad"})];
+    records.extend((0..100).map(|c| {
+        json!({"type": "lead", "clickId": "c", "eventName": "Sign up",
+               "customerExternalId": format!("u{c}")})
+    }));
+    dir.write("events.jsonl", &jsonl(&records));
+    std::fs::create_dir(dir.path("out")).unwrap();
+    mock.random_faults(RandomFaults::new(1, 1.0).kinds([Fault::Delay(Duration::from_millis(20))]));
+    let child = command(
+        &mock,
+        &dir.0,
+        &[
+            "send",
+            "--skip-invalid",
+            "--max-in-flight",
+            "4",
+            "--failed",
+            "out/failed.jsonl",
+            "events.jsonl",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    while mock.request_count() < 10 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    std::fs::remove_dir_all(dir.path("out")).unwrap();
+    let out = Run::from(child.wait_with_output().await.unwrap(), mock.token());
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.count("delivered"), 100, "{out:?}");
+    let listed: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(listed.len(), 1, "{out:?}");
+    assert_eq!(listed[0]["customerExternalId"], "bad_one");
+    assert_eq!(listed[0]["_error"]["field"], "amount");
+}

@@ -1,0 +1,93 @@
+//! Who waits for which event: the receipts of the events this process handed over.
+//!
+//! Each undelivered event has one slot, however many callers hold a receipt for it: handing a
+//! pending key over again gives the caller a clone of the same shared result, so the memory the
+//! tracker keeps per event stays the same whatever callers do. A slot is resolved once, when
+//! the event's outcome is announced, or at shutdown (`NotDelivered`) for what is left.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use futures_util::FutureExt;
+use futures_util::future::Shared;
+
+use super::event::EventId;
+use super::outcome::{Outcome, Receipt};
+use super::slot;
+
+/// The receiving side every receipt of one event clones.
+pub(crate) type SharedOutcome = Shared<slot::Receiver<Outcome>>;
+
+struct Slot {
+    tx: slot::Sender<Outcome>,
+    rx: SharedOutcome,
+}
+
+/// The receipts of undelivered events.
+#[derive(Default)]
+pub(crate) struct Receipts {
+    slots: Mutex<HashMap<EventId, Slot>>,
+}
+
+impl std::fmt::Debug for Receipts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receipts")
+            .field("waiting", &self.lock().len())
+            .finish()
+    }
+}
+
+impl Receipts {
+    fn lock(&self) -> MutexGuard<'_, HashMap<EventId, Slot>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A receipt for an undelivered event: the event's slot, made on first use.
+    pub(crate) fn register(&self, id: EventId) -> Receipt {
+        let rx = self
+            .lock()
+            .entry(id)
+            .or_insert_with(|| {
+                let (tx, rx) = slot::slot();
+                Slot {
+                    tx,
+                    rx: rx.shared(),
+                }
+            })
+            .rx
+            .clone();
+        Receipt { id, rx: Some(rx) }
+    }
+
+    /// A receipt whose outcome is already known.
+    pub(crate) fn ready(id: EventId, outcome: Outcome) -> Receipt {
+        let (tx, rx) = slot::slot();
+        tx.send(outcome);
+        Receipt {
+            id,
+            rx: Some(rx.shared()),
+        }
+    }
+
+    /// Resolves the event's receipts, if anyone holds one.
+    pub(crate) fn announce(&self, id: EventId, outcome: &Outcome) {
+        let slot = self.lock().remove(&id);
+        if let Some(slot) = slot {
+            slot.tx.send(outcome.clone());
+        }
+    }
+
+    /// Resolves every receipt left to `NotDelivered`: the tracker stopped.
+    pub(crate) fn resolve_rest(&self) {
+        let left: Vec<Slot> = self.lock().drain().map(|(_, slot)| slot).collect();
+        for slot in left {
+            slot.tx.send(Outcome::NotDelivered);
+        }
+    }
+
+    /// Slots held (one per undelivered event someone has a receipt for).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
