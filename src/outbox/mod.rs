@@ -35,9 +35,8 @@
 //! # }
 //! ```
 //!
-//! This release holds the producing side: the schema, [`migrate`], [`enqueue`] and the
-//! operations below. The relay that delivers the outbox (in a service, or as
-//! `dub-track relay`) is not part of it yet; the columns it will use are already in the schema.
+//! A [`Relay`] delivers the outbox: run one or more in your services (or as separate
+//! processes), on any number of machines.
 //!
 //! # The table is a contract
 //!
@@ -97,12 +96,16 @@
 //! `&PgPool` from your own sqlx 0.8.
 
 mod error;
+mod lease;
 mod producer;
+mod relay;
 mod schema;
 mod stats;
+mod verdict;
 
 pub use error::OutboxError;
 pub use producer::{Enqueued, OutboxId, enqueue};
+pub use relay::{Relay, RelayBuilder, RelayReport};
 pub use schema::{Migrated, SCHEMA_SQL, SCHEMA_VERSION, migrate};
 pub use stats::{DEFAULT_RETENTION, Stats, prune, retry_failed, stats};
 

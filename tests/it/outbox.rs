@@ -475,3 +475,282 @@ mod producing {
         assert_eq!(outbox::prune(&pool, Duration::ZERO).await.unwrap(), 1);
     }
 }
+
+#[cfg(all(feature = "postgres", feature = "mock"))]
+mod relaying {
+    use crate::support::postgres::Postgres;
+    use dub::Dub;
+    use dub::mock::{Fault, MockDub};
+    use dub::models::{TrackLeadRequest, TrackSaleRequest};
+    use dub::outbox::{self, Relay, RelayBuilder, RelayReport, Stats};
+    use sqlx_core::query::query;
+    use sqlx_postgres::PgPool;
+    use std::time::Duration;
+    use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
+
+    fn client(mock: &MockDub) -> Dub {
+        Dub::builder()
+            .token(mock.token())
+            .server_url(mock.url())
+            .build()
+            .unwrap()
+    }
+
+    /// A relay tuned for tests: quick polls and retries.
+    fn relay(pool: &PgPool, mock: &MockDub) -> RelayBuilder {
+        Relay::builder(pool.clone(), client(mock))
+            .poll_interval(Duration::from_millis(100))
+            .backoff(Duration::from_millis(100), Duration::from_millis(500))
+            .settle(Duration::from_millis(1_500))
+    }
+
+    struct Running {
+        stop: oneshot::Sender<()>,
+        task: JoinHandle<RelayReport>,
+    }
+
+    fn start(builder: RelayBuilder) -> Running {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(builder.build().run_until(async move {
+            let _ = stopped.await;
+        }));
+        Running { stop, task }
+    }
+
+    impl Running {
+        async fn stop(self) -> RelayReport {
+            let _ = self.stop.send(());
+            tokio::time::timeout(Duration::from_secs(60), self.task)
+                .await
+                .expect("the relay stops")
+                .unwrap()
+        }
+    }
+
+    /// Waits until no row is pending or in flight.
+    async fn drained(pool: &PgPool) -> Stats {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(stats) = outbox::stats(pool).await
+                && stats.pending == 0
+                && stats.in_flight == 0
+            {
+                return stats;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "not drained");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn database(pg: &Postgres) -> PgPool {
+        let pool = PgPool::connect(&pg.fresh_database()).await.unwrap();
+        outbox::migrate(&pool).await.unwrap();
+        pool
+    }
+
+    fn lead(customer: &str) -> TrackLeadRequest {
+        TrackLeadRequest::builder()
+            .click_id("cl_1")
+            .event_name("Sign up")
+            .customer_external_id(customer)
+            .build()
+    }
+
+    fn sale(customer: &str, invoice: Option<&str>) -> TrackSaleRequest {
+        let mut sale = TrackSaleRequest::builder()
+            .customer_external_id(customer)
+            .amount(1_000)
+            .build();
+        sale.invoice_id = invoice.map(str::to_owned);
+        sale
+    }
+
+    async fn row(
+        pool: &PgPool,
+        id: i64,
+    ) -> (String, Option<String>, Option<serde_json::Value>, i32) {
+        sqlx_core::query_as::query_as(
+            "SELECT state, last_error, response, attempts FROM dub_outbox WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_relay_delivers_each_customer_in_order_and_fails_an_invalid_event_alone() {
+        let Some(pg) = Postgres::shared() else { return };
+        let pool = database(&pg).await;
+        // Dub writes an async lead in the background: a sale sent right after it is refused.
+        let mock = MockDub::builder()
+            .lead_race(Duration::from_millis(300))
+            .start()
+            .await
+            .unwrap();
+        // A producer's broken record first, for a customer with valid events after it.
+        query(
+            r#"INSERT INTO dub_outbox (event) VALUES
+               ('{"type":"sale","customerExternalId":"c0","amount":"lots","invoiceId":"in_bad"}')"#,
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let customers: Vec<String> = (0..6).map(|i| format!("c{i}")).collect();
+        for c in &customers {
+            outbox::enqueue(&pool, lead(c)).await.unwrap();
+            for n in 0..3 {
+                outbox::enqueue(&pool, sale(c, Some(&format!("in_{c}_{n}"))))
+                    .await
+                    .unwrap();
+            }
+        }
+        let running = start(relay(&pool, &mock).max_in_flight(8));
+        let stats = drained(&pool).await;
+        let report = running.stop().await;
+        assert_eq!(
+            (stats.delivered, stats.failed, stats.uncertain),
+            (24, 1, 0),
+            "{stats}"
+        );
+        assert_eq!((report.delivered, report.failed), (24, 1));
+
+        let (state, error, _, attempts) = row(&pool, 1).await;
+        assert_eq!((state.as_str(), attempts), ("failed", 1));
+        let error = error.unwrap();
+        assert!(error.starts_with("invalid record: amount:"), "{error}");
+
+        // Every event recorded once, and Dub saw each customer's lead before its sales: no
+        // sale met the race, because the relay never sends a customer's next event before
+        // the one before it is done.
+        assert_eq!(mock.leads().len(), 6);
+        assert_eq!(mock.sales().len(), 18);
+        let mut seen_lead = std::collections::HashSet::new();
+        for request in mock.requests() {
+            let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+            let customer = body["customerExternalId"].as_str().unwrap().to_owned();
+            if request.path == "/track/lead" {
+                seen_lead.insert(customer);
+            } else {
+                assert!(seen_lead.contains(&customer), "a sale before its lead");
+            }
+        }
+        let responses: Vec<serde_json::Value> = sqlx_core::query_scalar::query_scalar(
+            "SELECT response FROM dub_outbox WHERE state = 'delivered' ORDER BY id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert!(responses.iter().all(|r| r["customer"].is_object()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_an_unknown_outcome_an_invoice_waits_out_dubs_race_and_a_plain_sale_is_never_resent()
+     {
+        let Some(pg) = Postgres::shared() else { return };
+        let pool = database(&pg).await;
+        // Dub caches an invoice's answer 800 ms after recording it; the relay waits 1.5 s.
+        let mock = MockDub::builder()
+            .invoice_race(Duration::from_millis(800))
+            .start()
+            .await
+            .unwrap();
+        let mut with_invoice = sale("buyer_1", Some("in_once"));
+        with_invoice.click_id = Some("cl_1".into());
+        let mut without = sale("buyer_2", None);
+        without.click_id = Some("cl_2".into());
+        let a = outbox::enqueue(&pool, with_invoice)
+            .await
+            .unwrap()
+            .id()
+            .unwrap();
+        let b = outbox::enqueue(&pool, without).await.unwrap().id().unwrap();
+        // Both first attempts are recorded, then answered 503: their outcome is unknown.
+        mock.push_faults([Fault::ErrorAfterRecord(503), Fault::ErrorAfterRecord(503)]);
+        let running = start(relay(&pool, &mock));
+        drained(&pool).await;
+        running.stop().await;
+
+        let (state, _, response, attempts) = row(&pool, a).await;
+        assert_eq!((state.as_str(), attempts), ("delivered", 2));
+        assert_eq!(response.unwrap()["sale"]["invoiceId"], "in_once");
+        let (state, error, _, attempts) = row(&pool, b).await;
+        assert_eq!((state.as_str(), attempts), ("uncertain", 1));
+        assert!(error.unwrap().contains("503"));
+        let invoices: Vec<Option<String>> =
+            mock.sales().into_iter().map(|s| s.invoice_id).collect();
+        assert_eq!(invoices.len(), 2, "each sale recorded once: {invoices:?}");
+        assert_eq!(mock.request_count(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rows_of_a_relay_that_died_are_taken_over_by_the_safety_rule() {
+        let Some(pg) = Postgres::shared() else { return };
+        let pool = database(&pg).await;
+        let mock = MockDub::start().await.unwrap();
+        let mut with_invoice = sale("buyer_1", Some("in_orphan"));
+        with_invoice.click_id = Some("cl_1".into());
+        let mut without = sale("buyer_2", None);
+        without.click_id = Some("cl_2".into());
+        let a = outbox::enqueue(&pool, with_invoice)
+            .await
+            .unwrap()
+            .id()
+            .unwrap();
+        let b = outbox::enqueue(&pool, without).await.unwrap().id().unwrap();
+        // A relay claimed both, then was killed; its lease ran out a moment ago.
+        query(
+            "UPDATE dub_outbox SET state = 'in_flight', attempts = 1, locked_by = 'dead',
+                locked_until = now() - interval '100 milliseconds'",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let running = start(relay(&pool, &mock));
+        drained(&pool).await;
+        let report = running.stop().await;
+        assert_eq!(report.taken_over, 2);
+        let (state, _, _, attempts) = row(&pool, a).await;
+        assert_eq!((state.as_str(), attempts), ("delivered", 2));
+        let (state, error, _, _) = row(&pool, b).await;
+        assert_eq!(state, "uncertain");
+        assert!(error.unwrap().contains("not sent again"));
+        let sales = mock.sales();
+        assert_eq!(sales.len(), 1);
+        assert_eq!(sales[0].invoice_id.as_deref(), Some("in_orphan"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_relay_waits_out_a_postgres_crash_and_fails_nothing_for_it() {
+        let Some(pg) = Postgres::start() else { return };
+        let pool = database(&pg).await;
+        let mock = MockDub::start().await.unwrap();
+        let enqueue_range = |from: usize, to: usize| {
+            let pool = pool.clone();
+            async move {
+                for i in from..to {
+                    let mut s = sale(&format!("u{i}"), Some(&format!("in_{i}")));
+                    s.click_id = Some("cl".into());
+                    outbox::enqueue(&pool, s).await.unwrap();
+                }
+            }
+        };
+        enqueue_range(0, 20).await;
+        let running = start(relay(&pool, &mock));
+        drained(&pool).await;
+
+        pg.stop_immediate();
+        // Dub answers slowly while the database is away, so outcomes wait to be written.
+        mock.push_faults([Fault::Delay(Duration::from_millis(200))]);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        pg.restart();
+        enqueue_range(20, 40).await;
+        let stats = drained(&pool).await;
+        let report = running.stop().await;
+        assert_eq!((stats.delivered, stats.failed, stats.uncertain), (40, 0, 0));
+        assert_eq!(report.delivered, 40);
+        assert_eq!(report.unwritten, 0);
+        assert_eq!(mock.sales().len(), 40);
+    }
+}
