@@ -357,6 +357,7 @@ impl Core {
     /// either queued before (then delivered or in the report) or refused.
     fn stop_taking(&self) {
         self.accepting.store(false, Ordering::Release);
+        #[allow(irrefutable_let_patterns)] // without the `spool` feature memory is the only store
         if let Store::Memory(queue) = &self.store {
             queue.close();
         }

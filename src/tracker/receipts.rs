@@ -60,6 +60,7 @@ impl Receipts {
     }
 
     /// A receipt whose outcome is already known.
+    #[cfg(feature = "spool")]
     pub(crate) fn ready(id: EventId, outcome: Outcome) -> Receipt {
         let (tx, rx) = slot::slot();
         tx.send(outcome);
