@@ -200,6 +200,8 @@ pub(crate) struct Inner {
     pub retry_after: Option<Duration>,
     pub attempts: u32,
     pub may_have_been_recorded: bool,
+    /// A sale's 404 "Lead event not found", decided by the transport from the body.
+    pub lead_race: bool,
     pub source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -220,6 +222,7 @@ impl Error {
                 retry_after: None,
                 attempts: 0,
                 may_have_been_recorded: false,
+                lead_race: false,
                 source: None,
             }),
         }
@@ -446,6 +449,14 @@ impl Error {
     /// be read): reconcile before sending a sale without an `invoice_id` again.
     pub fn may_have_been_recorded(&self) -> bool {
         self.inner.may_have_been_recorded
+    }
+
+    /// Whether this is Dub's 404 "Lead event not found" for a sale: the customer's lead (tracked
+    /// with `mode: async`) is not recorded yet. Dub processed nothing, so the sale may be sent
+    /// again once the lead is there; a background tracker retries it for up to 10 minutes.
+    /// Decided once, from the response body, by the transport that made the call.
+    pub fn is_lead_race(&self) -> bool {
+        self.inner.lead_race
     }
 
     /// Whether the failure is transient: a 429, a 5xx, a timeout or a connection failure.
@@ -701,6 +712,7 @@ pub(crate) fn from_raw(raw: RawError<ErrorBody>, report: Report) -> Error {
     i.body_truncated = report.body_truncated;
     // A 2xx that failed to decode was recorded all the same.
     i.may_have_been_recorded = report.may_have_been_recorded;
+    i.lead_race = report.lead_race;
     if let Some(bytes) = body.or(report.body) {
         if i.code.is_none() {
             if let Ok(dub) = serde_json::from_slice::<ErrorBody>(&bytes) {

@@ -30,6 +30,9 @@ mod failed_file;
 mod input;
 mod mock;
 mod oneshot;
+mod outbox;
+mod progress;
+mod relay;
 mod send;
 mod signals;
 mod state_file;
@@ -57,6 +60,8 @@ enum Command {
     Lead(oneshot::LeadArgs),
     Sale(oneshot::SaleArgs),
     Mock(mock::MockArgs),
+    Relay(relay::RelayArgs),
+    Outbox(outbox::OutboxArgs),
 }
 
 /// Where the requests go, shared by `send`, `lead` and `sale`.
@@ -122,6 +127,8 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Command::Lead(args) => oneshot::lead(args).await,
             Command::Sale(args) => oneshot::sale(args).await,
             Command::Mock(args) => mock::run(args).await,
+            Command::Relay(args) => relay::run(args).await,
+            Command::Outbox(args) => outbox::run(args).await,
         }
     });
     // In-flight work has already been waited for or given up; do not wait on stray tasks.

@@ -3,14 +3,11 @@
 //! done. In three steps: planning (read and check every record, check the state file), sending
 //! (hand each record over under its identity), and the summary.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Args;
-use dub::tracker::Tracker;
 use serde_json::{Map, Value};
 
 mod plan;
@@ -23,8 +20,6 @@ use crate::exit::{CliError, Status};
 use crate::failed_file;
 use crate::input::{ERROR_FIELD, Format};
 
-/// How often progress lines are printed when standard error is not a terminal.
-const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// How many failures are listed on standard error when there is no --failed file.
 const FAILURES_LISTED: usize = 20;
 
@@ -126,19 +121,11 @@ struct Failure {
     error: Value,
 }
 
-/// Counts the progress display reads while the run goes on.
-#[derive(Default)]
-struct Counts {
-    delivered: AtomicU64,
-    failed: AtomicU64,
-    uncertain: AtomicU64,
-}
-
 /// Runs `dub-track send`: planning, sending, the summary.
 pub async fn run(args: SendArgs) -> Result<Status, CliError> {
     let started = Instant::now();
     let plan = plan::plan(&args).await?;
-    let sent = sending::send(&plan, usize::from(args.max_in_flight), started).await;
+    let sent = sending::send(&plan, usize::from(args.max_in_flight)).await;
     Ok(summary(&args, plan, sent, started))
 }
 
@@ -250,80 +237,5 @@ impl Failure {
         let mut record = self.raw.clone();
         record.insert(ERROR_FIELD.into(), self.error.clone());
         Value::Object(record)
-    }
-}
-
-/// A bar when standard error is a terminal; a plain line every few seconds when it is not.
-async fn show_progress(
-    counts: Arc<Counts>,
-    total: u64,
-    tracker: Tracker,
-    started: Instant,
-    stopping: Arc<AtomicBool>,
-) {
-    if total == 0 {
-        return;
-    }
-    let read = move || {
-        let delivered = counts.delivered.load(Ordering::Relaxed);
-        let failed = counts.failed.load(Ordering::Relaxed);
-        let uncertain = counts.uncertain.load(Ordering::Relaxed);
-        (delivered, failed, uncertain, tracker.stats().rate_limited)
-    };
-    if std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new(total);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{wide_bar}] {pos}/{len} delivered, {per_sec}, {msg}, ETA {eta}",
-        ) {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        let bar = Arc::new(Mutex::new(bar));
-        // Aborting this task drops the guard, which clears the bar.
-        let _guard = ClearOnDrop(bar.clone());
-        loop {
-            let (delivered, failed, uncertain, limited) = read();
-            {
-                let bar = bar.lock().unwrap_or_else(PoisonError::into_inner);
-                bar.set_position(delivered);
-                let mut msg = format!("429s {limited}");
-                if failed + uncertain > 0 {
-                    msg.push_str(&format!(", failed {failed}, uncertain {uncertain}"));
-                }
-                if stopping.load(Ordering::Relaxed) {
-                    msg.push_str(", stopping");
-                }
-                bar.set_message(msg);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    } else {
-        loop {
-            tokio::time::sleep(PLAIN_PROGRESS_EVERY).await;
-            let (delivered, failed, uncertain, limited) = read();
-            let secs = started.elapsed().as_secs_f64().max(0.001);
-            let rate = delivered as f64 / secs;
-            let left = total.saturating_sub(delivered + failed + uncertain);
-            let eta = if rate > 0.0 {
-                format!("{:.0}s", left as f64 / rate)
-            } else {
-                "-".into()
-            };
-            eprintln!(
-                "dub-track: {delivered}/{total} delivered, {failed} failed, {uncertain} \
-                 uncertain, {rate:.1}/s, 429s {limited}, eta {eta}"
-            );
-        }
-    }
-}
-
-/// Clears the progress bar when the progress task is aborted.
-struct ClearOnDrop(Arc<Mutex<indicatif::ProgressBar>>);
-
-impl Drop for ClearOnDrop {
-    fn drop(&mut self) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .finish_and_clear();
     }
 }

@@ -23,6 +23,8 @@ pub(super) struct Plan {
     pub failures: Vec<Failure>,
     /// Started on the state file, if there is one.
     pub tracker: Tracker,
+    /// The client the tracker delivers through (its rate limiter paces the progress's ETA).
+    pub dub: dub::Dub,
     pub state_path: Option<PathBuf>,
 }
 
@@ -128,6 +130,7 @@ pub(super) async fn plan(args: &SendArgs) -> Result<Plan, CliError> {
     }
 
     Ok(Plan {
+        dub,
         inputs,
         entries,
         invalid,

@@ -3,18 +3,18 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
 use dub::tracker::{HandOverError, Outcome, Stats, Tracker};
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
+use super::Failure;
 use super::plan::{Plan, window};
-use super::{Counts, Failure, show_progress};
 use crate::error_json;
 use crate::exit::Status;
 use crate::input::{ReadError, Record, Reread};
+use crate::progress::{self, Counts};
 use crate::signals::Stop;
 
 /// What sending leaves for the summary.
@@ -27,7 +27,7 @@ pub(super) struct Done {
 }
 
 /// Sends the planned records; the tracker is stopped when this returns.
-pub(super) async fn send(plan: &Plan, in_flight: usize, started: Instant) -> Done {
+pub(super) async fn send(plan: &Plan, in_flight: usize) -> Done {
     let (inputs, entries, tracker) = (&plan.inputs, &plan.entries, &plan.tracker);
     // The second pass: the records again, handed over as they are read.
     let mut records = inputs.reread(entries);
@@ -40,11 +40,11 @@ pub(super) async fn send(plan: &Plan, in_flight: usize, started: Instant) -> Don
         stopping.clone(),
     ));
     let counts = Arc::new(Counts::default());
-    let progress = tokio::spawn(show_progress(
+    let progress = tokio::spawn(progress::show(
         counts.clone(),
         entries.len() as u64,
         tracker.clone(),
-        started,
+        plan.dub.clone(),
         stopping.clone(),
     ));
     deliver(
