@@ -73,7 +73,7 @@ async fn kill_9_mid_send_then_rerun_delivers_every_record_exactly_once() {
     assert_eq!(delivered + skipped, 3000, "{out:?}");
     assert!(
         skipped >= 900,
-        "the journal kept too little of the first run: {out:?}"
+        "the state file kept too little of the first run: {out:?}"
     );
     assert_eq!((out.count("failed"), out.count("uncertain")), (0, 0));
 
