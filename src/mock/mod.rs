@@ -60,6 +60,9 @@
 //!   without it nothing is refused and errors report a limit of 600.
 //! - The lead-then-sale race, opt-in with [`MockDubBuilder::lead_race`]: a sale right after an
 //!   `async` lead gets Dub's 404 "Lead event not found" until the lead's event is written.
+//! - The invoice read-then-write race, opt-in with [`MockDubBuilder::invoice_race`]: a second
+//!   sale for an `invoiceId` that arrives before the first one's response is cached is
+//!   recorded again.
 //! - Connections: HTTP/1.1 with keep-alive; a client may shut its side down after sending
 //!   and still gets its answer; a connection silent for 30 s while none of its requests is
 //!   being handled is closed ([`MockDubBuilder::idle_timeout`]), so stalled or forgotten
@@ -180,6 +183,7 @@ impl MockDub {
         let config = Config {
             rate_limit: builder.rate_limit,
             lead_race: builder.lead_race,
+            invoice_race: builder.invoice_race,
             history: builder.history,
         };
         let shared = Arc::new(Shared {
@@ -293,13 +297,19 @@ impl MockDub {
         self.inner.shared.lock().config.lead_race = delay;
     }
 
+    /// Leaves sales recorded from now on out of the invoice cache for `delay` (`None`: cached
+    /// at once). See [`MockDubBuilder::invoice_race`].
+    pub fn set_invoice_race(&self, delay: Option<Duration>) {
+        self.inner.shared.lock().config.invoice_race = delay;
+    }
+
     /// The number of requests refused with 429 by the enforced rate limit.
     pub fn rate_limited_count(&self) -> usize {
         usize::try_from(self.inner.shared.lock().counts.rate_limited).unwrap_or(usize::MAX)
     }
 
     /// Returns the server to its state right after it started, on the same port and with the
-    /// same configuration (rate limit, lead race): forgets customers, recorded events, the
+    /// same configuration (rate limit, lead and invoice races): forgets customers, recorded events, the
     /// de-duplication and invoice caches, received requests, the rate-limit counts and all
     /// faults.
     pub fn reset(&self) {
@@ -330,6 +340,7 @@ pub struct MockDubBuilder {
     port: u16,
     rate_limit: Option<u64>,
     lead_race: Option<Duration>,
+    invoice_race: Option<Duration>,
     random_faults: Option<RandomFaults>,
     history: usize,
     idle_timeout: Duration,
@@ -341,6 +352,7 @@ impl Default for MockDubBuilder {
             port: 0,
             rate_limit: None,
             lead_race: None,
+            invoice_race: None,
             random_faults: None,
             history: history::DEFAULT_LIMIT,
             idle_timeout: server::IDLE_TIMEOUT,
@@ -375,6 +387,45 @@ impl MockDubBuilder {
     /// `mode: "wait"` are visible at once, as on Dub.
     pub fn lead_race(mut self, delay: Duration) -> Self {
         self.lead_race = Some(delay);
+        self
+    }
+
+    /// Reproduces Dub's invoice read-then-write race: Dub looks up the cached response for a
+    /// sale's `invoiceId` before recording the sale and caches its own response only after
+    /// answering, so two sales for one invoice that overlap are both recorded. Here a sale's
+    /// response enters the invoice cache `delay` after the sale was recorded; another sale for
+    /// the same invoice before then is recorded again and answered with its own response.
+    /// After that, every sale for the invoice gets the first response, recording nothing.
+    ///
+    /// Without it (the default) the cache is written at once, so only the first sale for an
+    /// invoice is ever recorded.
+    ///
+    /// ```
+    /// use dub::mock::MockDub;
+    /// use serde_json::json;
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dub = MockDub::builder()
+    ///     .invoice_race(Duration::from_secs(5))
+    ///     .start()
+    ///     .await?;
+    /// let http = reqwest::Client::new();
+    /// let sale = json!({"customerExternalId": "u1", "clickId": "cl_1", "amount": 900, "invoiceId": "in_1"});
+    /// for _ in 0..2 {
+    ///     http.post(format!("{}/track/sale", dub.url()))
+    ///         .bearer_auth(dub.token())
+    ///         .json(&sale)
+    ///         .send()
+    ///         .await?;
+    /// }
+    /// assert_eq!(dub.sales().len(), 2, "both overlapping sales were recorded");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn invoice_race(mut self, delay: Duration) -> Self {
+        self.invoice_race = Some(delay);
         self
     }
 
@@ -419,6 +470,7 @@ pub(crate) struct Shared {
 struct Config {
     rate_limit: Option<u64>,
     lead_race: Option<Duration>,
+    invoice_race: Option<Duration>,
     history: usize,
 }
 
@@ -514,6 +566,7 @@ impl Shared {
             window,
             now_ms: crate::clock::now_ms(),
             lead_race: config.lead_race,
+            invoice_race: config.invoice_race,
         };
         workspace.handle(TOKEN, request, cx)
     }

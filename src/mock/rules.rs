@@ -30,6 +30,9 @@ pub(crate) struct Context<'a> {
     /// How long an `async` lead's event stays invisible to sales (Dub writes it in the
     /// background); `None` makes it visible at once.
     pub lead_race: Option<Duration>,
+    /// How long a sale's response stays unwritten in the invoice cache (Dub reads the cache,
+    /// records the sale, and writes the cache after answering); `None` writes it at once.
+    pub invoice_race: Option<Duration>,
 }
 
 /// Dub's state for the one workspace the mock serves (the server side; the client is
@@ -39,11 +42,19 @@ pub(crate) struct Workspace {
     customers: HashMap<String, Customer>,
     /// customerExternalId + normalised event name of every lead tracked outside `deferred` mode.
     lead_keys: HashSet<(String, String)>,
-    /// invoiceId -> the exact bytes of the first successful response.
-    invoices: HashMap<String, Vec<u8>>,
+    /// invoiceId -> the first successful response, exact bytes, and when it became readable.
+    invoices: HashMap<String, CachedSale>,
     pub leads: History<RecordedLead>,
     pub sales: History<RecordedSale>,
     next_customer: u64,
+}
+
+/// A sale's response as Dub caches it for its invoice.
+#[derive(Debug, Clone)]
+struct CachedSale {
+    body: Vec<u8>,
+    /// Epoch ms from which a later sale for the invoice reads it.
+    readable_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -126,25 +137,22 @@ impl Workspace {
             Ok(rate) => rate,
             Err(rate) => return Reply::refused(rate),
         };
-        let mut reply = self.track(lead, req.body, cx.now_ms, cx.lead_race);
+        let mut reply = self.track(lead, req.body, &cx);
         reply.rate = Some(rate);
         reply
     }
 
-    fn track(&mut self, lead: bool, body: &[u8], now_ms: u64, race: Option<Duration>) -> Reply {
+    fn track(&mut self, lead: bool, body: &[u8], cx: &Context<'_>) -> Reply {
         let Some(body) = parse_json(body) else {
             return Rejection::bad_request(INVALID_JSON).into();
         };
+        let now_ms = cx.now_ms;
         let result = if lead {
-            let visible_ms = match race {
-                Some(delay) => {
-                    now_ms.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
-                }
-                None => now_ms,
-            };
+            let visible_ms = later(now_ms, cx.lead_race);
             schema::lead(&body).map(|input| self.track_lead(input, &body, now_ms, visible_ms))
         } else {
-            schema::sale(&body).and_then(|input| self.track_sale(input, &body, now_ms))
+            let readable_ms = later(now_ms, cx.invoice_race);
+            schema::sale(&body).and_then(|input| self.track_sale(input, &body, now_ms, readable_ms))
         };
         result.unwrap_or_else(Reply::from)
     }
@@ -231,10 +239,21 @@ impl Workspace {
         input: SaleInput,
         body: &Value,
         now_ms: u64,
+        cached_from_ms: u64,
     ) -> Result<Reply, Rejection> {
         let invoice_id = input.invoice_id.clone().filter(|i| !i.is_empty());
-        if let Some(cached) = invoice_id.as_ref().and_then(|i| self.invoices.get(i)) {
-            return Ok(Reply::with_body(200, "application/json", cached.clone()));
+        // Dub reads the invoice's cached response before recording and writes it only after
+        // answering: a sale that arrives before that write records the invoice again.
+        let cached = invoice_id
+            .as_ref()
+            .and_then(|i| self.invoices.get(i))
+            .filter(|cached| cached.readable_ms <= now_ms);
+        if let Some(cached) = cached {
+            return Ok(Reply::with_body(
+                200,
+                "application/json",
+                cached.body.clone(),
+            ));
         }
         let external_id = input.customer_external_id.clone();
         let nulls = json!({ "eventName": input.event_name, "customer": null, "sale": null });
@@ -316,10 +335,23 @@ impl Workspace {
         });
         let reply = Reply::json(200, &response);
         if let Some(invoice_id) = invoice_id {
-            self.invoices.insert(invoice_id, reply.body.clone());
+            // The first response is kept. (Dub's background write for a racing duplicate would
+            // later replace it with the duplicate's own response; either answers for the
+            // invoice, and keeping one makes "returned byte for byte" checkable.)
+            self.invoices.entry(invoice_id).or_insert(CachedSale {
+                body: reply.body.clone(),
+                readable_ms: cached_from_ms,
+            });
         }
         Ok(reply)
     }
+}
+
+/// `now_ms` plus an optional delay, saturating.
+fn later(now_ms: u64, delay: Option<Duration>) -> u64 {
+    delay.map_or(now_ms, |delay| {
+        now_ms.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
+    })
 }
 
 /// The deepest nesting the mock parses. Dub reads bodies with JavaScript's `JSON.parse`, which

@@ -610,6 +610,62 @@ async fn invoice_id_returns_the_first_response_byte_for_byte() {
     assert_eq!(dub.sales().len(), 1);
 }
 
+#[tokio::test(start_paused = true)]
+async fn invoice_race_records_a_sale_again_until_the_first_is_cached() {
+    let dub = MockDub::builder()
+        .invoice_race(Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap();
+    post(&dub, "/track/lead", &lead("u1", "Sign up")).await;
+    let mut body = sale("u1", 1_000);
+    body["invoiceId"] = json!("inv_race");
+    let first = post(&dub, "/track/sale", &body)
+        .await
+        .bytes()
+        .await
+        .unwrap();
+
+    // A webhook delivered twice: the copy arrives while Dub has not yet cached the first.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    body["amount"] = json!(2_000);
+    let second: Value = post(&dub, "/track/sale", &body).await.json().await.unwrap();
+    assert_eq!(second["sale"]["amount"], 2_000, "answered for itself");
+    let amounts: Vec<u64> = dub.sales().iter().map(|s| s.amount).collect();
+    assert_eq!(amounts, [1_000, 2_000], "both recorded");
+
+    // Once the first response is cached, the invoice is answered from it.
+    tokio::time::advance(Duration::from_millis(1_500)).await;
+    body["amount"] = json!(3_000);
+    let third = post(&dub, "/track/sale", &body)
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(third, first);
+    assert_eq!(dub.sales().len(), 2);
+
+    // A refused sale caches nothing, so it opens no window of its own.
+    let mut orphan = sale("nobody_known", 500);
+    orphan["invoiceId"] = json!("inv_orphan");
+    post(&dub, "/track/sale", &orphan).await;
+    assert_eq!(dub.sales().len(), 2);
+
+    // The race survives `reset` (it is configuration) and can be turned off.
+    dub.reset();
+    post(&dub, "/track/lead", &lead("u1", "Sign up")).await;
+    for _ in 0..2 {
+        post(&dub, "/track/sale", &body).await;
+    }
+    assert_eq!(dub.sales().len(), 2, "raced after reset");
+    dub.set_invoice_race(None);
+    body["invoiceId"] = json!("inv_calm");
+    for _ in 0..2 {
+        post(&dub, "/track/sale", &body).await;
+    }
+    assert_eq!(dub.sales().len(), 3, "without the race, once per invoice");
+}
+
 #[tokio::test]
 async fn sales_without_invoice_id_are_each_recorded() {
     let dub = MockDub::start().await.unwrap();

@@ -453,3 +453,71 @@ async fn claims_of_a_live_owner_in_this_process_are_left_alone() {
     first.shutdown(Duration::from_secs(5)).await;
     assert_eq!(mock.request_count(), 1, "sent once, by the first tracker");
 }
+
+#[tokio::test]
+async fn a_spool_written_before_the_head_index_is_upgraded_and_drained_in_order() {
+    let dir = temp_dir();
+    let path = dir.join("old.sqlite");
+    let mock = MockDub::start().await.unwrap();
+    mock.random_faults(RandomFaults::new(1, 1.0).kinds([Fault::Status(503)]));
+    let tracker = support::client(&mock.url())
+        .build()
+        .unwrap()
+        .tracker()
+        .spool(&path)
+        .start()
+        .unwrap();
+    for round in 0..3 {
+        for c in 0..3 {
+            let customer = format!("user_{c}");
+            let event: Event = if round == 0 {
+                lead(&customer)
+            } else {
+                crate::support::sale_for(&customer, Some(&format!("in_{c}_{round}"))).into()
+            };
+            drop(tracker.send(event).await.unwrap());
+        }
+    }
+    tracker.shutdown(Duration::from_millis(50)).await;
+    // What the file looked like before `head` existed.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "DROP INDEX events_heads;
+         DROP TRIGGER head_insert; DROP TRIGGER head_update; DROP TRIGGER head_delete;
+         ALTER TABLE events DROP COLUMN head;
+         ALTER TABLE owners DROP COLUMN process;",
+    )
+    .unwrap();
+    drop(conn);
+    mock.clear_faults();
+    let tracker = support::client(&mock.url())
+        .build()
+        .unwrap()
+        .tracker()
+        .spool(&path)
+        .start()
+        .unwrap();
+    let report = tracker.shutdown(Duration::from_secs(10)).await;
+    assert!(report.drained, "{report:?}");
+    assert_eq!(report.stats.delivered, 9);
+    // Each customer's lead, then its sales, in hand-over order.
+    assert_eq!(mock.leads().len(), 3);
+    assert!(mock.requests().iter().all(|r| r.status != Some(404)));
+    let sent: Vec<String> = mock
+        .sales()
+        .into_iter()
+        .filter_map(|s| s.invoice_id)
+        .collect();
+    for c in 0..3 {
+        let mine: Vec<&String> = sent
+            .iter()
+            .filter(|s| s.starts_with(&format!("in_{c}_")))
+            .collect();
+        assert_eq!(
+            mine,
+            [format!("in_{c}_1"), format!("in_{c}_2")]
+                .iter()
+                .collect::<Vec<_>>()
+        );
+    }
+}

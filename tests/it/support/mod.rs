@@ -2,6 +2,7 @@
 //! `MockDub` (the one test server), the requests most tests send, and the spec's schemas.
 
 mod bodies;
+pub mod postgres;
 pub mod schema;
 
 pub use bodies::{lead_body, sale_body};
