@@ -460,7 +460,13 @@ async fn a_spool_written_before_the_head_index_is_upgraded_and_drained_in_order(
     let path = dir.join("old.sqlite");
     let mock = MockDub::start().await.unwrap();
     mock.random_faults(RandomFaults::new(1, 1.0).kinds([Fault::Status(503)]));
-    let tracker = client(&mock).tracker().spool(&path).start().unwrap();
+    let tracker = support::client(&mock.url())
+        .build()
+        .unwrap()
+        .tracker()
+        .spool(&path)
+        .start()
+        .unwrap();
     for round in 0..3 {
         for c in 0..3 {
             let customer = format!("user_{c}");
@@ -484,7 +490,13 @@ async fn a_spool_written_before_the_head_index_is_upgraded_and_drained_in_order(
     .unwrap();
     drop(conn);
     mock.clear_faults();
-    let tracker = client(&mock).tracker().spool(&path).start().unwrap();
+    let tracker = support::client(&mock.url())
+        .build()
+        .unwrap()
+        .tracker()
+        .spool(&path)
+        .start()
+        .unwrap();
     let report = tracker.shutdown(Duration::from_secs(10)).await;
     assert!(report.drained, "{report:?}");
     assert_eq!(report.stats.delivered, 9);
