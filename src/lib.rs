@@ -13,6 +13,8 @@ pub mod mock;
 pub mod models;
 mod open_enum;
 mod options;
+#[cfg(feature = "postgres")]
+pub mod outbox;
 pub mod rate_limit;
 pub mod retry;
 mod track;

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use dub::mock::{MockDub, RandomFaults};
 
+use crate::exit::{self, CliError, Status};
 use crate::signals::Stop;
-use crate::{EXIT_OK, EXIT_USAGE};
 
 /// Run a local Dub server on 127.0.0.1 until Ctrl-C or SIGTERM, for tests.
 ///
@@ -61,21 +61,16 @@ pub struct MockArgs {
 }
 
 /// Runs `dub-track mock` until Ctrl-C (or SIGTERM).
-pub async fn run(args: MockArgs) -> u8 {
+pub async fn run(args: MockArgs) -> Result<Status, CliError> {
     if let Some(rate) = args.faults
         && !(0.0..=1.0).contains(&rate)
     {
-        eprintln!("dub-track: --faults must be from 0 to 1");
-        return EXIT_USAGE;
+        return Err(exit::usage("--faults must be from 0 to 1"));
     }
     let mut stop = Stop::listen();
-    let mock = match start(&args).await {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("dub-track: the mock server could not start: {e}");
-            return EXIT_USAGE;
-        }
-    };
+    let mock = start(&args)
+        .await
+        .map_err(|e| exit::usage(format!("the mock server could not start: {e}")))?;
     println!("DUB_BASE_URL={}", mock.url());
     println!("DUB_API_KEY={}", mock.token());
     use std::io::Write;
@@ -86,7 +81,7 @@ pub async fn run(args: MockArgs) -> u8 {
     );
     stop.next().await;
     mock.shutdown().await;
-    EXIT_OK
+    Ok(Status::Ok)
 }
 
 async fn start(args: &MockArgs) -> std::io::Result<MockDub> {

@@ -409,3 +409,35 @@ async fn plain_http_to_another_host_needs_allow_insecure_http_and_warns() {
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(mock.sales().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_value_lists_are_the_crates() {
+    let mock = MockDub::start().await.unwrap();
+    let dir = Scratch::new("values");
+    let help = run(&mock, &dir.0, &["sale", "--help"]).await;
+    let help = help.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    for processor in dub::models::PaymentProcessor::KNOWN {
+        assert!(help.contains(processor), "{processor} missing: {help}");
+    }
+    let help = run(&mock, &dir.0, &["lead", "--help"]).await;
+    for mode in dub::models::LeadMode::KNOWN {
+        assert!(help.stdout.contains(mode), "{mode} missing: {help:?}");
+    }
+    // A value the crate knows is sent as it is.
+    let sale = [
+        "sale",
+        "--customer-external-id",
+        "u",
+        "--amount",
+        "5",
+        "--invoice-id",
+        "in_v",
+        "--click-id",
+        "clk_v",
+        "--payment-processor",
+        "revenuecat",
+    ];
+    let out = run(&mock, &dir.0, &sale).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(mock.sales()[0].body["paymentProcessor"], "revenuecat");
+}

@@ -1,9 +1,8 @@
 //! The tracker's task: claims events whose turn has come, delivers them through the client,
 //! and decides what each result means (delivered, failed, uncertain, or again later).
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::task::JoinSet;
@@ -11,9 +10,10 @@ use tokio::time::Instant;
 
 use super::decision::{self, Ended, Facts, Settings, Verdict};
 use super::event::{Event, EventId};
+use super::in_flight::Attempt;
 use super::outcome::{EventOutcome, Outcome, Response, ShutdownReport};
-use super::store::{Claimed, Store, Terminal};
-use super::{Core, Stopping};
+use super::state::{Core, Stopping};
+use super::store::{Claimed, Store, StoreError, Terminal};
 use crate::Error;
 use crate::retry::Backoff;
 
@@ -27,6 +27,9 @@ const OUTAGE_PAUSE: Backoff = Backoff {
 };
 /// How often a spool is checked for events left in flight by processes that died.
 const RECOVER_EVERY: Duration = Duration::from_secs(10);
+/// How often receipts waiting on a shared spool's rows are checked for rows another process
+/// settled.
+const SETTLED_ELSEWHERE_EVERY: Duration = Duration::from_secs(1);
 /// How often the counts are traced while there is work.
 const TRACE_EVERY: Duration = Duration::from_secs(10);
 /// The longest wait between attempts to write to a spool that failed (a full disk): once the
@@ -99,74 +102,6 @@ impl Outage {
     }
 }
 
-/// The deliveries started and not yet settled, with Dub's answer once it came.
-///
-/// A delivery is recorded here before it starts, and its answer as soon as it arrives, so that
-/// whatever cuts the dispatcher short (a shutdown deadline it overran, the last handle dropped,
-/// its runtime shut down) leaves an honest account: an event Dub answered for is delivered,
-/// one whose request may have reached Dub and that Dub does not deduplicate is uncertain, and
-/// neither comes back as "undelivered". Whoever takes an entry out settles the event: the
-/// dispatcher normally, [`abandon`] once the dispatcher is cut short.
-#[derive(Default)]
-pub(super) struct InFlight(Mutex<InFlightState>);
-
-#[derive(Default)]
-struct InFlightState {
-    /// Abandoned: no delivery may start any more.
-    closed: bool,
-    started: HashMap<EventId, Attempt>,
-}
-
-struct Attempt {
-    claimed: Claimed,
-    answer: Option<Response>,
-}
-
-impl InFlight {
-    fn lock(&self) -> MutexGuard<'_, InFlightState> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Records a delivery about to start; `false` once abandoned (then it must not start).
-    fn start(&self, claimed: &Claimed) -> bool {
-        let mut s = self.lock();
-        if s.closed {
-            return false;
-        }
-        s.started.insert(
-            claimed.id,
-            Attempt {
-                claimed: claimed.clone(),
-                answer: None,
-            },
-        );
-        true
-    }
-
-    fn answered(&self, id: EventId, response: &Response) {
-        if let Some(attempt) = self.lock().started.get_mut(&id) {
-            attempt.answer = Some(response.clone());
-        }
-    }
-
-    fn contains(&self, id: EventId) -> bool {
-        self.lock().started.contains_key(&id)
-    }
-
-    /// Takes the entry to settle the event; `false` if [`abandon`] took it first.
-    fn take(&self, id: EventId) -> bool {
-        self.lock().started.remove(&id).is_some()
-    }
-
-    fn close(&self) -> Vec<Attempt> {
-        let mut s = self.lock();
-        s.closed = true;
-        let mut left: Vec<Attempt> = s.started.drain().map(|(_, a)| a).collect();
-        left.sort_by_key(|a| a.claimed.id);
-        left
-    }
-}
-
 /// Marks the dispatcher gone when its task ends or is dropped (its runtime shut down): the
 /// tracker then refuses hand-overs instead of queueing events nobody will deliver.
 struct Running(Arc<Core>);
@@ -174,7 +109,7 @@ struct Running(Arc<Core>);
 impl Drop for Running {
     fn drop(&mut self) {
         self.0.running.store(false, Ordering::Release);
-        self.0.stop_taking();
+        drop(self.0.stop_taking());
     }
 }
 
@@ -202,7 +137,7 @@ struct StoreTrouble {
 }
 
 impl StoreTrouble {
-    fn failed(&mut self, core: &Core, e: &str) {
+    fn failed(&mut self, core: &Core, e: &dyn std::fmt::Display) {
         if self.failures == 0 {
             tracing::error!(
                 error = %e,
@@ -253,26 +188,21 @@ impl StoreTrouble {
             return;
         }
         let held = std::mem::take(&mut self.unwritten);
-        let count = held.len();
-        match store_op(core, move |s| Ok(write_all(s, held))).await {
-            Ok((left, None)) => {
-                self.unwritten = left;
-                self.worked();
-            }
-            Ok((left, Some(e))) => {
-                self.unwritten = left;
-                self.failed(core, &e);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, events = count, "dub tracker: outcomes were not written");
-            }
+        let (left, error) = write_all(&*core.store, held).await;
+        self.unwritten = left;
+        match error {
+            None => self.worked(),
+            Some(e) => self.failed(core, &e),
         }
     }
 }
 
 /// Writes `held` in order: all outcomes in one transaction, then each reschedule. Returns what
 /// could not be written, with the error.
-fn write_all(store: &Store, held: Vec<Unwritten>) -> (Vec<Unwritten>, Option<String>) {
+async fn write_all(
+    store: &dyn Store,
+    held: Vec<Unwritten>,
+) -> (Vec<Unwritten>, Option<StoreError>) {
     let mut finish = Vec::new();
     let mut later = Vec::new();
     for w in held {
@@ -282,7 +212,7 @@ fn write_all(store: &Store, held: Vec<Unwritten>) -> (Vec<Unwritten>, Option<Str
         }
     }
     if !finish.is_empty()
-        && let Err(e) = store.finish(finish.clone())
+        && let Err(e) = store.finish(finish.clone()).await
     {
         let mut left: Vec<Unwritten> = finish
             .into_iter()
@@ -302,7 +232,7 @@ fn write_all(store: &Store, held: Vec<Unwritten>) -> (Vec<Unwritten>, Option<Str
         else {
             continue;
         };
-        if let Err(e) = store.reschedule(id, due_ms, attempts, maybe_sent) {
+        if let Err(e) = store.reschedule(id, due_ms, attempts, maybe_sent).await {
             let mut left = vec![w];
             left.extend(later);
             return (left, Some(e));
@@ -319,6 +249,7 @@ pub(super) async fn run(core: Arc<Core>) {
     let mut shutdown = core.shutdown.subscribe();
     let mut traced = Instant::now();
     let mut recovered: Option<Instant> = None;
+    let mut looked_elsewhere = Instant::now();
     loop {
         if recovered.is_none_or(|at| at.elapsed() >= RECOVER_EVERY) {
             recovered = Some(Instant::now());
@@ -326,6 +257,10 @@ pub(super) async fn run(core: Arc<Core>) {
         }
         if !trouble.waiting(Instant::now()) {
             trouble.write_held(&core).await;
+        }
+        if core.store.is_durable() && looked_elsewhere.elapsed() >= SETTLED_ELSEWHERE_EVERY {
+            looked_elsewhere = Instant::now();
+            settled_elsewhere(&core).await;
         }
         let stopping = *shutdown.borrow_and_update();
         let now = Instant::now();
@@ -343,9 +278,7 @@ pub(super) async fn run(core: Arc<Core>) {
                             if !core.in_flight.start(&claimed) {
                                 // Abandoned meanwhile: the event stays queued, unsent.
                                 let (id, attempts) = (claimed.id, claimed.attempts);
-                                let _ =
-                                    store_op(&core, move |s| s.reschedule(id, 0, attempts, false))
-                                        .await;
+                                let _ = core.store.reschedule(id, 0, attempts, false).await;
                                 continue;
                             }
                             let shutdown = core.shutdown.subscribe();
@@ -397,6 +330,9 @@ pub(super) async fn run(core: Arc<Core>) {
             traced,
             now,
         );
+        if core.store.is_durable() {
+            wake_at = wake_at.min((looked_elsewhere + SETTLED_ELSEWHERE_EVERY).max(now));
+        }
         if let Some(retry) = trouble.retry_at.filter(|&at| at > now) {
             wake_at = wake_at.min(retry);
         }
@@ -444,10 +380,7 @@ fn next_wake(
 
 /// Announces what a process that died had in flight and Dub does not deduplicate.
 async fn recover(core: &Arc<Core>, trouble: &mut StoreTrouble) {
-    if !core.store.is_durable() {
-        return;
-    }
-    match store_op(core, |s| s.recover()).await {
+    match core.store.recover().await {
         Ok(lost) => {
             if !lost.is_empty() {
                 tracing::warn!(
@@ -477,16 +410,30 @@ async fn recover(core: &Arc<Core>, trouble: &mut StoreTrouble) {
     }
 }
 
-async fn claim(core: &Arc<Core>, max: usize) -> Result<Vec<Claimed>, String> {
-    let now_ms = crate::clock::now_ms();
-    if core.store.is_durable() {
-        let core = core.clone();
-        tokio::task::spawn_blocking(move || core.store.claim(max, now_ms))
-            .await
-            .map_err(|e| e.to_string())?
-    } else {
-        core.store.claim(max, now_ms)
+/// Resolves the receipts of events another process sharing the spool settled: this tracker
+/// will never announce them itself. Only receipts learn of them, not the outcome callback,
+/// which tells what this tracker settled.
+async fn settled_elsewhere(core: &Arc<Core>) {
+    let waiting = core.receipts.waiting();
+    if waiting.is_empty() {
+        return;
     }
+    let waiting: Vec<_> = waiting
+        .into_iter()
+        .filter(|&id| !core.in_flight.contains(id))
+        .collect();
+    match core.store.settled(waiting).await {
+        Ok(settled) => {
+            for (id, outcome) in settled {
+                core.receipts.announce(id, &outcome);
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "dub tracker: cannot read the spool"),
+    }
+}
+
+async fn claim(core: &Arc<Core>, max: usize) -> Result<Vec<Claimed>, StoreError> {
+    core.store.claim(max, crate::clock::now_ms()).await
 }
 
 async fn deliver(
@@ -646,7 +593,7 @@ fn count(core: &Core, terminal: Terminal) {
 /// after this. What Dub answered is delivered; a request that may have reached Dub is uncertain
 /// unless Dub deduplicates the event, which then goes back to the queue (the report, or the
 /// spool). Called only where the dispatcher can no longer run normally, before the report.
-pub(super) fn abandon(core: &Core) {
+pub(super) async fn abandon(core: &Core) {
     for attempt in core.in_flight.close() {
         let Attempt { claimed, answer } = attempt;
         let id = claimed.id;
@@ -654,7 +601,7 @@ pub(super) fn abandon(core: &Core) {
         let outcome = match answer {
             Some(response) => Outcome::Delivered(response),
             None if claimed.event.is_deduplicated() => {
-                if let Err(e) = core.store.reschedule(id, 0, deliveries, true) {
+                if let Err(e) = core.store.reschedule(id, 0, deliveries, true).await {
                     tracing::error!(error = %e, "dub tracker: cannot requeue an event");
                 }
                 continue;
@@ -662,10 +609,8 @@ pub(super) fn abandon(core: &Core) {
             None => Outcome::Uncertain(Error::abandoned()),
         };
         let terminal = terminal_of(&outcome);
-        if let Err(e) = core
-            .store
-            .finish(vec![(id, terminal, stored_outcome(&outcome))])
-        {
+        let stored = stored_outcome(&outcome);
+        if let Err(e) = core.store.finish(vec![(id, terminal, stored)]).await {
             tracing::error!(error = %e, "dub tracker: cannot record an outcome");
         }
         count(core, terminal);
@@ -684,15 +629,6 @@ pub(super) fn abandon(core: &Core) {
     }
 }
 
-/// Stops a spool's writer after it committed what it holds (a memory queue closed already).
-pub(super) async fn close_hand_overs(core: &Arc<Core>) {
-    let _ = store_op(core, |s| {
-        s.close_hand_overs();
-        Ok(())
-    })
-    .await;
-}
-
 /// Tells the outcome callback and the event's receipts.
 pub(super) fn announce(core: &Core, outcome: EventOutcome) {
     if let Some(callback) = &core.on_outcome {
@@ -702,20 +638,6 @@ pub(super) fn announce(core: &Core, outcome: EventOutcome) {
         }
     }
     core.receipts.announce(outcome.id, &outcome.outcome);
-}
-
-async fn store_op<T: Send + 'static>(
-    core: &Arc<Core>,
-    op: impl FnOnce(&Store) -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
-    if core.store.is_durable() {
-        let core = core.clone();
-        tokio::task::spawn_blocking(move || op(&core.store))
-            .await
-            .map_err(|e| e.to_string())?
-    } else {
-        op(&core.store)
-    }
 }
 
 /// What a spool keeps of an outcome: Dub's response, or the error's essentials, as JSON.
@@ -734,22 +656,24 @@ fn stored_outcome(outcome: &Outcome) -> Vec<u8> {
 
 /// The report of a stopped tracker: what is left comes back (memory) or stays (spool), and
 /// receipts of what is left resolve to `NotDelivered`. The dispatcher has ended or was aborted.
-pub(super) fn report(core: &Core) -> ShutdownReport {
-    abandon(core);
+pub(super) async fn report(core: &Core) -> ShutdownReport {
+    abandon(core).await;
     let mut report = ShutdownReport::default();
-    match &core.store {
-        Store::Memory(queue) => {
-            report.undelivered = queue.drain();
+    let mut left_read = true;
+    match core.store.left().await {
+        Ok(left) => {
+            report.undelivered = left.undelivered;
+            report.left_in_spool = left.in_store;
         }
-        #[cfg(feature = "spool")]
-        Store::Spool(_) => {
-            let (queued, in_flight, _) = core.store.counts().unwrap_or_default();
-            report.left_in_spool = queued + in_flight;
+        Err(e) => {
+            left_read = false;
+            tracing::error!(error = %e, "dub tracker: cannot read what is left");
         }
     }
     core.receipts.resolve_rest();
     report.stats = core.stats();
-    report.drained = report.undelivered.is_empty()
+    report.drained = left_read
+        && report.undelivered.is_empty()
         && report.left_in_spool == 0
         && report.stats.store_error.is_none();
     report

@@ -34,6 +34,9 @@ async fn every_documented_status_maps_to_its_kind() {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), kind);
+        // The kind's JSON name is Dub's error code for the status.
+        assert_eq!(kind.as_str(), code);
+        assert_eq!(ErrorKind::from_name(code), Some(kind));
         assert_eq!(err.status().unwrap().as_u16(), status);
         assert_eq!(err.code(), Some(code));
         assert_eq!(err.message(), Some("It went wrong."));
@@ -520,4 +523,40 @@ async fn a_sales_lead_not_found_is_the_lead_race_and_no_other_404_is() {
         .await
         .unwrap_err();
     assert!(!e.is_lead_race(), "{e}");
+}
+
+#[tokio::test]
+async fn an_error_as_json_has_one_shape() {
+    let server =
+        support::mock_with([support::error(400, "bad_request", "clickId is wrong.")]).await;
+    let err = client(&server.url())
+        .retry_config(dub::RetryConfig::none())
+        .build()
+        .unwrap()
+        .track()
+        .lead(lead())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_json(),
+        json!({"kind": "bad_request", "operation": "track.lead", "status": 400,
+               "code": "bad_request", "message": "clickId is wrong.", "attempts": 1,
+               "mayHaveBeenRecorded": false})
+    );
+    let invalid = TrackSaleRequest::builder()
+        .customer_external_id("")
+        .amount(1)
+        .build()
+        .validate()
+        .unwrap_err();
+    let json = invalid.to_json();
+    assert_eq!(json["kind"], "validation");
+    assert_eq!(json["field"], "customerExternalId");
+    assert!(json.get("status").is_none(), "{json}");
+    // The spools written before this encoding named kinds by their Rust names.
+    assert_eq!(
+        ErrorKind::from_name("RateLimitExceeded"),
+        Some(ErrorKind::RateLimitExceeded)
+    );
+    assert_eq!(ErrorKind::from_name("nonsense"), None);
 }

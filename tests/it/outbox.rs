@@ -1,5 +1,6 @@
 //! The outbox against a real PostgreSQL server (Debian's, started by `support::postgres` in a
-//! temporary directory): its test harness first.
+//! temporary directory): its test harness first, then producing into it (the `postgres`
+//! feature).
 
 use crate::support::postgres::Postgres;
 use std::net::TcpStream;
@@ -24,4 +25,732 @@ fn the_test_cluster_recovers_from_a_crash_and_is_removed_on_drop() {
     drop(pg);
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
     assert!(!directory.exists());
+}
+
+#[cfg(feature = "postgres")]
+mod producing {
+    use crate::support::postgres::Postgres;
+    use dub::models::{LeadMode, TrackLeadRequest, TrackSaleRequest};
+    use dub::outbox::{self, Enqueued, OutboxError};
+    use dub::tracker::Event;
+    use serde_json::{Value, json};
+    use sqlx_core::query::query;
+    use sqlx_core::query_scalar::query_scalar;
+    use sqlx_postgres::{PgListener, PgPool};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A migrated database of this test's own, on the shared cluster.
+    async fn database() -> Option<(Arc<Postgres>, String, PgPool)> {
+        let pg = Postgres::shared()?;
+        let url = pg.fresh_database();
+        let pool = PgPool::connect(&url).await.expect("connect");
+        outbox::migrate(&pool).await.expect("migrate");
+        Some((pg, url, pool))
+    }
+
+    fn name_of(url: &str) -> &str {
+        url.rsplit('/').next().unwrap()
+    }
+
+    fn lead(customer: &str, event: &str) -> TrackLeadRequest {
+        TrackLeadRequest::builder()
+            .click_id("cl_1")
+            .event_name(event)
+            .customer_external_id(customer)
+            .build()
+    }
+
+    fn sale(customer: &str, invoice: Option<&str>) -> TrackSaleRequest {
+        let mut sale = TrackSaleRequest::builder()
+            .customer_external_id(customer)
+            .amount(4_900)
+            .build();
+        sale.invoice_id = invoice.map(str::to_owned);
+        sale
+    }
+
+    async fn rows(pool: &PgPool) -> Vec<(i64, Value, String)> {
+        sqlx_core::query_as::query_as("SELECT id, event, state FROM dub_outbox ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_event_is_in_the_outbox_if_and_only_if_its_transaction_commits() {
+        let Some((_pg, _url, pool)) = database().await else {
+            return;
+        };
+        let mut tx = pool.begin().await.unwrap();
+        query("CREATE TABLE users (id text PRIMARY KEY)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        query("INSERT INTO users VALUES ('user_1')")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let added = outbox::enqueue(&mut *tx, lead("user_1", "Sign up"))
+            .await
+            .unwrap();
+        let Enqueued::New(id) = added else {
+            panic!("{added:?}")
+        };
+        assert!(rows(&pool).await.is_empty(), "not visible before commit");
+        tx.commit().await.unwrap();
+        let all = rows(&pool).await;
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].0, id);
+        assert_eq!(all[0].2, "pending");
+        let event: Event = serde_json::from_value(all[0].1.clone()).unwrap();
+        assert_eq!(event, Event::Lead(lead("user_1", "Sign up")));
+
+        // Rolled back: neither the business row nor the event.
+        let mut tx = pool.begin().await.unwrap();
+        query("INSERT INTO users VALUES ('user_2')")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        outbox::enqueue(&mut *tx, lead("user_2", "Sign up"))
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        assert_eq!(rows(&pool).await.len(), 1);
+
+        // Dropped without commit is a rollback too.
+        {
+            let mut tx = pool.begin().await.unwrap();
+            outbox::enqueue(&mut *tx, sale("user_1", Some("in_dropped")))
+                .await
+                .unwrap();
+        }
+        assert_eq!(rows(&pool).await.len(), 1);
+
+        // A plain connection or the pool commits at once.
+        let mut conn = pool.acquire().await.unwrap();
+        outbox::enqueue(&mut *conn, sale("user_1", Some("in_1")))
+            .await
+            .unwrap();
+        outbox::enqueue(&pool, sale("user_1", Some("in_2")))
+            .await
+            .unwrap();
+        assert_eq!(rows(&pool).await.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn committed_events_wake_listeners_at_commit() {
+        let Some((_pg, url, pool)) = database().await else {
+            return;
+        };
+        let mut listener = PgListener::connect(&url).await.unwrap();
+        listener.listen(outbox::CHANNEL).await.unwrap();
+        let mut tx = pool.begin().await.unwrap();
+        for i in 0..3 {
+            outbox::enqueue(&mut *tx, sale("u", Some(&format!("in_{i}"))))
+                .await
+                .unwrap();
+        }
+        let early = tokio::time::timeout(Duration::from_millis(200), listener.recv()).await;
+        assert!(early.is_err(), "notified before commit: {early:?}");
+        tx.commit().await.unwrap();
+        let woken = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+            .await
+            .expect("a notification at commit")
+            .unwrap();
+        assert_eq!(woken.channel(), outbox::CHANNEL);
+    }
+
+    #[tokio::test]
+    async fn duplicates_of_what_dub_deduplicates_are_dropped_at_the_door() {
+        let Some((_pg, _url, pool)) = database().await else {
+            return;
+        };
+        let enqueue = |event: Event| {
+            let pool = pool.clone();
+            async move { outbox::enqueue(&pool, event).await.unwrap() }
+        };
+        // A sale's invoice.
+        assert!(
+            !enqueue(sale("u1", Some("in_1")).into())
+                .await
+                .is_duplicate()
+        );
+        let mut other = sale("u2", Some("in_1"));
+        other.amount = 1;
+        assert_eq!(enqueue(other.into()).await, Enqueued::Duplicate);
+
+        // A lead's customer and event name, as Dub normalises them: both trimmed, the name
+        // lowercased with spaces as dashes; `wait` is deduplicated like `async`.
+        assert!(
+            !enqueue(lead("user_1", "Sign Up").into())
+                .await
+                .is_duplicate()
+        );
+        for (customer, name) in [
+            ("user_1", "sign-up"),
+            ("  user_1\u{3000}", " SIGN UP\t"),
+            ("user_1", "Sign-Up"),
+        ] {
+            let outcome = enqueue(lead(customer, name).into()).await;
+            assert!(outcome.is_duplicate(), "{customer:?} {name:?}");
+        }
+        let mut wait = lead("user_1", "sign up");
+        wait.mode = Some(LeadMode::Wait);
+        assert!(enqueue(wait.into()).await.is_duplicate());
+        // Not the same: another customer, another name, a customer that only differs inside.
+        for (customer, name) in [
+            ("user_2", "Sign Up"),
+            ("user_1", "Sign Up 2"),
+            ("user_1", "Signup"),
+            ("user 1", "Sign Up"),
+        ] {
+            let outcome = enqueue(lead(customer, name).into()).await;
+            assert!(!outcome.is_duplicate(), "{customer:?} {name:?}");
+        }
+
+        // What Dub does not deduplicate is never dropped: a deferred lead, a sale without an
+        // invoice (or with an empty one).
+        for _ in 0..2 {
+            let mut deferred = lead("user_1", "Sign Up");
+            deferred.mode = Some(LeadMode::Deferred);
+            assert!(!enqueue(deferred.into()).await.is_duplicate());
+            assert!(!enqueue(sale("u1", None).into()).await.is_duplicate());
+            assert!(!enqueue(sale("u1", Some("")).into()).await.is_duplicate());
+        }
+        let keys: Vec<Option<String>> =
+            query_scalar("SELECT dedup_key FROM dub_outbox ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        let with_key = keys.iter().filter(|k| k.is_some()).count();
+        assert_eq!((keys.len(), with_key), (1 + 1 + 4 + 6, 1 + 1 + 4));
+    }
+
+    #[tokio::test]
+    async fn concurrent_duplicates_in_open_transactions_keep_one() {
+        let Some((_pg, _url, pool)) = database().await else {
+            return;
+        };
+        let mut first = pool.begin().await.unwrap();
+        assert!(
+            !outbox::enqueue(&mut *first, sale("u", Some("in_twice")))
+                .await
+                .unwrap()
+                .is_duplicate()
+        );
+        // The second replica's insert waits for the first transaction, then is dropped.
+        let second = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut tx = pool.begin().await.unwrap();
+                let outcome = outbox::enqueue(&mut *tx, sale("u", Some("in_twice")))
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                outcome
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        first.commit().await.unwrap();
+        assert_eq!(second.await.unwrap(), Enqueued::Duplicate);
+        assert_eq!(rows(&pool).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn enqueue_refuses_an_invalid_event_naming_the_field_and_writes_nothing() {
+        let Some((_pg, _url, pool)) = database().await else {
+            return;
+        };
+        let mut tx = pool.begin().await.unwrap();
+        let err = outbox::enqueue(&mut *tx, lead("   ", "Sign up"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, OutboxError::Invalid(_)), "{err:?}");
+        assert_eq!(err.field(), Some("customerExternalId"));
+        assert!(err.to_string().contains("customerExternalId"), "{err}");
+        let mut bad = sale("u", Some("in_1"));
+        bad.customer_email = Some("not an email".into());
+        let err = outbox::enqueue(&mut *tx, bad).await.unwrap_err();
+        assert_eq!(err.field(), Some("customerEmail"));
+        // The transaction is still usable: nothing was sent to the database.
+        outbox::enqueue(&mut *tx, sale("u", Some("in_2")))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(rows(&pool).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn another_program_enqueues_with_plain_sql_in_the_record_format() {
+        let Some((pg, url, pool)) = database().await else {
+            return;
+        };
+        // The README's statement, through psql, as a service in another language would.
+        let insert = r#"INSERT INTO dub_outbox (event) VALUES ('{"type":"sale","customerExternalId":"user_42","amount":4900,"invoiceId":"in_1"}'::jsonb) ON CONFLICT DO NOTHING"#;
+        pg.psql(name_of(&url), insert);
+        pg.psql(name_of(&url), insert);
+        let all = rows(&pool).await;
+        assert_eq!(all.len(), 1, "the second copy was dropped");
+        assert_eq!(all[0].2, "pending");
+        let event: Event = serde_json::from_value(all[0].1.clone()).unwrap();
+        assert_eq!(event, Event::Sale(sale("user_42", Some("in_1"))));
+        event.validate().unwrap();
+        // The API sees it as the same invoice.
+        let again = outbox::enqueue(&pool, sale("user_42", Some("in_1")))
+            .await
+            .unwrap();
+        assert!(again.is_duplicate());
+        // And what the API writes is what another program reads.
+        outbox::enqueue(&pool, lead("user_43", "Sign up"))
+            .await
+            .unwrap();
+        let record = pg.psql(
+            name_of(&url),
+            "SELECT event FROM dub_outbox WHERE event->>'type' = 'lead'",
+        );
+        let record: Value = serde_json::from_str(&record).unwrap();
+        assert_eq!(
+            record,
+            json!({"type": "lead", "clickId": "cl_1", "eventName": "Sign up", "customerExternalId": "user_43"})
+        );
+    }
+
+    #[tokio::test]
+    async fn an_invalid_event_inserted_with_sql_is_stored_for_the_relay_to_fail() {
+        let Some((pg, url, pool)) = database().await else {
+            return;
+        };
+        // Broken in every way the database does not judge: an empty customer, a mistyped
+        // amount, an unknown type, not even an object.
+        for event in [
+            r#"{"type":"lead","customerExternalId":"","eventName":"Sign up","clickId":"c"}"#,
+            r#"{"type":"sale","customerExternalId":"u","amount":"many","invoiceId":"in_9"}"#,
+            r#"{"type":"refund","customerExternalId":"u"}"#,
+            r#"[1, 2, 3]"#,
+            r#""just text""#,
+        ] {
+            pg.psql(
+                name_of(&url),
+                &format!("INSERT INTO dub_outbox (event) VALUES ('{event}')"),
+            );
+        }
+        let all = rows(&pool).await;
+        assert_eq!(all.len(), 5);
+        assert!(all.iter().all(|(_, _, state)| state == "pending"));
+        // Each is its own row: none holds the key of a valid event.
+        outbox::enqueue(&pool, lead("u", "Sign up")).await.unwrap();
+        let stats = outbox::stats(&pool).await.unwrap();
+        assert_eq!(stats.pending, 6);
+    }
+
+    #[tokio::test]
+    async fn migrate_is_idempotent_and_safe_from_four_connections_at_once() {
+        let Some(pg) = Postgres::shared() else { return };
+        let url = pg.fresh_database();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let url = url.clone();
+            tasks.spawn(async move {
+                let pool = PgPool::connect(&url).await.unwrap();
+                outbox::migrate(&pool).await
+            });
+        }
+        let mut results: Vec<(i32, i32)> = tasks
+            .join_all()
+            .await
+            .into_iter()
+            .map(|r| {
+                let m = r.expect("migrate");
+                (m.from, m.to)
+            })
+            .collect();
+        results.sort();
+        let v = outbox::SCHEMA_VERSION;
+        assert_eq!(results, [(0, v), (v, v), (v, v), (v, v)]);
+
+        let pool = PgPool::connect(&url).await.unwrap();
+        let again = outbox::migrate(&pool).await.unwrap();
+        assert_eq!((again.from, again.to), (v, v));
+        let versions: Vec<i32> = query_scalar("SELECT version FROM dub_outbox_schema")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert_eq!(versions, [v]);
+
+        // The shipped file, applied by a team's own tool, leaves nothing for migrate to do.
+        let own = pg.fresh_database();
+        let own_pool = PgPool::connect(&own).await.unwrap();
+        sqlx_core::raw_sql::raw_sql(outbox::SCHEMA_SQL)
+            .execute(&own_pool)
+            .await
+            .unwrap();
+        let after_tool = outbox::migrate(&own_pool).await.unwrap();
+        assert_eq!((after_tool.from, after_tool.to), (v, v));
+
+        // A schema from a newer crate is left alone.
+        query("INSERT INTO dub_outbox_schema (version) VALUES ($1)")
+            .bind(v + 1)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let err = outbox::migrate(&pool).await.unwrap_err();
+        assert!(
+            matches!(err, OutboxError::SchemaTooNew { found, known } if found == v + 1 && known == v),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn stats_retry_and_prune() {
+        let Some((_pg, url, pool)) = database().await else {
+            return;
+        };
+        for i in 0..8 {
+            outbox::enqueue(&pool, sale("u", Some(&format!("in_{i}"))))
+                .await
+                .unwrap();
+        }
+        // What relays will write, by hand: two delivered long ago, one recently, one failed,
+        // one uncertain, one in flight.
+        query(
+            "UPDATE dub_outbox SET state = CASE id
+                WHEN 1 THEN 'delivered' WHEN 2 THEN 'delivered' WHEN 3 THEN 'delivered'
+                WHEN 4 THEN 'failed' WHEN 5 THEN 'uncertain' WHEN 6 THEN 'in_flight' END,
+             finished_at = CASE WHEN id IN (1, 2) THEN now() - interval '31 days'
+                WHEN id IN (3, 4, 5) THEN now() - interval '1 day' END,
+             last_error = CASE WHEN id = 4 THEN 'invalid request: amount: too much' END
+             WHERE id <= 6",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let stats = outbox::stats(&pool).await.unwrap();
+        assert_eq!(
+            (
+                stats.pending,
+                stats.in_flight,
+                stats.delivered,
+                stats.failed,
+                stats.uncertain
+            ),
+            (2, 1, 3, 1, 1)
+        );
+        let line = stats.to_string();
+        assert!(
+            line.starts_with("pending=2 in_flight=1 delivered=3 failed=1 uncertain=1"),
+            "{line}"
+        );
+
+        let mut listener = PgListener::connect(&url).await.unwrap();
+        listener.listen(outbox::CHANNEL).await.unwrap();
+        assert_eq!(outbox::retry_failed(&pool).await.unwrap(), 1);
+        let woken = tokio::time::timeout(Duration::from_secs(10), listener.recv()).await;
+        assert!(woken.is_ok(), "retrying wakes the relays");
+        let (state, error): (String, Option<String>) =
+            sqlx_core::query_as::query_as("SELECT state, last_error FROM dub_outbox WHERE id = 4")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!((state.as_str(), error), ("pending", None));
+        assert_eq!(outbox::retry_failed(&pool).await.unwrap(), 0);
+
+        assert_eq!(
+            outbox::prune(&pool, outbox::DEFAULT_RETENTION)
+                .await
+                .unwrap(),
+            2
+        );
+        let left: Vec<i64> = query_scalar("SELECT id FROM dub_outbox ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            left,
+            [3, 4, 5, 6, 7, 8],
+            "recent, failed, uncertain and open rows stay"
+        );
+        // Any magnitude of retention is accepted.
+        assert_eq!(outbox::prune(&pool, Duration::MAX).await.unwrap(), 0);
+        assert_eq!(outbox::prune(&pool, Duration::ZERO).await.unwrap(), 1);
+    }
+}
+
+#[cfg(all(feature = "postgres", feature = "mock"))]
+mod relaying {
+    use crate::support::postgres::Postgres;
+    use dub::Dub;
+    use dub::mock::{Fault, MockDub};
+    use dub::models::{TrackLeadRequest, TrackSaleRequest};
+    use dub::outbox::{self, Relay, RelayBuilder, RelayReport, Stats};
+    use sqlx_core::query::query;
+    use sqlx_postgres::PgPool;
+    use std::time::Duration;
+    use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
+
+    fn client(mock: &MockDub) -> Dub {
+        Dub::builder()
+            .token(mock.token())
+            .server_url(mock.url())
+            .build()
+            .unwrap()
+    }
+
+    /// A relay tuned for tests: quick polls and retries.
+    fn relay(pool: &PgPool, mock: &MockDub) -> RelayBuilder {
+        Relay::builder(pool.clone(), client(mock))
+            .poll_interval(Duration::from_millis(100))
+            .backoff(Duration::from_millis(100), Duration::from_millis(500))
+            .settle(Duration::from_millis(1_500))
+    }
+
+    struct Running {
+        stop: oneshot::Sender<()>,
+        task: JoinHandle<RelayReport>,
+    }
+
+    fn start(builder: RelayBuilder) -> Running {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(builder.build().run_until(async move {
+            let _ = stopped.await;
+        }));
+        Running { stop, task }
+    }
+
+    impl Running {
+        async fn stop(self) -> RelayReport {
+            let _ = self.stop.send(());
+            tokio::time::timeout(Duration::from_secs(60), self.task)
+                .await
+                .expect("the relay stops")
+                .unwrap()
+        }
+    }
+
+    /// Waits until no row is pending or in flight.
+    async fn drained(pool: &PgPool) -> Stats {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(stats) = outbox::stats(pool).await
+                && stats.pending == 0
+                && stats.in_flight == 0
+            {
+                return stats;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "not drained");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn database(pg: &Postgres) -> PgPool {
+        let pool = PgPool::connect(&pg.fresh_database()).await.unwrap();
+        outbox::migrate(&pool).await.unwrap();
+        pool
+    }
+
+    fn lead(customer: &str) -> TrackLeadRequest {
+        TrackLeadRequest::builder()
+            .click_id("cl_1")
+            .event_name("Sign up")
+            .customer_external_id(customer)
+            .build()
+    }
+
+    fn sale(customer: &str, invoice: Option<&str>) -> TrackSaleRequest {
+        let mut sale = TrackSaleRequest::builder()
+            .customer_external_id(customer)
+            .amount(1_000)
+            .build();
+        sale.invoice_id = invoice.map(str::to_owned);
+        sale
+    }
+
+    async fn row(
+        pool: &PgPool,
+        id: i64,
+    ) -> (String, Option<String>, Option<serde_json::Value>, i32) {
+        sqlx_core::query_as::query_as(
+            "SELECT state, last_error, response, attempts FROM dub_outbox WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_relay_delivers_each_customer_in_order_and_fails_an_invalid_event_alone() {
+        let Some(pg) = Postgres::shared() else { return };
+        let pool = database(&pg).await;
+        // Dub writes an async lead in the background: a sale sent right after it is refused.
+        let mock = MockDub::builder()
+            .lead_race(Duration::from_millis(300))
+            .start()
+            .await
+            .unwrap();
+        // A producer's broken record first, for a customer with valid events after it.
+        query(
+            r#"INSERT INTO dub_outbox (event) VALUES
+               ('{"type":"sale","customerExternalId":"c0","amount":"lots","invoiceId":"in_bad"}')"#,
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let customers: Vec<String> = (0..6).map(|i| format!("c{i}")).collect();
+        for c in &customers {
+            outbox::enqueue(&pool, lead(c)).await.unwrap();
+            for n in 0..3 {
+                outbox::enqueue(&pool, sale(c, Some(&format!("in_{c}_{n}"))))
+                    .await
+                    .unwrap();
+            }
+        }
+        let running = start(relay(&pool, &mock).max_in_flight(8));
+        let stats = drained(&pool).await;
+        let report = running.stop().await;
+        assert_eq!(
+            (stats.delivered, stats.failed, stats.uncertain),
+            (24, 1, 0),
+            "{stats}"
+        );
+        assert_eq!((report.delivered, report.failed), (24, 1));
+
+        let (state, error, _, attempts) = row(&pool, 1).await;
+        assert_eq!((state.as_str(), attempts), ("failed", 1));
+        let error = error.unwrap();
+        assert!(error.starts_with("invalid record: amount:"), "{error}");
+
+        // Every event recorded once, and Dub saw each customer's lead before its sales: no
+        // sale met the race, because the relay never sends a customer's next event before
+        // the one before it is done.
+        assert_eq!(mock.leads().len(), 6);
+        assert_eq!(mock.sales().len(), 18);
+        let mut seen_lead = std::collections::HashSet::new();
+        for request in mock.requests() {
+            let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+            let customer = body["customerExternalId"].as_str().unwrap().to_owned();
+            if request.path == "/track/lead" {
+                seen_lead.insert(customer);
+            } else {
+                assert!(seen_lead.contains(&customer), "a sale before its lead");
+            }
+        }
+        let responses: Vec<serde_json::Value> = sqlx_core::query_scalar::query_scalar(
+            "SELECT response FROM dub_outbox WHERE state = 'delivered' ORDER BY id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert!(responses.iter().all(|r| r["customer"].is_object()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_an_unknown_outcome_an_invoice_waits_out_dubs_race_and_a_plain_sale_is_never_resent()
+     {
+        let Some(pg) = Postgres::shared() else { return };
+        let pool = database(&pg).await;
+        // Dub caches an invoice's answer 800 ms after recording it; the relay waits 1.5 s.
+        let mock = MockDub::builder()
+            .invoice_race(Duration::from_millis(800))
+            .start()
+            .await
+            .unwrap();
+        let mut with_invoice = sale("buyer_1", Some("in_once"));
+        with_invoice.click_id = Some("cl_1".into());
+        let mut without = sale("buyer_2", None);
+        without.click_id = Some("cl_2".into());
+        let a = outbox::enqueue(&pool, with_invoice)
+            .await
+            .unwrap()
+            .id()
+            .unwrap();
+        let b = outbox::enqueue(&pool, without).await.unwrap().id().unwrap();
+        // Both first attempts are recorded, then answered 503: their outcome is unknown.
+        mock.push_faults([Fault::ErrorAfterRecord(503), Fault::ErrorAfterRecord(503)]);
+        let running = start(relay(&pool, &mock));
+        drained(&pool).await;
+        running.stop().await;
+
+        let (state, _, response, attempts) = row(&pool, a).await;
+        assert_eq!((state.as_str(), attempts), ("delivered", 2));
+        assert_eq!(response.unwrap()["sale"]["invoiceId"], "in_once");
+        let (state, error, _, attempts) = row(&pool, b).await;
+        assert_eq!((state.as_str(), attempts), ("uncertain", 1));
+        assert!(error.unwrap().contains("503"));
+        let invoices: Vec<Option<String>> =
+            mock.sales().into_iter().map(|s| s.invoice_id).collect();
+        assert_eq!(invoices.len(), 2, "each sale recorded once: {invoices:?}");
+        assert_eq!(mock.request_count(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rows_of_a_relay_that_died_are_taken_over_by_the_safety_rule() {
+        let Some(pg) = Postgres::shared() else { return };
+        let pool = database(&pg).await;
+        let mock = MockDub::start().await.unwrap();
+        let mut with_invoice = sale("buyer_1", Some("in_orphan"));
+        with_invoice.click_id = Some("cl_1".into());
+        let mut without = sale("buyer_2", None);
+        without.click_id = Some("cl_2".into());
+        let a = outbox::enqueue(&pool, with_invoice)
+            .await
+            .unwrap()
+            .id()
+            .unwrap();
+        let b = outbox::enqueue(&pool, without).await.unwrap().id().unwrap();
+        // A relay claimed both, then was killed; its lease ran out a moment ago.
+        query(
+            "UPDATE dub_outbox SET state = 'in_flight', attempts = 1, locked_by = 'dead',
+                locked_until = now() - interval '100 milliseconds'",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let running = start(relay(&pool, &mock));
+        drained(&pool).await;
+        let report = running.stop().await;
+        assert_eq!(report.taken_over, 2);
+        let (state, _, _, attempts) = row(&pool, a).await;
+        assert_eq!((state.as_str(), attempts), ("delivered", 2));
+        let (state, error, _, _) = row(&pool, b).await;
+        assert_eq!(state, "uncertain");
+        assert!(error.unwrap().contains("not sent again"));
+        let sales = mock.sales();
+        assert_eq!(sales.len(), 1);
+        assert_eq!(sales[0].invoice_id.as_deref(), Some("in_orphan"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_relay_waits_out_a_postgres_crash_and_fails_nothing_for_it() {
+        let Some(pg) = Postgres::start() else { return };
+        let pool = database(&pg).await;
+        let mock = MockDub::start().await.unwrap();
+        let enqueue_range = |from: usize, to: usize| {
+            let pool = pool.clone();
+            async move {
+                for i in from..to {
+                    let mut s = sale(&format!("u{i}"), Some(&format!("in_{i}")));
+                    s.click_id = Some("cl".into());
+                    outbox::enqueue(&pool, s).await.unwrap();
+                }
+            }
+        };
+        enqueue_range(0, 20).await;
+        let running = start(relay(&pool, &mock));
+        drained(&pool).await;
+
+        pg.stop_immediate();
+        // Dub answers slowly while the database is away, so outcomes wait to be written.
+        mock.push_faults([Fault::Delay(Duration::from_millis(200))]);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        pg.restart();
+        enqueue_range(20, 40).await;
+        let stats = drained(&pool).await;
+        let report = running.stop().await;
+        assert_eq!((stats.delivered, stats.failed, stats.uncertain), (40, 0, 0));
+        assert_eq!(report.delivered, 40);
+        assert_eq!(report.unwritten, 0);
+        assert_eq!(mock.sales().len(), 40);
+    }
 }

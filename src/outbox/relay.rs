@@ -1,0 +1,530 @@
+//! The relay: claims rows under a lease, delivers them with a [`Dub`] client, writes what
+//! became of each, and keeps going through Dub's outages and the database's.
+
+use super::lease::{self, Claimed, Write};
+use super::verdict::{self, Row, Timing, Verdict};
+use super::{CHANNEL, Event};
+use crate::{Dub, Error, RetryConfig};
+use sqlx_postgres::{PgListener, PgPool};
+use std::future::Future;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// Delivers an outbox to Dub until told to stop: any number of relays, on any number of
+/// machines, share one outbox.
+///
+/// Each relay claims due rows with `FOR UPDATE SKIP LOCKED` under a lease, a customer's events
+/// in insertion order (only a customer's oldest unfinished event can be claimed), different
+/// customers concurrently, and writes every outcome to its row: `delivered` with Dub's
+/// `response`, `failed` or `uncertain` with `last_error`. An event Dub deduplicates is sent
+/// again after a failure, once its earlier attempt cannot be running any more; one Dub does not
+/// deduplicate is never sent twice: if an attempt's outcome is unknown it ends `uncertain`.
+/// A relay killed mid-delivery loses nothing: once its lease runs out, the others take its
+/// rows over by the same rule.
+///
+/// It wakes on the outbox's notifications (`LISTEN dub_outbox`) and polls as well, so a lost
+/// notification costs at most one poll interval. When PostgreSQL is unreachable it waits and
+/// reconnects with backoff, never marking an event failed for it, and writes the outcomes it
+/// holds once the database is back.
+///
+/// ```no_run
+/// # mod sqlx { pub use sqlx_postgres::PgPool; }
+/// use dub::Dub;
+/// use dub::outbox::Relay;
+///
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = sqlx::PgPool::connect(&std::env::var("DATABASE_URL")?).await?;
+/// dub::outbox::migrate(&pool).await?;
+/// let dub = Dub::from_env()?; // DUB_API_KEY
+/// let report = Relay::builder(pool, dub)
+///     .max_in_flight(16)
+///     .build()
+///     .run_until(async { tokio::signal::ctrl_c().await.unwrap_or(()) })
+///     .await;
+/// println!("delivered {}", report.delivered);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Relay {
+    pool: PgPool,
+    dub: Dub,
+    config: Config,
+}
+
+#[derive(Debug, Clone)]
+struct Config {
+    name: String,
+    max_in_flight: usize,
+    lease: Duration,
+    poll_interval: Duration,
+    timing: Timing,
+}
+
+/// How a [`Relay`] is set up: [`Relay::builder`].
+#[derive(Debug)]
+#[must_use]
+pub struct RelayBuilder {
+    pool: PgPool,
+    dub: Dub,
+    config: Config,
+}
+
+/// The longest wait between attempts to reach PostgreSQL while it is away.
+const MAX_DATABASE_BACKOFF: Duration = Duration::from_secs(30);
+/// Outage failures in a row after which deliveries pause.
+const OUTAGE_AFTER: u32 = 5;
+const MAX_OUTAGE_PAUSE: Duration = Duration::from_secs(60);
+/// How often rows of relays that are gone are looked for.
+const TAKE_OVER_EVERY: Duration = Duration::from_secs(5);
+
+impl Relay {
+    /// A relay delivering the outbox in `pool`'s database with `dub` (its token, base URL and
+    /// rate limiter). The client's own retries are not used: each attempt is one request, and
+    /// retries go through the table, where every relay sees them.
+    pub fn builder(pool: PgPool, dub: Dub) -> RelayBuilder {
+        let name = format!(
+            "{}-{}-{:08x}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".to_owned()),
+            std::process::id(),
+            fastrand::u32(..)
+        );
+        RelayBuilder {
+            pool,
+            dub,
+            config: Config {
+                name,
+                max_in_flight: 16,
+                lease: Duration::from_secs(60),
+                poll_interval: Duration::from_secs(1),
+                timing: Timing {
+                    initial_backoff: Duration::from_secs(1),
+                    max_backoff: Duration::from_secs(300),
+                    max_age: Duration::from_secs(6 * 3600),
+                    settle: crate::DEFAULT_ATTEMPT_TIMEOUT,
+                },
+            },
+        }
+    }
+}
+
+impl RelayBuilder {
+    /// At most this many deliveries at once (16 by default, at least 1).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.config.max_in_flight = n.max(1);
+        self
+    }
+
+    /// How long a claimed row stays this relay's (60 s by default, at least 2 s): if the relay
+    /// dies, the others take its rows over once this has passed. Every attempt is cut off at
+    /// half of it, so that it is over before anyone else may start one.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.config.lease = lease.max(Duration::from_secs(2));
+        self
+    }
+
+    /// How often the outbox is polled when no notification arrives (1 s by default).
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        self.config.poll_interval = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// The first and the longest wait before an event is retried (1 s and 5 min by default).
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.config.timing.initial_backoff = initial;
+        self.config.timing.max_backoff = max.max(initial);
+        self
+    }
+
+    /// How long an event is retried before it is given up (6 hours by default): then it ends
+    /// `failed`, or `uncertain` if an attempt may have reached Dub.
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.config.timing.max_age = age;
+        self
+    }
+
+    /// How long to wait after an attempt whose outcome is unknown before an event Dub
+    /// deduplicates is sent again (by default the client's default attempt timeout, 10 s): the
+    /// earlier attempt may still be running at Dub, and Dub's invoice check is read-then-write,
+    /// so two overlapping attempts of one invoice would both be recorded. Make it at least
+    /// your client's attempt timeout.
+    pub fn settle(mut self, wait: Duration) -> Self {
+        self.config.timing.settle = wait;
+        self
+    }
+
+    /// The name this relay writes into `locked_by` (by default `$HOSTNAME-pid-random`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    /// The relay, ready to run.
+    pub fn build(self) -> Relay {
+        Relay {
+            pool: self.pool,
+            dub: self.dub,
+            config: self.config,
+        }
+    }
+}
+
+/// What one relay did while it ran.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RelayReport {
+    /// Events it delivered.
+    pub delivered: u64,
+    /// Events it ended `failed`.
+    pub failed: u64,
+    /// Events it ended `uncertain`.
+    pub uncertain: u64,
+    /// Attempts that failed and were put back to be retried.
+    pub retried: u64,
+    /// Rows of relays that were gone that it took over.
+    pub taken_over: u64,
+    /// Outcomes it could not write before it stopped (the database stayed away): those rows
+    /// are taken over by another relay once their lease runs out.
+    pub unwritten: u64,
+}
+
+/// PostgreSQL's availability as the relay sees it: after an error, nothing is tried before
+/// `retry_at`, with a doubling wait.
+#[derive(Debug, Default)]
+struct Database {
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl Database {
+    fn failed(&mut self, what: &str, e: &sqlx_core::Error) {
+        self.failures = self.failures.saturating_add(1);
+        let doubling = 1u32
+            .checked_shl(self.failures.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        let wait = Duration::from_millis(200)
+            .saturating_mul(doubling)
+            .min(MAX_DATABASE_BACKOFF);
+        tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "dub relay: cannot {what}; waiting for PostgreSQL");
+        self.retry_at = Some(Instant::now() + wait);
+    }
+
+    fn worked(&mut self) {
+        if self.failures > 0 {
+            tracing::info!("dub relay: PostgreSQL is back");
+        }
+        *self = Database::default();
+    }
+
+    fn ready(&self, now: Instant) -> bool {
+        self.retry_at.is_none_or(|at| now >= at)
+    }
+}
+
+/// Deliveries failing with outage errors pause claiming; one probe at a time then tests the
+/// water, as the tracker does.
+#[derive(Debug, Default)]
+struct Outage {
+    consecutive: u32,
+    until: Option<Instant>,
+}
+
+impl Outage {
+    fn failed(&mut self, now: Instant) {
+        self.consecutive = self.consecutive.saturating_add(1);
+        if self.consecutive >= OUTAGE_AFTER {
+            let doubling = 1u32
+                .checked_shl(self.consecutive - OUTAGE_AFTER)
+                .unwrap_or(u32::MAX);
+            let pause = Duration::from_secs(1)
+                .saturating_mul(doubling)
+                .min(MAX_OUTAGE_PAUSE);
+            self.until = Some(now + pause);
+        }
+    }
+
+    fn allowed(&self, now: Instant, free: usize, in_flight: usize) -> usize {
+        match self.until {
+            None => free,
+            Some(until) if now < until => 0,
+            Some(_) => usize::from(in_flight == 0 && free > 0),
+        }
+    }
+}
+
+/// One finished attempt.
+struct Attempted {
+    id: i64,
+    write: Write,
+    /// `Some(true)`: failed for an outage; `Some(false)`: Dub answered; `None`: not sent.
+    outage: Option<bool>,
+}
+
+impl Relay {
+    /// Delivers until `shutdown` completes, then stops claiming, lets the attempts in flight
+    /// finish, writes their outcomes and returns what it did. Never fails: database and Dub
+    /// troubles are waited out (and logged with `tracing`).
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> RelayReport {
+        let Relay { pool, dub, config } = self;
+        let mut report = RelayReport::default();
+        let mut deliveries: JoinSet<Attempted> = JoinSet::new();
+        let mut unwritten: Vec<(i64, Write, Option<bool>)> = Vec::new();
+        let mut db = Database::default();
+        let mut outage = Outage::default();
+        let mut listener: Option<PgListener> = None;
+        let mut next_take_over = Instant::now();
+        let mut stopping_since: Option<Instant> = None;
+        let mut shutdown = std::pin::pin!(shutdown);
+
+        loop {
+            let now = Instant::now();
+            // Outcomes first: a row stays this relay's until its outcome is written.
+            if !unwritten.is_empty() && db.ready(now) {
+                let mut still = Vec::new();
+                for (id, write, down) in std::mem::take(&mut unwritten) {
+                    if !db.ready(Instant::now()) {
+                        still.push((id, write, down));
+                        continue;
+                    }
+                    match lease::write(&pool, &config.name, id, &write).await {
+                        Ok(written) => {
+                            db.worked();
+                            if written {
+                                count(&mut report, &write);
+                            } else {
+                                tracing::warn!(
+                                    id,
+                                    "dub relay: the row was taken over before its outcome was written"
+                                );
+                            }
+                        }
+                        Err(e) => {
+                            db.failed("write an outcome", &e);
+                            still.push((id, write, down));
+                        }
+                    }
+                }
+                unwritten = still;
+            }
+            if let Some(since) = stopping_since {
+                if deliveries.is_empty() && unwritten.is_empty() {
+                    break;
+                }
+                if deliveries.is_empty() && since.elapsed() >= config.lease {
+                    report.unwritten = unwritten.len() as u64;
+                    tracing::error!(
+                        unwritten = unwritten.len(),
+                        "dub relay: stopping without writing some outcomes (PostgreSQL is away); \
+                         their rows are taken over once their lease runs out"
+                    );
+                    break;
+                }
+            }
+
+            let now = Instant::now();
+            if stopping_since.is_none() && db.ready(now) {
+                if now >= next_take_over {
+                    match lease::take_over_expired(&pool, config.timing.settle).await {
+                        Ok(n) => {
+                            db.worked();
+                            report.taken_over += n;
+                            next_take_over = now + TAKE_OVER_EVERY;
+                        }
+                        Err(e) => db.failed("take over expired leases", &e),
+                    }
+                }
+                if listener.is_none() && db.ready(Instant::now()) {
+                    listener = listen(&pool).await;
+                }
+            }
+
+            // Claim what there is room for.
+            let mut claimed_full = false;
+            if stopping_since.is_none() && db.ready(Instant::now()) {
+                let free = config.max_in_flight.saturating_sub(deliveries.len());
+                let n = outage.allowed(Instant::now(), free, deliveries.len());
+                if n > 0 {
+                    match lease::claim(&pool, &config.name, n, config.lease).await {
+                        Ok(rows) => {
+                            db.worked();
+                            claimed_full = rows.len() == n;
+                            for row in rows {
+                                deliveries.spawn(attempt(dub.clone(), row, config.clone()));
+                            }
+                        }
+                        Err(e) => db.failed("claim events", &e),
+                    }
+                }
+            }
+            if claimed_full && deliveries.len() < config.max_in_flight {
+                continue;
+            }
+
+            // Wait for something to do.
+            let wake_at = match db.retry_at {
+                Some(at) => at.max(Instant::now() + Duration::from_millis(10)),
+                None => Instant::now() + config.poll_interval,
+            };
+            let wake_at = match outage.until {
+                Some(until) if until > Instant::now() => wake_at.min(until),
+                _ => wake_at,
+            };
+            tokio::select! {
+                Some(done) = deliveries.join_next(), if !deliveries.is_empty() => {
+                    let Ok(done) = done else { continue };
+                    match done.outage {
+                        Some(true) => outage.failed(Instant::now()),
+                        Some(false) => outage = Outage::default(),
+                        None => {}
+                    }
+                    unwritten.push((done.id, done.write, done.outage));
+                }
+                notified = notification(&mut listener) => {
+                    if notified.is_err() {
+                        // Polling covers the gap; listen again once the database answers.
+                        listener = None;
+                    }
+                }
+                () = tokio::time::sleep_until(wake_at) => {}
+                () = &mut shutdown, if stopping_since.is_none() => {
+                    stopping_since = Some(Instant::now());
+                }
+            }
+        }
+        report
+    }
+}
+
+fn count(report: &mut RelayReport, write: &Write) {
+    match write {
+        Write::Delivered(_) => report.delivered += 1,
+        Write::Failed(_) => report.failed += 1,
+        Write::Uncertain(_) => report.uncertain += 1,
+        Write::Retry { .. } => report.retried += 1,
+    }
+}
+
+async fn listen(pool: &PgPool) -> Option<PgListener> {
+    let mut listener = PgListener::connect_with(pool).await.ok()?;
+    listener.listen(CHANNEL).await.ok()?;
+    Some(listener)
+}
+
+/// The next notification, or never without a listener.
+async fn notification(listener: &mut Option<PgListener>) -> Result<(), sqlx_core::Error> {
+    match listener {
+        Some(l) => l.recv().await.map(|_| ()),
+        None => std::future::pending().await,
+    }
+}
+
+/// One attempt of one row: read the record, check it, send it once, judge the result.
+async fn attempt(dub: Dub, row: Claimed, config: Config) -> Attempted {
+    let id = row.id;
+    let failed = |text: String| Attempted {
+        id,
+        write: Write::Failed(text),
+        outage: None,
+    };
+    let event: Event = match serde_json::from_value(row.event.clone()) {
+        Ok(event) => event,
+        Err(e) => return failed(unreadable(&row.event, &e)),
+    };
+    if let Err(e) = event.validate() {
+        return failed(e.to_string());
+    }
+    // One request per attempt; the limiter may hold it back, but not past a third of the
+    // lease, and the whole attempt is cut off at half of it, well before anyone may take the
+    // row over.
+    let policy = RetryConfig::none().with_max_elapsed_time(config.lease / 3);
+    let is_sale = matches!(event, Event::Sale(_));
+    let dedup = event.is_deduplicated();
+    let call = async {
+        match event {
+            Event::Lead(r) => dub
+                .track()
+                .lead(r)
+                .retry_config(policy)
+                .await
+                .map(|r| serde_json::to_value(r).unwrap_or_default()),
+            Event::Sale(r) => dub
+                .track()
+                .sale(r)
+                .retry_config(policy)
+                .await
+                .map(|r| serde_json::to_value(r).unwrap_or_default()),
+        }
+    };
+    let result = match tokio::time::timeout(config.lease / 2, call).await {
+        Ok(result) => result,
+        Err(_) => {
+            let mut e = Error::cut_off();
+            e.inner_mut().message =
+                Some("the relay cut this attempt off at half its lease while in flight".into());
+            Err(e)
+        }
+    };
+    let error = match result {
+        Ok(response) => {
+            return Attempted {
+                id,
+                write: Write::Delivered(response),
+                outage: Some(false),
+            };
+        }
+        Err(e) => e,
+    };
+    let verdict = verdict::judge(
+        Row {
+            // Both the database's key and the crate's rule must agree: when unsure, never resend.
+            dedup: row.dedup && dedup,
+            is_sale,
+            maybe_sent: row.maybe_sent,
+            attempts: row.attempts,
+            age: row.age,
+        },
+        &error,
+        &config.timing,
+    );
+    let (write, outage) = match verdict {
+        Verdict::Delivered(body) => (Write::Delivered(body), Some(false)),
+        Verdict::Failed(text) => (Write::Failed(text), Some(false)),
+        Verdict::Uncertain(text) => (Write::Uncertain(text), None),
+        Verdict::Retry {
+            after,
+            maybe_sent,
+            error,
+            outage,
+        } => (
+            Write::Retry {
+                after,
+                maybe_sent,
+                error,
+            },
+            Some(outage),
+        ),
+    };
+    Attempted { id, write, outage }
+}
+
+/// Why a record is not an event, naming the field when serde's message does not: each field is
+/// tried alone beside `type`, and the first that fails other than by leaving a field missing is
+/// the culprit (serde stops at the first bad field, and reports missing ones only at the end).
+fn unreadable(record: &serde_json::Value, e: &serde_json::Error) -> String {
+    if let Some(fields) = record.as_object() {
+        for (name, value) in fields.iter().filter(|(name, _)| *name != "type") {
+            let mut alone = serde_json::Map::new();
+            if let Some(kind) = fields.get("type") {
+                alone.insert("type".to_owned(), kind.clone());
+            }
+            alone.insert(name.clone(), value.clone());
+            if let Err(e) = serde_json::from_value::<Event>(serde_json::Value::Object(alone))
+                && !e.to_string().starts_with("missing field")
+            {
+                return format!("invalid record: {name}: {e}");
+            }
+        }
+    }
+    format!("invalid record: {e}")
+}
