@@ -651,9 +651,11 @@ impl Spool {
                 None => {
                     // Written by a version of this crate that had other fields: unreadable,
                     // so never sent; kept, marked failed, for a person to look at.
+                    // In the one JSON encoding of an error (`Error::to_json`'s shape).
                     let why = serde_json::json!({
-                        "kind": "Decode",
+                        "kind": crate::ErrorKind::Decode.as_str(),
                         "message": "the spooled event could not be read back; it was not sent",
+                        "mayHaveBeenRecorded": false,
                     });
                     tx.execute(
                         "UPDATE events SET state = 3, outcome = ?2 WHERE id = ?1",
