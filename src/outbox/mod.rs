@@ -60,9 +60,9 @@
 //! | `response` | `jsonb` | Dub's answer, once delivered |
 //!
 //! The other columns (ids, attempts, the lease, timestamps, the customer and the
-//! deduplication key) belong to the relays. The schema is shipped as SQL
-//! ([`SCHEMA_SQL`], also the file `sql/outbox.sql` in the crate) for teams that apply
-//! migrations with their own tool; [`migrate`] applies it for everyone else.
+//! deduplication key) belong to the relays. The schema is shipped as SQL, one script per
+//! version ([`MIGRATIONS`], also the files `sql/outbox*.sql` in the crate), for teams that
+//! apply migrations with their own tool; [`migrate`] applies it for everyone else.
 //!
 //! A row inserted with plain SQL is not checked on the way in: an event that breaks one of
 //! Dub's rules is stored, and the relay ends it `failed`, with the field and the rule in
@@ -95,6 +95,7 @@
 //! `sqlx` facade re-exports): pass a `&mut PgConnection` (`&mut *tx` for a transaction) or a
 //! `&PgPool` from your own sqlx 0.8.
 
+mod budget;
 mod error;
 mod lease;
 mod producer;
@@ -106,7 +107,7 @@ mod verdict;
 pub use error::OutboxError;
 pub use producer::{Enqueued, OutboxId, enqueue};
 pub use relay::{Relay, RelayBuilder, RelayReport};
-pub use schema::{Migrated, SCHEMA_SQL, SCHEMA_VERSION, migrate};
+pub use schema::{MIGRATIONS, Migrated, SCHEMA_SQL, SCHEMA_SQL_V2, SCHEMA_VERSION, migrate};
 pub use stats::{DEFAULT_RETENTION, Stats, prune, retry_failed, stats};
 
 #[doc(no_inline)]
