@@ -77,13 +77,14 @@ pub async fn run(args: RelayArgs) -> u8 {
     );
     let report = relay.run_until(async move { stop.next().await }).await;
     eprintln!(
-        "dub-track: relay stopped: delivered={} failed={} uncertain={} retried={} taken_over={} unwritten={}",
+        "dub-track: relay stopped: delivered={} failed={} uncertain={} retried={} taken_over={} unwritten={} pruned={}",
         report.delivered,
         report.failed,
         report.uncertain,
         report.retried,
         report.taken_over,
-        report.unwritten
+        report.unwritten,
+        report.pruned
     );
     EXIT_OK
 }

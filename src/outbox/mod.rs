@@ -88,12 +88,16 @@
 //! [`stats`] counts the rows in each state; [`retry_failed`] puts failed events back once
 //! their data is fixed (fix a row in place with `UPDATE dub_outbox SET event = ... WHERE id =
 //! ...`: its deduplication key follows); [`prune`] deletes delivered rows older than a
-//! retention period. Rows that end `uncertain` may have been recorded by Dub and are never
-//! sent again by the outbox: check them in Dub's dashboard.
+//! retention period (every relay does it hourly, [`RelayBuilder::retention`]). Rows that end
+//! `uncertain` may have been recorded by Dub and are never sent again by the outbox: check
+//! them in Dub's dashboard.
 //!
 //! The crate's types come from sqlx 0.8 (`sqlx-core` and `sqlx-postgres`, the crates the
 //! `sqlx` facade re-exports): pass a `&mut PgConnection` (`&mut *tx` for a transaction) or a
-//! `&PgPool` from your own sqlx 0.8.
+//! `&PgPool` from your own sqlx 0.8. One known snag: the `sqlx` facade 0.8 beside this crate's
+//! `spool` feature does not resolve (`links = "sqlite3"`: the facade's optional SQLite driver
+//! pins libsqlite3-sys 0.30, the spool's rusqlite needs 0.40); with the outbox you need no
+//! spool, or depend on `sqlx-core` and `sqlx-postgres` directly, as this crate does.
 
 mod budget;
 mod error;

@@ -62,6 +62,7 @@ struct Config {
     poll_interval: Duration,
     timing: Timing,
     budget: Option<SharedBudget>,
+    retention: Option<Duration>,
 }
 
 /// How a [`Relay`] is set up: [`Relay::builder`].
@@ -81,6 +82,8 @@ const OUTAGE_AFTER: u32 = 5;
 const MAX_OUTAGE_PAUSE: Duration = Duration::from_secs(60);
 /// How often rows of relays that are gone are looked for.
 const TAKE_OVER_EVERY: Duration = Duration::from_secs(5);
+/// How often delivered rows past their retention are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 impl Relay {
     /// A relay delivering the outbox in `pool`'s database with `dub` (its token, base URL and
@@ -108,6 +111,7 @@ impl Relay {
                     settle: crate::DEFAULT_ATTEMPT_TIMEOUT,
                 },
                 budget: None,
+                retention: Some(super::DEFAULT_RETENTION),
             },
             shared_rate_limit: None,
         }
@@ -159,6 +163,14 @@ impl RelayBuilder {
         self
     }
 
+    /// How long delivered rows are kept before the relay deletes them (`None`: never; by
+    /// default [`DEFAULT_RETENTION`](super::DEFAULT_RETENTION), 30 days). Every relay prunes
+    /// at start and hourly; deleting is idempotent, so several relays pruning at once is fine.
+    pub fn retention(mut self, keep: Option<Duration>) -> Self {
+        self.config.retention = keep;
+        self
+    }
+
     /// The name this relay writes into `locked_by` (by default `$HOSTNAME-pid-random`).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.config.name = name.into();
@@ -203,6 +215,8 @@ pub struct RelayReport {
     pub retried: u64,
     /// Rows of relays that were gone that it took over.
     pub taken_over: u64,
+    /// Delivered rows past their retention that it deleted.
+    pub pruned: u64,
     /// Outcomes it could not write before it stopped (the database stayed away): those rows
     /// are taken over by another relay once their lease runs out.
     pub unwritten: u64,
@@ -293,6 +307,7 @@ impl Relay {
         let mut outage = Outage::default();
         let mut listener: Option<PgListener> = None;
         let mut next_take_over = Instant::now();
+        let mut next_prune = Instant::now();
         let mut stopping_since: Option<Instant> = None;
         let mut shutdown = std::pin::pin!(shutdown);
 
@@ -351,6 +366,23 @@ impl Relay {
                             next_take_over = now + TAKE_OVER_EVERY;
                         }
                         Err(e) => db.failed("take over expired leases", &e),
+                    }
+                }
+                if let Some(keep) = config.retention
+                    && now >= next_prune
+                    && db.ready(Instant::now())
+                {
+                    match super::prune(&pool, keep).await {
+                        Ok(n) => {
+                            db.worked();
+                            report.pruned += n;
+                            next_prune = now + PRUNE_EVERY;
+                        }
+                        Err(super::OutboxError::Database(e)) => db.failed("prune", &e),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "dub relay: cannot prune");
+                            next_prune = now + PRUNE_EVERY;
+                        }
                     }
                 }
                 if listener.is_none() && db.ready(Instant::now()) {

@@ -703,7 +703,7 @@ mod relaying {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn rows_of_a_relay_that_died_are_taken_over_by_the_safety_rule() {
+    async fn rows_of_a_relay_that_died_are_taken_over_by_the_safety_rule_and_old_rows_pruned() {
         let Some(pg) = Postgres::shared() else { return };
         let pool = database(&pg).await;
         let mock = MockDub::start().await.unwrap();
@@ -725,10 +725,25 @@ mod relaying {
         .execute(&pool)
         .await
         .unwrap();
+        // And a row delivered long ago, past the retention every relay prunes.
+        query(
+            r#"INSERT INTO dub_outbox (event, state, finished_at) VALUES
+               ('{"type":"sale","customerExternalId":"old","amount":1}', 'delivered',
+                now() - interval '31 days')"#,
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
         let running = start(relay(&pool, &mock));
         drained(&pool).await;
         let report = running.stop().await;
         assert_eq!(report.taken_over, 2);
+        assert_eq!(report.pruned, 1);
+        assert_eq!(
+            outbox::stats(&pool).await.unwrap().delivered,
+            1,
+            "the new one"
+        );
         let (state, _, _, attempts) = row(&pool, a).await;
         assert_eq!((state.as_str(), attempts), ("delivered", 2));
         let (state, error, _, _) = row(&pool, b).await;
