@@ -824,4 +824,25 @@ mod relaying {
         assert!(keys[0].chars().all(|c| c.is_ascii_hexdigit()));
         assert!(!keys[0].contains(mock.token()));
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_committed_event_wakes_an_idle_relay_long_before_its_next_poll() {
+        let Some(pg) = Postgres::shared() else { return };
+        let pool = database(&pg).await;
+        let mock = MockDub::start().await.unwrap();
+        let running = start(relay(&pool, &mock).poll_interval(Duration::from_secs(600)));
+        // Idle: it has polled once and listens.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut s = sale("u", Some("in_wake"));
+        s.click_id = Some("cl".into());
+        let mut tx = pool.begin().await.unwrap();
+        outbox::enqueue(&mut *tx, s).await.unwrap();
+        tx.commit().await.unwrap();
+        // Far sooner than the 10-minute poll: only the notification can have woken it.
+        tokio::time::timeout(Duration::from_secs(60), drained(&pool))
+            .await
+            .unwrap();
+        assert_eq!(mock.sales().len(), 1);
+        running.stop().await;
+    }
 }
