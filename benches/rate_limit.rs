@@ -1,6 +1,7 @@
 //! How close the client gets to Dub's rate limit (issue 12): 1.5 times a key's per-minute limit
-//! in distinct leads, delivered against `MockDub` enforcing Dub's sliding window (FACTS §6) in
-//! real time.
+//! in distinct leads, delivered against `MockDub` enforcing Dub's sliding window (two
+//! epoch-aligned one-minute windows, the previous one weighted by the part of it still inside
+//! the last minute) in real time.
 //!
 //! ```text
 //! cargo bench --bench rate_limit                   # 4,500 leads at 3,000 a minute, 7 - 9 minutes
@@ -135,7 +136,7 @@ async fn align(opts: &Opts) {
     tokio::time::sleep(Duration::from_millis(at - now)).await;
 }
 
-/// The fastest `events` requests can all be accepted by Dub's sliding window (FACTS §6) on a
+/// The fastest `events` requests can all be accepted by Dub's sliding window on a
 /// key unused for two minutes, starting at `start_ms`: each request is sent the moment the
 /// window admits it. Seconds.
 fn window_minimum(start_ms: u64, events: u64, limit: u64) -> f64 {

@@ -6,6 +6,7 @@
 //! cargo bench --bench tracker              # every figure, about 1.5 minutes
 //! cargo bench --bench tracker -- --quick   # fewer events, shorter runs, about 35 s
 //! cargo bench --bench tracker -- --only memory,spool,drain --spool-dir /tmp
+//! cargo bench --bench tracker -- --only backlog   # one customer's 100,000-event backlog
 //! ```
 //!
 //! It prints figures and never asserts on them; see BENCHMARKS.md for the method.
@@ -52,6 +53,9 @@ struct Opts {
     drain_limit: u32,
     drain_events: usize,
     outage_secs: f64,
+    /// One customer's backlog: events in the spool, and the longest a drain may take.
+    one_customer: usize,
+    one_customer_secs: f64,
     spool_dir: PathBuf,
     only: Vec<String>,
 }
@@ -66,6 +70,8 @@ impl Opts {
             drain_limit: 3_000,
             drain_events: 1_500,
             outage_secs: 5.0,
+            one_customer: 100_000,
+            one_customer_secs: 300.0,
             spool_dir: std::env::temp_dir(),
             only: vec![],
         };
@@ -80,6 +86,7 @@ impl Opts {
                     o.backlog = 20_000;
                     o.drain_events = 600;
                     o.outage_secs = 3.0;
+                    o.one_customer = 20_000;
                 }
                 "--memory-events" => o.memory_events = number(value()) as usize,
                 "--spool-secs" => o.spool_secs = number(value()),
@@ -94,6 +101,8 @@ impl Opts {
                 "--drain-limit" => o.drain_limit = number(value()) as u32,
                 "--drain-events" => o.drain_events = number(value()) as usize,
                 "--outage-secs" => o.outage_secs = number(value()),
+                "--one-customer" => o.one_customer = number(value()) as usize,
+                "--one-customer-secs" => o.one_customer_secs = number(value()),
                 "--spool-dir" => o.spool_dir = PathBuf::from(value()),
                 "--only" => o.only = value().split(',').map(str::to_owned).collect(),
                 _ => usage(flag),
@@ -113,7 +122,7 @@ fn usage(flag: &str) -> ! {
          usage: tracker [--quick] [--only memory,spool,drain] [--memory-events N]\n\
          \x20              [--spool-secs S] [--producers 1,16,64,256] [--backlog N]\n\
          \x20              [--spool-dir DIR] [--drain-limit PER_MINUTE] [--drain-events N]\n\
-         \x20              [--outage-secs S]"
+         \x20              [--outage-secs S] [--one-customer N] [--one-customer-secs S]"
     );
     std::process::exit(2)
 }
@@ -130,6 +139,9 @@ async fn run(o: Opts) {
     }
     if o.runs("drain") {
         drain(&o).await;
+    }
+    if o.runs("backlog") {
+        backlog(&o).await;
     }
 }
 
@@ -586,4 +598,114 @@ async fn drain(o: &Opts) {
     println!();
     let _ = tracker.shutdown(Duration::from_millis(200)).await;
     mock.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. One customer's backlog (issue 18): a customer's events go one at a time, so how fast the
+// spool finds the next one is all that limits the drain.
+
+/// Events per window at the start and the end of a drain.
+const WINDOW: usize = 2_000;
+
+async fn backlog(o: &Opts) {
+    let dir = o
+        .spool_dir
+        .join(format!("dub-tracker-backlog-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("spool directory");
+    println!(
+        "## 5. One customer's backlog, drained from the spool against an unlimited MockDub \
+         (client unpaced; at most {} s a run)",
+        o.one_customer_secs
+    );
+    println!();
+    println!("| backlog | first {WINDOW} events | last {WINDOW} events | drained in | delivered |");
+    println!("|---:|---:|---:|---:|---:|");
+    let mut sizes = vec![o.one_customer];
+    if o.one_customer > WINDOW {
+        sizes.push(WINDOW);
+    }
+    for n in sizes {
+        let path = dir.join(format!("one-customer-{n}.sqlite"));
+        let mock = MockDub::builder().start().await.expect("mock");
+        // Handed over while Dub is down; the tracker is stopped before it delivers any.
+        mock.random_faults(outage());
+        let tracker = client(&mock, RateLimit::off())
+            .tracker()
+            .capacity(n + 1)
+            .spool(&path)
+            .start()
+            .expect("tracker");
+        let producers = 64;
+        let tasks: Vec<_> = (0..producers)
+            .map(|p| {
+                let tracker = tracker.clone();
+                tokio::spawn(async move {
+                    for _ in (p..n).step_by(producers) {
+                        drop(tracker.send(lead(7)).await.expect("hand-over"));
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("producer");
+        }
+        let _ = tracker.shutdown(Duration::ZERO).await;
+        mock.clear_faults();
+
+        let times = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n)));
+        let record = times.clone();
+        let started = Instant::now();
+        let tracker = client(&mock, RateLimit::off())
+            .tracker()
+            .capacity(n + 1)
+            .spool(&path)
+            .on_outcome(move |_| record.lock().expect("times").push(Instant::now()))
+            .start()
+            .expect("tracker");
+        let limit = Duration::from_secs_f64(o.one_customer_secs);
+        while times.lock().expect("times").len() < n && started.elapsed() < limit {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let times = times.lock().expect("times").clone();
+        let rate = |from: Instant, to: Instant, count: usize| {
+            format!(
+                "{:.0}/s",
+                count as f64 / to.saturating_duration_since(from).as_secs_f64().max(1e-9)
+            )
+        };
+        let first = match times.get(WINDOW.min(n) - 1) {
+            Some(&t) => rate(started, t, WINDOW.min(n)),
+            None => format!(
+                "{} in {:.0} s: {}",
+                times.len(),
+                started.elapsed().as_secs_f64(),
+                rate(started, Instant::now(), times.len())
+            ),
+        };
+        let (last, drained) = if times.len() >= n {
+            let end = times[n - 1];
+            let from = if n > WINDOW {
+                times[n - WINDOW - 1]
+            } else {
+                started
+            };
+            (
+                rate(from, end, WINDOW.min(n)),
+                fmt(end.saturating_duration_since(started)),
+            )
+        } else {
+            (
+                "-".to_owned(),
+                format!("not in {:.0} s", limit.as_secs_f64()),
+            )
+        };
+        println!("| {n} | {first} | {last} | {drained} | {} |", times.len());
+        let _ = tracker.shutdown(Duration::from_millis(200)).await;
+        mock.shutdown().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+    let _ = std::fs::remove_dir(&dir);
+    println!();
 }

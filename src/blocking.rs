@@ -65,9 +65,9 @@ impl Runtime {
         Self(Some(rt))
     }
 
-    /// Runs `f` on the private runtime and waits for it on this thread. The wait is a plain
-    /// channel receive, not `Runtime::block_on`, so no runtime context of the caller's can make
-    /// it panic.
+    /// Runs `f` on the private runtime and waits for it on this thread. The wait parks this
+    /// thread on a one-shot channel ([`crate::wait`], as every sync wait of the crate), not
+    /// `Runtime::block_on`, so no runtime context of the caller's can make it panic.
     fn run<F>(&self, f: F) -> Result<F::Output>
     where
         F: std::future::Future + Send + 'static,
@@ -84,11 +84,11 @@ impl Runtime {
             Some(Err(reason)) => return Err(Error::config(reason.clone())),
             None => return Err(Error::config("the blocking client was shut down")),
         };
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (tx, rx) = oneshot::channel();
         rt.spawn(async move {
             let _ = tx.send(f.await);
         });
-        rx.recv().map_err(|_| {
+        crate::wait::block_on(std::future::IntoFuture::into_future(rx)).map_err(|_| {
             Error::config("the blocking client's runtime stopped before the call finished")
         })
     }

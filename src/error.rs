@@ -97,6 +97,62 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in declaration order.
+    const ALL: [ErrorKind; 16] = [
+        ErrorKind::BadRequest,
+        ErrorKind::Unauthorized,
+        ErrorKind::Forbidden,
+        ErrorKind::NotFound,
+        ErrorKind::Conflict,
+        ErrorKind::InviteExpired,
+        ErrorKind::UnprocessableEntity,
+        ErrorKind::RateLimitExceeded,
+        ErrorKind::InternalServerError,
+        ErrorKind::UnexpectedStatus,
+        ErrorKind::Timeout,
+        ErrorKind::Connect,
+        ErrorKind::Transport,
+        ErrorKind::Decode,
+        ErrorKind::Validation,
+        ErrorKind::Config,
+    ];
+
+    /// The kind's name in JSON, spelled like Dub's error codes: `"bad_request"`,
+    /// `"rate_limit_exceeded"`, `"timeout"`, ... It is the `kind` of
+    /// [`Error::to_json`], and never changes for a kind once released.
+    ///
+    /// ```
+    /// assert_eq!(dub::ErrorKind::RateLimitExceeded.as_str(), "rate_limit_exceeded");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::InviteExpired => "invite_expired",
+            ErrorKind::UnprocessableEntity => "unprocessable_entity",
+            ErrorKind::RateLimitExceeded => "rate_limit_exceeded",
+            ErrorKind::InternalServerError => "internal_server_error",
+            ErrorKind::UnexpectedStatus => "unexpected_status",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Connect => "connect",
+            ErrorKind::Transport => "transport",
+            ErrorKind::Decode => "decode",
+            ErrorKind::Validation => "validation",
+            ErrorKind::Config => "config",
+        }
+    }
+
+    /// The kind named `name` by [`as_str`](Self::as_str) (or, as spools written before it
+    /// existed spell it, by its Rust name, `"BadRequest"`).
+    pub fn from_name(name: &str) -> Option<ErrorKind> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == name || format!("{k:?}") == name)
+    }
+
     /// The kind for an HTTP error status.
     pub fn from_status(status: StatusCode) -> Self {
         match status.as_u16() {
@@ -144,6 +200,8 @@ pub(crate) struct Inner {
     pub retry_after: Option<Duration>,
     pub attempts: u32,
     pub may_have_been_recorded: bool,
+    /// A sale's 404 "Lead event not found", decided by the transport from the body.
+    pub lead_race: bool,
     pub source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -164,6 +222,7 @@ impl Error {
                 retry_after: None,
                 attempts: 0,
                 may_have_been_recorded: false,
+                lead_race: false,
                 source: None,
             }),
         }
@@ -239,27 +298,9 @@ impl Error {
     /// An error as [`to_json`](Self::to_json) stored it, read back from a spool.
     #[cfg_attr(not(feature = "spool"), allow(dead_code))]
     pub(crate) fn from_stored(value: &serde_json::Value) -> Self {
-        const KINDS: [ErrorKind; 16] = [
-            ErrorKind::BadRequest,
-            ErrorKind::Unauthorized,
-            ErrorKind::Forbidden,
-            ErrorKind::NotFound,
-            ErrorKind::Conflict,
-            ErrorKind::InviteExpired,
-            ErrorKind::UnprocessableEntity,
-            ErrorKind::RateLimitExceeded,
-            ErrorKind::InternalServerError,
-            ErrorKind::UnexpectedStatus,
-            ErrorKind::Timeout,
-            ErrorKind::Connect,
-            ErrorKind::Transport,
-            ErrorKind::Decode,
-            ErrorKind::Validation,
-            ErrorKind::Config,
-        ];
         let kind = value["kind"]
             .as_str()
-            .and_then(|k| KINDS.into_iter().find(|kind| format!("{kind:?}") == k))
+            .and_then(ErrorKind::from_name)
             .unwrap_or(ErrorKind::Transport);
         let mut e = Self::new(kind);
         let text = |name: &str| value[name].as_str().map(str::to_owned);
@@ -279,23 +320,49 @@ impl Error {
             .and_then(|a| u32::try_from(a).ok())
             .unwrap_or(0);
         // Unknown means possibly recorded: the safe reading of a record that does not say.
-        e.inner.may_have_been_recorded = value["may_have_been_recorded"].as_bool().unwrap_or(true);
+        // (Spools written before `to_json` was public spell it in snake case.)
+        e.inner.may_have_been_recorded = value["mayHaveBeenRecorded"]
+            .as_bool()
+            .or_else(|| value["may_have_been_recorded"].as_bool())
+            .unwrap_or(true);
         e
     }
 
-    /// The error's essentials as JSON, for a record that outlives the process.
-    pub(crate) fn to_json(&self) -> serde_json::Value {
+    /// The error's essentials as one JSON object: what the spool stores with a failed or
+    /// uncertain event, and what `dub-track` writes (its `--failed` file, its one-shot
+    /// commands' errors). Parts the error does not have are left out:
+    ///
+    /// `{"kind": "bad_request", "operation": "track.lead", "status": 400, "code": "bad_request",
+    /// "message": "...", "field": "clickId", "attempts": 1, "mayHaveBeenRecorded": false}`
+    ///
+    /// `kind` is [`ErrorKind::as_str`]; `message` is [`message`](Self::message), else the
+    /// error's one-line `Display`. Like `Display`, it never holds the API token.
+    pub fn to_json(&self) -> serde_json::Value {
         let i = &self.inner;
-        serde_json::json!({
-            "kind": format!("{:?}", i.kind),
-            "operation": i.operation,
-            "status": i.status.map(|s| s.as_u16()),
-            "code": i.code,
-            "message": i.message,
-            "field": i.field,
-            "attempts": i.attempts,
-            "may_have_been_recorded": i.may_have_been_recorded,
-        })
+        let mut m = serde_json::Map::new();
+        m.insert("kind".into(), i.kind.as_str().into());
+        if let Some(operation) = i.operation {
+            m.insert("operation".into(), operation.into());
+        }
+        if let Some(status) = i.status {
+            m.insert("status".into(), status.as_u16().into());
+        }
+        if let Some(code) = &i.code {
+            m.insert("code".into(), code.as_str().into());
+        }
+        let message = i.message.clone().unwrap_or_else(|| self.to_string());
+        m.insert("message".into(), message.into());
+        if let Some(field) = i.field {
+            m.insert("field".into(), field.into());
+        }
+        if i.attempts > 0 {
+            m.insert("attempts".into(), i.attempts.into());
+        }
+        m.insert(
+            "mayHaveBeenRecorded".into(),
+            i.may_have_been_recorded.into(),
+        );
+        serde_json::Value::Object(m)
     }
 
     pub(crate) fn inner_mut(&mut self) -> &mut Inner {
@@ -382,6 +449,14 @@ impl Error {
     /// be read): reconcile before sending a sale without an `invoice_id` again.
     pub fn may_have_been_recorded(&self) -> bool {
         self.inner.may_have_been_recorded
+    }
+
+    /// Whether this is Dub's 404 "Lead event not found" for a sale: the customer's lead (tracked
+    /// with `mode: async`) is not recorded yet. Dub processed nothing, so the sale may be sent
+    /// again once the lead is there; a background tracker retries it for up to 10 minutes.
+    /// Decided once, from the response body, by the transport that made the call.
+    pub fn is_lead_race(&self) -> bool {
+        self.inner.lead_race
     }
 
     /// Whether the failure is transient: a 429, a 5xx, a timeout or a connection failure.
@@ -637,6 +712,7 @@ pub(crate) fn from_raw(raw: RawError<ErrorBody>, report: Report) -> Error {
     i.body_truncated = report.body_truncated;
     // A 2xx that failed to decode was recorded all the same.
     i.may_have_been_recorded = report.may_have_been_recorded;
+    i.lead_race = report.lead_race;
     if let Some(bytes) = body.or(report.body) {
         if i.code.is_none() {
             if let Ok(dub) = serde_json::from_slice::<ErrorBody>(&bytes) {

@@ -6,7 +6,7 @@ use reqwest::header::{HeaderName, HeaderValue};
 use crate::error::{Error, Result};
 
 /// Headers the crate sets itself; a caller's value would break the request or its
-/// authentication, so [`DubBuilder::default_header`] and `TrackCall::header` refuse them.
+/// authentication, so `DubBuilder::default_header` and `TrackCall::header` refuse them.
 const RESERVED_HEADERS: [&str; 9] = [
     "authorization",
     "host",

@@ -3,14 +3,11 @@
 //! Alone in its own test binary: tracing caches per-callsite interest process-wide, so a
 //! callsite first hit by a test without a subscriber would stay silent here.
 
-#[path = "it/support/mod.rs"]
-mod support;
-
 use std::time::Duration;
 
+use dub::mock::{Fault, MockDub};
 use dub::models::TrackLeadRequest;
 use dub::{Dub, Jitter, RetryConfig};
-use support::{Reply, Server, TOKEN};
 
 #[tokio::test(start_paused = true)]
 async fn each_retry_is_traced_without_the_token() {
@@ -34,9 +31,10 @@ async fn each_retry_is_traced_without_the_token() {
         .with_ansi(false)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
-    let server = Server::start([Reply::error(503, "oops", "Failed.")]).await;
+    let server = MockDub::start().await.unwrap();
+    server.push_fault(Fault::Status(503));
     Dub::builder()
-        .token(TOKEN)
+        .token(server.token())
         .server_url(server.url())
         .attempt_timeout(Duration::from_secs(60))
         .retry_config(RetryConfig::default().with_jitter(Jitter::None))
@@ -64,5 +62,5 @@ async fn each_retry_is_traced_without_the_token() {
         log.contains("dub.call") && log.contains("operation=\"track.lead\""),
         "{log}"
     );
-    assert!(!log.contains(TOKEN), "token in logs");
+    assert!(!log.contains(server.token()), "token in logs");
 }

@@ -34,7 +34,7 @@ use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, USER_AGENT
 use hyper::{Request, Response, StatusCode};
 
 // Dub's 200 bodies, as the behaviour tests serve them.
-#[path = "../../tests/it/support/mod.rs"]
+#[path = "../../tests/it/support/bodies.rs"]
 mod support;
 
 const TOKEN: &str = "dub_bench_0123456789";

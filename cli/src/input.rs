@@ -56,19 +56,6 @@ impl fmt::Display for Key {
     }
 }
 
-impl Key {
-    /// Whether `text` has the shape of a key (`<32 hex digits>-<occurrence>`): keys of other
-    /// shapes were written by an earlier version of `dub-track`.
-    pub fn is_key(text: &str) -> bool {
-        text.split_once('-').is_some_and(|(digest, n)| {
-            digest.len() == 32
-                && digest.bytes().all(|b| b.is_ascii_hexdigit())
-                && !n.is_empty()
-                && n.bytes().all(|b| b.is_ascii_digit())
-        })
-    }
-}
-
 /// What the first pass keeps of a valid record: 24 bytes (the digest as two halves, so that it
 /// needs no 16-byte alignment).
 #[derive(Debug, Clone, Copy)]
@@ -1188,13 +1175,50 @@ mod tests {
         a.sort_by_key(|k| (k.digest, k.occurrence));
         b.sort_by_key(|k| (k.digest, k.occurrence));
         assert_eq!(a, b);
-        assert!(Key::is_key(&base[2].to_string()));
-        assert!(!Key::is_key("/tmp/f.jsonl:3:0123456789abcdef"));
     }
 
     #[test]
     fn the_hash_is_stable() {
         assert_eq!(fnv1a_128(b""), 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d);
         assert_eq!(fnv1a_128(b"a"), 0xd228_cb69_6f1a_8caf_7891_2b70_4e4a_8964);
+    }
+
+    #[test]
+    fn the_field_tables_are_the_specs() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi.yaml"))
+            .unwrap();
+        let spec: Value = serde_yaml_ng::from_str(&text).unwrap();
+        for (schema, table) in [
+            ("TrackLeadRequest", LEAD_FIELDS),
+            ("TrackSaleRequest", SALE_FIELDS),
+        ] {
+            let s = &spec["components"]["schemas"][schema];
+            let properties = s["properties"].as_object().unwrap();
+            let required: Vec<&str> = s["required"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_str().unwrap())
+                .collect();
+            let mut from_spec: Vec<(&str, Shape, bool)> = properties
+                .iter()
+                .map(|(name, p)| {
+                    let shape = match p["type"].as_str().unwrap() {
+                        "string" => Shape::Text,
+                        "integer" => Shape::Count,
+                        "object" => Shape::Object,
+                        other => panic!("{schema}.{name}: type {other}: teach input.rs about it"),
+                    };
+                    (name.as_str(), shape, required.contains(&name.as_str()))
+                })
+                .collect();
+            let mut ours = table.to_vec();
+            from_spec.sort_by_key(|f| f.0);
+            ours.sort_by_key(|f| f.0);
+            assert_eq!(
+                ours, from_spec,
+                "{schema}: the table in input.rs is not the spec's"
+            );
+        }
     }
 }

@@ -25,30 +25,23 @@ macro_rules! eprintln {
 }
 
 mod error_json;
+mod exit;
 mod failed_file;
 mod input;
 mod mock;
 mod oneshot;
 mod outbox;
+mod progress;
 mod relay;
 mod send;
 mod signals;
-mod state;
+mod state_file;
 
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Exit code: every record delivered.
-pub const EXIT_OK: u8 = 0;
-/// Exit code: some record failed or is uncertain, or the call failed.
-pub const EXIT_FAILED: u8 = 1;
-/// Exit code: usage or input error; nothing was sent.
-pub const EXIT_USAGE: u8 = 2;
-/// Exit code: interrupted (Ctrl-C or SIGTERM) with records left to send; run the same command
-/// again. SIGTERM gets Ctrl-C's code rather than 143 because it is handled the same way: the
-/// run stopped cleanly and can be resumed.
-pub const EXIT_INTERRUPTED: u8 = 130;
+use exit::CliError;
 
 /// Send conversions (leads and sales) to Dub, and run a local Dub server for tests.
 ///
@@ -116,18 +109,19 @@ pub fn config_error(e: &dub::Error) -> String {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => e.report(),
+    }
+}
+
+/// Runs the command; every exit code comes from [`exit`].
+fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("dub-track: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    let code = runtime.block_on(async move {
+        .map_err(|e| exit::usage(format!("cannot start the async runtime: {e}")))?;
+    let status = runtime.block_on(async move {
         match cli.command {
             Command::Send(args) => send::run(args).await,
             Command::Lead(args) => oneshot::lead(args).await,
@@ -139,5 +133,5 @@ fn main() -> ExitCode {
     });
     // In-flight work has already been waited for or given up; do not wait on stray tasks.
     runtime.shutdown_background();
-    ExitCode::from(code)
+    Ok(ExitCode::from(status?))
 }

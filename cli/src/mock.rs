@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use dub::mock::{MockDub, RandomFaults};
 
+use crate::exit::{self, CliError, Status};
 use crate::signals::Stop;
-use crate::{EXIT_OK, EXIT_USAGE};
 
 /// Run a local Dub server on 127.0.0.1 until Ctrl-C or SIGTERM, for tests.
 ///
@@ -16,6 +16,18 @@ use crate::{EXIT_OK, EXIT_USAGE};
 /// memory. It prints its URL and token as two lines, `DUB_BASE_URL=...` and `DUB_API_KEY=...`,
 /// ready for `export`; any number of processes may send to it at once, sharing one rate limit
 /// as processes sharing one Dub key do.
+///
+/// It counts every request and keeps the last --history of them (and of the leads and sales it
+/// recorded), so that it stays small however long it runs. Its own endpoints, which need no
+/// token and are not counted:
+///
+/// - GET /__mock/stats: the counters, as JSON: requests, requestsKept, statuses (answered
+///   requests by status), rateLimited, faults, leads, sales
+///
+/// - GET /__mock/requests: the kept requests, oldest first: {"requests": [{n, method, path,
+///   query, headers, body, status, fault}, ...]}
+///
+/// - DELETE /__mock/requests: forget the kept requests and reset the request counters
 ///
 /// Example: dub-track mock --port 4010 --rate-limit 3000
 #[derive(Debug, Args)]
@@ -38,24 +50,27 @@ pub struct MockArgs {
     /// milliseconds, during which a sale for that customer gets 404 "Lead event not found"
     #[arg(long, value_name = "MS")]
     lead_race_ms: Option<u64>,
+    /// How many of the latest requests, leads and sales to keep for GET /__mock/requests (older
+    /// ones are only counted)
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    history: usize,
+    /// Close a connection that has been silent this long while none of its requests is being
+    /// handled (a client that connected and stalled, or an idle keep-alive connection)
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout: u64,
 }
 
 /// Runs `dub-track mock` until Ctrl-C (or SIGTERM).
-pub async fn run(args: MockArgs) -> u8 {
+pub async fn run(args: MockArgs) -> Result<Status, CliError> {
     if let Some(rate) = args.faults
         && !(0.0..=1.0).contains(&rate)
     {
-        eprintln!("dub-track: --faults must be from 0 to 1");
-        return EXIT_USAGE;
+        return Err(exit::usage("--faults must be from 0 to 1"));
     }
     let mut stop = Stop::listen();
-    let mock = match start(&args).await {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("dub-track: the mock server could not start: {e}");
-            return EXIT_USAGE;
-        }
-    };
+    let mock = start(&args)
+        .await
+        .map_err(|e| exit::usage(format!("the mock server could not start: {e}")))?;
     println!("DUB_BASE_URL={}", mock.url());
     println!("DUB_API_KEY={}", mock.token());
     use std::io::Write;
@@ -66,11 +81,14 @@ pub async fn run(args: MockArgs) -> u8 {
     );
     stop.next().await;
     mock.shutdown().await;
-    EXIT_OK
+    Ok(Status::Ok)
 }
 
 async fn start(args: &MockArgs) -> std::io::Result<MockDub> {
-    let mut builder = MockDub::builder().port(args.port.unwrap_or(0));
+    let mut builder = MockDub::builder()
+        .port(args.port.unwrap_or(0))
+        .history(args.history)
+        .idle_timeout(Duration::from_secs(args.idle_timeout));
     if let Some(n) = args.rate_limit {
         builder = builder.rate_limit(u64::from(n));
     }

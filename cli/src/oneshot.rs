@@ -1,9 +1,12 @@
 //! `dub-track lead` and `dub-track sale`: one call, by hand, for debugging an integration.
 
 use clap::Args;
+use clap::builder::PossibleValuesParser;
+use dub::models::{LeadMode, PaymentProcessor, TrackLeadRequest, TrackSaleRequest};
 use serde_json::{Map, Value};
 
-use crate::{Connection, EXIT_FAILED, EXIT_OK, EXIT_USAGE, error_json};
+use crate::exit::{self, CliError, Status};
+use crate::{Connection, error_json};
 
 /// Track one lead: a sign-up tied to the click that brought the visitor.
 ///
@@ -35,7 +38,7 @@ pub struct LeadArgs {
     customer_avatar: Option<String>,
     /// async (default: recorded in the background), wait (recorded before Dub answers), or
     /// deferred (customer and click stored, lead recorded by a later lead; not deduplicated)
-    #[arg(long, value_name = "MODE", value_parser = ["async", "wait", "deferred"])]
+    #[arg(long, value_name = "MODE", value_parser = PossibleValuesParser::new(LeadMode::KNOWN))]
     mode: Option<String>,
     /// How many leads this event counts for (1 to 100)
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
@@ -71,8 +74,8 @@ pub struct SaleArgs {
     /// A three-letter currency code [Dub's default: usd]
     #[arg(long, value_name = "CODE")]
     currency: Option<String>,
-    /// stripe, shopify, polar, paddle, revenuecat or custom [Dub's default: custom]
-    #[arg(long, value_name = "NAME")]
+    /// The payment processor [Dub's default: custom]
+    #[arg(long, value_name = "NAME", value_parser = PossibleValuesParser::new(PaymentProcessor::KNOWN))]
     payment_processor: Option<String>,
     /// The event's name [Dub's default: Purchase]
     #[arg(long, value_name = "NAME")]
@@ -102,117 +105,118 @@ pub struct SaleArgs {
 /// The largest amount Dub takes: the largest integer JavaScript represents exactly.
 const MAX_AMOUNT: u64 = (1 << 53) - 1;
 
-fn put(m: &mut Map<String, Value>, name: &str, value: Option<impl Into<Value>>) {
-    if let Some(v) = value {
-        m.insert(name.to_owned(), v.into());
-    }
-}
-
-fn metadata(m: &mut Map<String, Value>, text: Option<&str>) -> Result<(), String> {
-    let Some(text) = text else { return Ok(()) };
+fn metadata(text: Option<&str>) -> Result<Option<Map<String, Value>>, String> {
+    let Some(text) = text else { return Ok(None) };
     match serde_json::from_str::<Value>(text) {
-        Ok(v @ Value::Object(_)) => {
-            m.insert("metadata".into(), v);
-            Ok(())
-        }
+        Ok(Value::Object(m)) => Ok(Some(m)),
         _ => Err("--metadata: must be a JSON object, e.g. '{\"plan\":\"pro\"}'".into()),
     }
 }
 
 /// Runs `dub-track lead`.
-pub async fn lead(a: LeadArgs) -> u8 {
-    let mut m = Map::new();
-    put(&mut m, "clickId", Some(a.click_id));
-    put(&mut m, "eventName", Some(a.event_name));
-    put(&mut m, "customerExternalId", Some(a.customer_external_id));
-    put(&mut m, "customerName", a.customer_name);
-    put(&mut m, "customerEmail", a.customer_email);
-    put(&mut m, "customerAvatar", a.customer_avatar);
-    put(&mut m, "mode", a.mode);
-    put(&mut m, "eventQuantity", a.event_quantity);
-    if let Err(e) = metadata(&mut m, a.metadata.as_deref()) {
-        return usage(&e);
+pub async fn lead(a: LeadArgs) -> Result<Status, CliError> {
+    let metadata = metadata(a.metadata.as_deref()).map_err(exit::usage)?;
+    let mut builder = TrackLeadRequest::builder()
+        .click_id(a.click_id)
+        .event_name(a.event_name)
+        .customer_external_id(a.customer_external_id);
+    if let Some(name) = a.customer_name {
+        builder = builder.customer_name(name);
     }
-    let request: dub::models::TrackLeadRequest = match serde_json::from_value(Value::Object(m)) {
-        Ok(r) => r,
-        Err(e) => return usage(&e.to_string()),
-    };
-    let dub = match client(&a.connection) {
-        Ok(d) => d,
-        Err(code) => return code,
-    };
+    if let Some(email) = a.customer_email {
+        builder = builder.customer_email(email);
+    }
+    if let Some(url) = a.customer_avatar {
+        builder = builder.customer_avatar(url);
+    }
+    if let Some(mode) = a.mode {
+        builder = builder.mode(LeadMode::from(mode));
+    }
+    if let Some(metadata) = metadata {
+        builder = builder.metadata(metadata);
+    }
+    let mut request = builder.build();
+    // The builder takes a count; one out of its range (`-1`) is set as given, so that the
+    // crate's validation names the rule it breaks.
+    request.event_quantity = a.event_quantity;
+    let dub = client(&a.connection)?;
     report(dub.track().lead(request).await)
 }
 
 /// Runs `dub-track sale`.
-pub async fn sale(a: SaleArgs) -> u8 {
+pub async fn sale(a: SaleArgs) -> Result<Status, CliError> {
     // The request's amount is unsigned: a negative one is refused here, in the words the
     // crate uses for an amount out of range.
     let Ok(amount) = u64::try_from(a.amount) else {
         let rule = format!("must be from 0 to {MAX_AMOUNT} (got {})", a.amount);
-        eprintln!(
-            "{}",
-            serde_json::json!({ "error": error_json::invalid("amount", &rule) })
-        );
-        return EXIT_USAGE;
+        return Err(CliError::InvalidRequest(error_json::invalid(
+            "amount", &rule,
+        )));
     };
-    let mut m = Map::new();
-    put(&mut m, "customerExternalId", Some(a.customer_external_id));
-    put(&mut m, "amount", Some(amount));
-    put(&mut m, "invoiceId", a.invoice_id);
-    put(&mut m, "currency", a.currency);
-    put(&mut m, "paymentProcessor", a.payment_processor);
-    put(&mut m, "eventName", a.event_name);
-    put(&mut m, "leadEventName", a.lead_event_name);
-    put(&mut m, "clickId", a.click_id);
-    put(&mut m, "customerName", a.customer_name);
-    put(&mut m, "customerEmail", a.customer_email);
-    put(&mut m, "customerAvatar", a.customer_avatar);
-    if let Err(e) = metadata(&mut m, a.metadata.as_deref()) {
-        return usage(&e);
+    let metadata = metadata(a.metadata.as_deref()).map_err(exit::usage)?;
+    let mut builder = TrackSaleRequest::builder()
+        .customer_external_id(a.customer_external_id)
+        .amount(amount);
+    if let Some(id) = a.invoice_id {
+        builder = builder.invoice_id(id);
     }
-    let request: dub::models::TrackSaleRequest = match serde_json::from_value(Value::Object(m)) {
-        Ok(r) => r,
-        Err(e) => return usage(&e.to_string()),
-    };
-    let dub = match client(&a.connection) {
-        Ok(d) => d,
-        Err(code) => return code,
-    };
-    report(dub.track().sale(request).await)
+    if let Some(currency) = a.currency {
+        builder = builder.currency(currency);
+    }
+    if let Some(processor) = a.payment_processor {
+        builder = builder.payment_processor(PaymentProcessor::from(processor));
+    }
+    if let Some(name) = a.event_name {
+        builder = builder.event_name(name);
+    }
+    if let Some(name) = a.lead_event_name {
+        builder = builder.lead_event_name(name);
+    }
+    if let Some(id) = a.click_id {
+        builder = builder.click_id(id);
+    }
+    if let Some(name) = a.customer_name {
+        builder = builder.customer_name(name);
+    }
+    if let Some(email) = a.customer_email {
+        builder = builder.customer_email(email);
+    }
+    if let Some(url) = a.customer_avatar {
+        builder = builder.customer_avatar(url);
+    }
+    if let Some(metadata) = metadata {
+        builder = builder.metadata(metadata);
+    }
+    let dub = client(&a.connection)?;
+    report(dub.track().sale(builder.build()).await)
 }
 
-fn usage(message: &str) -> u8 {
-    eprintln!("dub-track: {message}");
-    EXIT_USAGE
+fn client(connection: &Connection) -> Result<dub::Dub, CliError> {
+    let builder = connection.builder().map_err(exit::usage)?;
+    builder
+        .build()
+        .map_err(|e| exit::usage(crate::config_error(&e)))
 }
 
-fn client(connection: &Connection) -> Result<dub::Dub, u8> {
-    let builder = connection.builder().map_err(|e| usage(&e))?;
-    builder.build().map_err(|e| usage(&crate::config_error(&e)))
-}
-
-fn report<T: serde::Serialize>(result: dub::Result<T>) -> u8 {
+fn report<T: serde::Serialize>(result: dub::Result<T>) -> Result<Status, CliError> {
     match result {
         Ok(response) => match serde_json::to_string_pretty(&response) {
             Ok(text) => {
                 println!("{text}");
-                EXIT_OK
+                Ok(Status::Ok)
             }
             Err(e) => {
                 eprintln!("dub-track: Dub's response could not be printed: {e}");
-                EXIT_FAILED
+                Ok(Status::Failed)
             }
         },
+        // A request refused before sending (a field breaks a rule) is an input error.
+        Err(e) if e.kind() == dub::ErrorKind::Validation => {
+            Err(CliError::InvalidRequest(error_json::error(&e)))
+        }
         Err(e) => {
-            let body = serde_json::json!({ "error": error_json::error(&e) });
-            eprintln!("{body}");
-            // A request refused before sending (a field breaks a rule) is an input error.
-            if e.kind() == dub::ErrorKind::Validation {
-                EXIT_USAGE
-            } else {
-                EXIT_FAILED
-            }
+            eprintln!("{}", serde_json::json!({ "error": error_json::error(&e) }));
+            Ok(Status::Failed)
         }
     }
 }

@@ -4,7 +4,7 @@
 use clap::{Args, Subcommand};
 use sqlx_postgres::{PgPool, PgPoolOptions};
 
-use crate::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use crate::exit::{self, CliError, Status};
 
 /// Operate a PostgreSQL outbox (table dub_outbox): create or upgrade its schema, count its
 /// rows, put failed events back.
@@ -44,18 +44,13 @@ pub fn lazy_pool(url: &str) -> Result<PgPool, String> {
 }
 
 /// Runs one `dub-track outbox` command.
-pub async fn run(args: OutboxArgs) -> u8 {
+pub async fn run(args: OutboxArgs) -> Result<Status, CliError> {
     let Some(url) = args.database_url.filter(|u| !u.trim().is_empty()) else {
-        eprintln!("dub-track: set --database-url or DATABASE_URL to the outbox's database");
-        return EXIT_USAGE;
+        return Err(exit::usage(
+            "set --database-url or DATABASE_URL to the outbox's database",
+        ));
     };
-    let pool = match lazy_pool(&url) {
-        Ok(pool) => pool,
-        Err(message) => {
-            eprintln!("dub-track: {message}");
-            return EXIT_USAGE;
-        }
-    };
+    let pool = lazy_pool(&url).map_err(exit::usage)?;
     let result = match args.command {
         OutboxCommand::Migrate => dub::outbox::migrate(&pool).await.map(|m| {
             if m.from == m.to {
@@ -71,10 +66,10 @@ pub async fn run(args: OutboxArgs) -> u8 {
     };
     pool.close().await;
     match result {
-        Ok(()) => EXIT_OK,
+        Ok(()) => Ok(Status::Ok),
         Err(e) => {
             eprintln!("dub-track: {e}");
-            EXIT_FAILED
+            Ok(Status::Failed)
         }
     }
 }

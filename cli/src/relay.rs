@@ -7,8 +7,9 @@ use std::time::Duration;
 use dub::RateLimit;
 use dub::outbox::Relay;
 
+use crate::exit::{self, CliError, Status};
 use crate::signals::Stop;
-use crate::{Connection, EXIT_OK, EXIT_USAGE, config_error};
+use crate::{Connection, config_error};
 
 /// Deliver the events in a PostgreSQL outbox (table dub_outbox) to Dub, until Ctrl-C or SIGTERM.
 ///
@@ -40,31 +41,13 @@ pub struct RelayArgs {
 }
 
 /// Runs `dub-track relay` until Ctrl-C (or SIGTERM).
-pub async fn run(args: RelayArgs) -> u8 {
+pub async fn run(args: RelayArgs) -> Result<Status, CliError> {
     let mut stop = Stop::listen();
-    let pool = match crate::outbox::lazy_pool(&args.database_url) {
-        Ok(pool) => pool,
-        Err(message) => {
-            eprintln!("dub-track: {message}");
-            return EXIT_USAGE;
-        }
-    };
-    let mut builder = match args.connection.builder() {
-        Ok(b) => b,
-        Err(message) => {
-            eprintln!("dub-track: {message}");
-            return EXIT_USAGE;
-        }
-    };
+    let pool = crate::outbox::lazy_pool(&args.database_url).map_err(exit::usage)?;
+    let mut builder = args.connection.builder().map_err(exit::usage)?;
     // The adaptive limiter stays the safety net for other users of the key.
     builder = builder.rate_limit(RateLimit::adaptive());
-    let dub = match builder.build() {
-        Ok(dub) => dub,
-        Err(e) => {
-            eprintln!("dub-track: {}", config_error(&e));
-            return EXIT_USAGE;
-        }
-    };
+    let dub = builder.build().map_err(|e| exit::usage(config_error(&e)))?;
     let mut relay = Relay::builder(pool, dub)
         .max_in_flight(args.max_in_flight as usize)
         .lease(Duration::from_secs(args.lease_secs));
@@ -86,5 +69,5 @@ pub async fn run(args: RelayArgs) -> u8 {
         report.unwritten,
         report.pruned
     );
-    EXIT_OK
+    Ok(Status::Ok)
 }

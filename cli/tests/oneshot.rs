@@ -6,8 +6,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use dub::mock::MockDub;
-use serde_json::Value;
-use support::{BIN, Run, Scratch, run};
+use serde_json::{Value, json};
+use support::{BIN, Run, Scratch, jsonl, run};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -213,8 +213,11 @@ async fn mock_prints_its_url_and_token_and_serves_until_stopped() {
 
     dir.write(
         "e.jsonl",
-        "{\"type\":\"lead\",\"clickId\":\"c\",\"eventName\":\"Sign up\",\"customerExternalId\":\"u\"}\n\
-         {\"type\":\"sale\",\"customerExternalId\":\"u\",\"amount\":5,\"invoiceId\":\"i\"}\n",
+        &jsonl(&[
+            json!({"type": "lead", "clickId": "c", "eventName": "Sign up",
+                   "customerExternalId": "u"}),
+            json!({"type": "sale", "customerExternalId": "u", "amount": 5, "invoiceId": "i"}),
+        ]),
     );
     // Two processes share the server.
     let send = |args: &'static [&'static str]| {
@@ -241,10 +244,8 @@ async fn mock_prints_its_url_and_token_and_serves_until_stopped() {
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.status.code(), Some(0), "{a:?}");
     assert_eq!(b.status.code(), Some(0), "{b:?}");
-    assert!(
-        String::from_utf8_lossy(&a.stdout).contains("delivered=2 "),
-        "{a:?}"
-    );
+    let a = Run::from(a, env[1].1.as_str());
+    assert_eq!(a.count("delivered"), 2, "{a:?}");
 
     // SIGTERM (what a test harness sends) stops it cleanly.
     let pid = i32::try_from(server.id().unwrap()).unwrap();
@@ -388,7 +389,10 @@ async fn plain_http_to_another_host_needs_allow_insecure_http_and_warns() {
     // `send` takes it too.
     dir.write(
         "s.jsonl",
-        "{\"type\":\"sale\",\"customerExternalId\":\"u\",\"amount\":5,\"invoiceId\":\"i2\"}\n",
+        &jsonl(&[
+            json!({"type": "sale", "customerExternalId": "u", "amount": 5,
+                         "invoiceId": "i2"}),
+        ]),
     );
     let out = run(
         &mock,
@@ -404,4 +408,36 @@ async fn plain_http_to_another_host_needs_allow_insecure_http_and_warns() {
     .await;
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(mock.sales().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_value_lists_are_the_crates() {
+    let mock = MockDub::start().await.unwrap();
+    let dir = Scratch::new("values");
+    let help = run(&mock, &dir.0, &["sale", "--help"]).await;
+    let help = help.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    for processor in dub::models::PaymentProcessor::KNOWN {
+        assert!(help.contains(processor), "{processor} missing: {help}");
+    }
+    let help = run(&mock, &dir.0, &["lead", "--help"]).await;
+    for mode in dub::models::LeadMode::KNOWN {
+        assert!(help.stdout.contains(mode), "{mode} missing: {help:?}");
+    }
+    // A value the crate knows is sent as it is.
+    let sale = [
+        "sale",
+        "--customer-external-id",
+        "u",
+        "--amount",
+        "5",
+        "--invoice-id",
+        "in_v",
+        "--click-id",
+        "clk_v",
+        "--payment-processor",
+        "revenuecat",
+    ];
+    let out = run(&mock, &dir.0, &sale).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(mock.sales()[0].body["paymentProcessor"], "revenuecat");
 }

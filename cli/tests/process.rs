@@ -40,6 +40,18 @@ async fn http(port: u16, request: &str) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&answer).into_owned())
 }
 
+/// Waits until something accepts connections on `port`, for at most 10 s.
+async fn wait_for_port(port: u16) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "nothing listens on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn kill(child: &tokio::process::Child, signal: i32) {
     let pid = i32::try_from(child.id().expect("running")).unwrap();
     // SAFETY: kill(2) on a child this test started and has not reaped.
@@ -243,4 +255,66 @@ async fn failures_that_cannot_be_written_at_the_end_go_to_stderr() {
     assert_eq!(listed.len(), 1, "{out:?}");
     assert_eq!(listed[0]["customerExternalId"], "bad_one");
     assert_eq!(listed[0]["_error"]["field"], "amount");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_keeps_a_bounded_history_served_and_cleared_over_http() {
+    let port = free_port();
+    let mut server = Command::new(BIN)
+        .args(["mock", "--port", &port.to_string(), "--history", "2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_port(port).await;
+    for i in 0..5 {
+        let body = format!(
+            "{{\"clickId\":\"c\",\"eventName\":\"Sign up\",\"customerExternalId\":\"u{i}\"}}"
+        );
+        let answer = http(
+            port,
+            &format!(
+                "POST /track/lead HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer dub_mock_token\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .await
+        .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    let get = |path: &str| {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        async move { http(port, &request).await }
+    };
+    let json_of = |answer: String| -> serde_json::Value {
+        let (_, body) = answer.split_once("\r\n\r\n").expect("a body");
+        serde_json::from_str(body).expect("JSON")
+    };
+    let stats = json_of(get("/__mock/stats").await.unwrap());
+    assert_eq!(stats["requests"], 5, "{stats}");
+    assert_eq!(stats["requestsKept"], 2, "{stats}");
+    assert_eq!(stats["leads"], 5, "{stats}");
+    let kept = json_of(get("/__mock/requests").await.unwrap());
+    assert_eq!(kept["requests"].as_array().unwrap().len(), 2, "{kept}");
+    assert_eq!(kept["requests"][1]["body"]["customerExternalId"], "u4");
+
+    let answer = http(
+        port,
+        "DELETE /__mock/requests HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let stats = json_of(get("/__mock/stats").await.unwrap());
+    assert_eq!(stats["requests"], 0, "{stats}");
+
+    kill(&server, libc::SIGTERM);
+    let status = tokio::time::timeout(Duration::from_secs(10), server.wait())
+        .await
+        .expect("the mock did not stop on SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
 }

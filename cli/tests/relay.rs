@@ -2,6 +2,8 @@
 //! `dub-track outbox migrate|stats|retry`, against a real PostgreSQL server (started by the
 //! library's test harness) and `MockDub`.
 
+// This binary uses part of the shared helpers.
+#[allow(dead_code)]
 mod support;
 
 // The library's throwaway-cluster harness, shared rather than copied.

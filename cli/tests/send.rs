@@ -394,35 +394,45 @@ async fn the_summary_counts_the_429s_received() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_send_on_the_same_state_file_is_refused_while_the_first_runs() {
+async fn two_sends_on_one_state_file_share_the_work_and_send_each_record_once() {
     let mock = MockDub::start().await.unwrap();
     mock.random_faults(
         dub::mock::RandomFaults::new(1, 1.0).kinds([dub::mock::Fault::Delay(
             std::time::Duration::from_millis(20),
         )]),
     );
-    let dir = Scratch::new("lock");
-    let records: Vec<Value> = (0..200).map(|c| lead(&format!("l{c}"))).collect();
-    dir.write("leads.jsonl", &jsonl(&records));
-    let first = support::command(
-        &mock,
-        &dir.0,
-        &["send", "--max-in-flight", "4", "leads.jsonl"],
-    )
-    .spawn()
-    .unwrap();
+    let dir = Scratch::new("share");
+    // Sales Dub does not deduplicate: one sent by both processes would be recorded twice.
+    let records: Vec<Value> = (0..200)
+        .map(|c| unsafe_sale(&format!("l{c}"), 100))
+        .collect();
+    dir.write("sales.jsonl", &jsonl(&records));
+    let args = [
+        "send",
+        "--allow-unsafe",
+        "--max-in-flight",
+        "4",
+        "sales.jsonl",
+    ];
+    let first = support::command(&mock, &dir.0, &args).spawn().unwrap();
     while mock.request_count() == 0 {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    let second = run(&mock, &dir.0, &["send", "leads.jsonl"]).await;
-    assert_eq!(second.code, 2, "{second:?}");
-    assert!(
-        second.stderr.contains("in use by another dub-track"),
-        "{second:?}"
-    );
+    let second = run(&mock, &dir.0, &args).await;
     let first = support::Run::from(first.wait_with_output().await.unwrap(), mock.token());
-    assert_eq!(first.code, 0, "{first:?}");
-    assert_eq!(mock.request_count(), 200);
+    assert_eq!((first.code, second.code), (0, 0), "{first:?} {second:?}");
+    assert_eq!(mock.request_count(), 200, "a record was sent twice");
+    assert_eq!(mock.sales().len(), 200);
+    let (d1, d2) = (first.count("delivered"), second.count("delivered"));
+    assert_eq!(d1 + d2, 200, "{first:?} {second:?}");
+    assert!(d2 > 0, "the second process did no work: {second:?}");
+    for out in [&first, &second] {
+        assert_eq!(
+            out.count("delivered") + out.count("skipped"),
+            200,
+            "{out:?}"
+        );
+    }
 }
 
 /// A sale Dub does not deduplicate (no invoiceId): each request for it is recorded again.
@@ -689,4 +699,30 @@ sys.exit(p.returncode)
     );
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(mock.leads().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_from_before_the_sqlite_state_gets_a_clear_error() {
+    let mock = MockDub::start().await.unwrap();
+    let dir = Scratch::new("old-state");
+    dir.write("e.jsonl", &jsonl(&[lead("o1")]));
+    // The JSON Lines journal earlier versions wrote beside the file.
+    let journal = format!(
+        "{{\"key\":\"{}:1:0123456789abcdef\",\"outcome\":\"delivered\"}}\n",
+        dir.path("e.jsonl").display()
+    );
+    dir.write("e.jsonl.dub-state", &journal);
+    let out = run(&mock, &dir.0, &["send", "e.jsonl"]).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("written by an earlier dub-track")
+            && out.stderr.contains("move the file away"),
+        "{out:?}"
+    );
+    assert_eq!(mock.request_count(), 0);
+    // Left as it was.
+    assert_eq!(
+        std::fs::read_to_string(dir.path("e.jsonl.dub-state")).unwrap(),
+        journal
+    );
 }

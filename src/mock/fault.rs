@@ -40,6 +40,67 @@ pub enum Fault {
     /// Answer with this status and an HTML body, as a proxy in front of Dub would (e.g. 502);
     /// nothing is recorded.
     Html(u16),
+    /// Answer with exactly this status, headers and body (after its delay); nothing is
+    /// recorded. For what Dub never sends but a client must survive: a body that does not
+    /// parse, headers at odd values, a status no fault above gives.
+    Reply(ExactReply),
+}
+
+/// The answer of [`Fault::Reply`]: status, headers and body as given, nothing added but the
+/// `content-length` and `date` that hyper writes (a status outside 200..=999 or header text
+/// hyper refuses is written to the socket as it is).
+///
+/// ```
+/// use dub::mock::{ExactReply, Fault};
+/// use std::time::Duration;
+///
+/// let page = Fault::Reply(
+///     ExactReply::new(502, "<h1>Bad gateway</h1>")
+///         .header("content-type", "text/html")
+///         .delay(Duration::from_millis(50)),
+/// );
+/// let lead = Fault::Reply(ExactReply::json(200, &serde_json::json!({"click": {"id": "c"}})));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExactReply {
+    /// The status code.
+    pub status: u16,
+    /// The headers, in order, repeated names allowed.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+    /// How long to wait before answering.
+    pub delay: Duration,
+}
+
+impl ExactReply {
+    /// This status and body, no header, no delay.
+    pub fn new(status: u16, body: impl Into<Vec<u8>>) -> ExactReply {
+        ExactReply {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// This status and JSON body, with `content-type: application/json`.
+    pub fn json(status: u16, body: &serde_json::Value) -> ExactReply {
+        ExactReply::new(status, body.to_string()).header("content-type", "application/json")
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> ExactReply {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Waits this long before answering (the request is read first).
+    pub fn delay(mut self, delay: Duration) -> ExactReply {
+        self.delay = delay;
+        self
+    }
 }
 
 impl Fault {

@@ -63,9 +63,23 @@
 //! - The invoice read-then-write race, opt-in with [`MockDubBuilder::invoice_race`]: a second
 //!   sale for an `invoiceId` that arrives before the first one's response is cached is
 //!   recorded again.
+//! - Connections: HTTP/1.1 with keep-alive; a client may shut its side down after sending
+//!   and still gets its answer; a connection silent for 30 s while none of its requests is
+//!   being handled is closed ([`MockDubBuilder::idle_timeout`]), so stalled or forgotten
+//!   clients do not pile up.
 //!
 //! Every click ID is accepted as a click on one mock link, amounts are never converted to USD,
 //! and the error `message`s match Dub's where Dub's source states them.
+//!
+//! # What it keeps
+//!
+//! The last 100,000 requests, leads and sales ([`MockDubBuilder::history`] sets how many), and
+//! exact counts of everything ([`MockDub::request_count`], [`MockDub::stats`]), so that a
+//! server running for days stays bounded. Tests in other languages, which run it as
+//! `dub-track mock`, read the same over HTTP without a token: `GET /__mock/stats` (the
+//! counters), `GET /__mock/requests` (the kept requests as JSON) and `DELETE /__mock/requests`
+//! (forget them and reset the request counters). Requests to `/__mock/` are not recorded,
+//! counted, rate limited or given faults.
 //!
 //! # Faults
 //!
@@ -73,7 +87,9 @@
 //! arrival order; [`MockDub::random_faults`] draws faults from a seeded generator for every
 //! request without a scripted one. See [`Fault`] for what each does to the connection.
 
+mod control;
 mod fault;
+mod history;
 mod records;
 mod reply;
 mod rules;
@@ -81,10 +97,11 @@ mod schema;
 mod server;
 mod window;
 
-pub use fault::{Fault, RandomFaults, RetryAfter};
-pub use records::{ReceivedRequest, RecordedLead, RecordedSale};
+pub use fault::{ExactReply, Fault, RandomFaults, RetryAfter};
+pub use records::{MockStats, ReceivedRequest, RecordedLead, RecordedSale};
 
 use fault::FaultPlan;
+use history::History;
 use reply::{RateLimit, Reply};
 use rules::{Context, Incoming, Workspace};
 use std::fmt;
@@ -167,6 +184,7 @@ impl MockDub {
             rate_limit: builder.rate_limit,
             lead_race: builder.lead_race,
             invoice_race: builder.invoice_race,
+            history: builder.history,
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new(config)),
@@ -175,7 +193,12 @@ impl MockDub {
             shared.lock().faults.set_random(faults);
         }
         let (stop, stopped) = watch::channel(false);
-        let server = tokio::spawn(server::run(listener, shared.clone(), stopped));
+        let server = tokio::spawn(server::run(
+            listener,
+            shared.clone(),
+            stopped,
+            builder.idle_timeout,
+        ));
         Ok(MockDub {
             inner: Arc::new(Inner {
                 shared,
@@ -196,25 +219,39 @@ impl MockDub {
         TOKEN
     }
 
-    /// Every lead event recorded, oldest first.
+    /// Every lead event recorded, oldest first (the last [`MockDubBuilder::history`] of them).
     pub fn leads(&self) -> Vec<RecordedLead> {
-        self.inner.shared.lock().workspace.leads.clone()
+        self.inner.shared.lock().workspace.leads.to_vec()
     }
 
-    /// Every sale event recorded, oldest first.
+    /// Every sale event recorded, oldest first (the last [`MockDubBuilder::history`] of them).
     pub fn sales(&self) -> Vec<RecordedSale> {
-        self.inner.shared.lock().workspace.sales.clone()
+        self.inner.shared.lock().workspace.sales.to_vec()
     }
 
-    /// Every HTTP request received, in arrival order, whatever became of it. Requests hyper
-    /// could not parse as HTTP are not included.
+    /// Every HTTP request received, in arrival order, whatever became of it (the last
+    /// [`MockDubBuilder::history`] of them). Requests hyper could not parse as HTTP are not
+    /// included, nor those to the mock's own `/__mock/` endpoints.
     pub fn requests(&self) -> Vec<ReceivedRequest> {
-        self.inner.shared.lock().requests.clone()
+        self.inner.shared.lock().requests.to_vec()
     }
 
-    /// The number of HTTP requests received.
+    /// The number of HTTP requests received, including those no longer kept.
     pub fn request_count(&self) -> usize {
-        self.inner.shared.lock().requests.len()
+        usize::try_from(self.inner.shared.lock().requests.total()).unwrap_or(usize::MAX)
+    }
+
+    /// What the server has received and recorded so far, counted whether or not the requests
+    /// and events are still kept. The same figures are served as JSON at `GET /__mock/stats`.
+    pub fn stats(&self) -> MockStats {
+        self.inner.shared.lock().stats()
+    }
+
+    /// Forgets the kept requests and the request counters ([`MockDub::request_count`],
+    /// [`MockDub::rate_limited_count`], [`MockDub::stats`]), as `DELETE /__mock/requests`
+    /// does; recorded events, customers and the rate-limit window stay.
+    pub fn clear_requests(&self) {
+        self.inner.shared.lock().clear_requests();
     }
 
     /// Queues a fault for the next request that has none yet.
@@ -268,13 +305,7 @@ impl MockDub {
 
     /// The number of requests refused with 429 by the enforced rate limit.
     pub fn rate_limited_count(&self) -> usize {
-        self.inner
-            .shared
-            .lock()
-            .requests
-            .iter()
-            .filter(|r| r.status == Some(429) && r.fault.is_none())
-            .count()
+        usize::try_from(self.inner.shared.lock().counts.rate_limited).unwrap_or(usize::MAX)
     }
 
     /// Returns the server to its state right after it started, on the same port and with the
@@ -303,7 +334,7 @@ impl MockDub {
 }
 
 /// How a [`MockDub`] is set up before it starts: [`MockDub::builder`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 #[must_use]
 pub struct MockDubBuilder {
     port: u16,
@@ -311,6 +342,22 @@ pub struct MockDubBuilder {
     lead_race: Option<Duration>,
     invoice_race: Option<Duration>,
     random_faults: Option<RandomFaults>,
+    history: usize,
+    idle_timeout: Duration,
+}
+
+impl Default for MockDubBuilder {
+    fn default() -> Self {
+        MockDubBuilder {
+            port: 0,
+            rate_limit: None,
+            lead_race: None,
+            invoice_race: None,
+            random_faults: None,
+            history: history::DEFAULT_LIMIT,
+            idle_timeout: server::IDLE_TIMEOUT,
+        }
+    }
 }
 
 impl MockDubBuilder {
@@ -382,6 +429,25 @@ impl MockDubBuilder {
         self
     }
 
+    /// Keeps the last `n` requests, leads and sales (default 100,000 of each) for
+    /// [`MockDub::requests`], [`MockDub::leads`] and [`MockDub::sales`]; older ones are only
+    /// counted ([`MockDub::request_count`], [`MockDub::stats`]). A server that runs for long
+    /// (`dub-track mock` keeps 1,000) then stays bounded in memory whatever it receives; 0
+    /// keeps none.
+    pub fn history(mut self, n: usize) -> Self {
+        self.history = n;
+        self
+    }
+
+    /// Closes a connection that has sent and received nothing for `timeout` (30 s by default)
+    /// while no request of it is being handled: a client that connects and stays silent, stops
+    /// half-way through its headers or body, or keeps an idle connection alive. Measured in real
+    /// time, not on Tokio's clock, so that a test on a paused clock keeps its connections.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
     /// Starts with random faults, as [`MockDub::random_faults`] would right after start.
     pub fn random_faults(mut self, faults: RandomFaults) -> Self {
         self.random_faults = Some(faults);
@@ -400,30 +466,59 @@ pub(crate) struct Shared {
 }
 
 /// What survives [`MockDub::reset`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Config {
     rate_limit: Option<u64>,
     lead_race: Option<Duration>,
     invoice_race: Option<Duration>,
+    history: usize,
 }
 
 struct State {
     config: Config,
     workspace: Workspace,
-    requests: Vec<ReceivedRequest>,
+    requests: History<ReceivedRequest>,
+    counts: Counts,
     faults: FaultPlan,
     window: SlidingWindow,
+}
+
+/// Request counters, exact however many requests are kept.
+#[derive(Debug, Default)]
+struct Counts {
+    faults: u64,
+    rate_limited: u64,
+    /// Answered requests by status.
+    statuses: std::collections::BTreeMap<u16, u64>,
 }
 
 impl State {
     fn new(config: Config) -> State {
         State {
             window: SlidingWindow::new(config.rate_limit),
+            workspace: Workspace::new(config.history),
+            requests: History::new(config.history),
             config,
-            workspace: Workspace::default(),
-            requests: Vec::new(),
+            counts: Counts::default(),
             faults: FaultPlan::default(),
         }
+    }
+
+    fn stats(&self) -> MockStats {
+        MockStats {
+            requests: self.requests.total(),
+            requests_kept: self.requests.kept(),
+            statuses: self.counts.statuses.clone(),
+            rate_limited: self.counts.rate_limited,
+            faults: self.counts.faults,
+            leads: self.workspace.leads.total(),
+            sales: self.workspace.sales.total(),
+        }
+    }
+
+    fn clear_requests(&mut self) {
+        self.requests.clear();
+        self.counts = Counts::default();
     }
 }
 
@@ -435,18 +530,26 @@ impl Shared {
     }
 
     /// Records a request as it arrives and decides its fault, under one lock so that arrival
-    /// order is fault order. Returns the fault and the request's place in the log.
-    fn arrive(&self, mut request: ReceivedRequest) -> (Option<Fault>, usize) {
+    /// order is fault order. Returns the fault and the request's number in the log.
+    fn arrive(&self, mut request: ReceivedRequest) -> (Option<Fault>, u64) {
         let mut state = self.lock();
         let fault = state.faults.next();
+        if fault.is_some() {
+            state.counts.faults += 1;
+        }
         request.fault = fault.clone();
-        state.requests.push(request);
-        (fault, state.requests.len() - 1)
+        let n = state.requests.push(request);
+        (fault, n)
     }
 
     /// Notes the status a logged request was answered with.
-    fn answered(&self, index: usize, status: u16) {
-        if let Some(request) = self.lock().requests.get_mut(index) {
+    fn answered(&self, n: u64, status: u16, faulted: bool) {
+        let mut state = self.lock();
+        *state.counts.statuses.entry(status).or_default() += 1;
+        if status == 429 && !faulted {
+            state.counts.rate_limited += 1;
+        }
+        if let Some(request) = state.requests.get_mut(n) {
             request.status = Some(status);
         }
     }

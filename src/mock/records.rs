@@ -2,6 +2,7 @@
 //! HTTP requests it received.
 
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 /// A lead event the mock stored, as Dub would have.
 ///
@@ -81,5 +82,69 @@ impl ReceivedRequest {
     /// The body parsed as JSON, if it is JSON.
     pub fn json(&self) -> Option<Value> {
         serde_json::from_slice(&self.body).ok()
+    }
+}
+
+/// What a [`MockDub`](super::MockDub) has received and recorded, counted whether or not the
+/// requests and events are still kept: [`MockDub::stats`](super::MockDub::stats), or
+/// `GET /__mock/stats` as JSON (`requests`, `requestsKept`, `statuses`, `rateLimited`,
+/// `faults`, `leads`, `sales`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MockStats {
+    /// HTTP requests received (not counting those to `/__mock/`).
+    pub requests: u64,
+    /// How many of them are kept for [`MockDub::requests`](super::MockDub::requests).
+    pub requests_kept: usize,
+    /// Answered requests by status; a request whose connection a fault reset or wrote raw has
+    /// none.
+    pub statuses: BTreeMap<u16, u64>,
+    /// Requests refused with 429 by the enforced rate limit.
+    pub rate_limited: u64,
+    /// Requests given a fault, scripted or random.
+    pub faults: u64,
+    /// Lead events recorded.
+    pub leads: u64,
+    /// Sale events recorded.
+    pub sales: u64,
+}
+
+impl MockStats {
+    /// The JSON of `GET /__mock/stats`.
+    pub(crate) fn to_json(&self) -> Value {
+        let statuses: serde_json::Map<String, Value> = self
+            .statuses
+            .iter()
+            .map(|(status, n)| (status.to_string(), Value::from(*n)))
+            .collect();
+        serde_json::json!({
+            "requests": self.requests,
+            "requestsKept": self.requests_kept,
+            "statuses": statuses,
+            "rateLimited": self.rate_limited,
+            "faults": self.faults,
+            "leads": self.leads,
+            "sales": self.sales,
+        })
+    }
+}
+
+impl ReceivedRequest {
+    /// The request as `GET /__mock/requests` lists it, numbered in arrival order from 0.
+    pub(crate) fn to_json(&self, n: u64) -> Value {
+        let body = match self.json() {
+            Some(json) => json,
+            None => Value::String(String::from_utf8_lossy(&self.body).into_owned()),
+        };
+        serde_json::json!({
+            "n": n,
+            "method": self.method,
+            "path": self.path,
+            "query": self.query,
+            "headers": self.headers,
+            "body": body,
+            "status": self.status,
+            "fault": self.fault.as_ref().map(|f| format!("{f:?}")),
+        })
     }
 }

@@ -1,8 +1,9 @@
 //! Responses as Dub sends them: JSON bodies, the error envelope, rate-limit headers, and the
 //! HTML a proxy in front of Dub answers with.
 
-use super::fault::RetryAfter;
+use super::fault::{ExactReply, RetryAfter};
 use serde_json::{Value, json};
+use std::borrow::Cow;
 
 const DOC_URL: &str = "https://dub.co/docs/api-reference/errors";
 
@@ -10,10 +11,11 @@ const DOC_URL: &str = "https://dub.co/docs/api-reference/errors";
 #[derive(Debug, Clone)]
 pub(crate) struct Reply {
     pub status: u16,
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(Cow<'static, str>, String)>,
     pub body: Vec<u8>,
     /// The key's rate-limit state when the request went through Dub's limiter: Dub sends it
-    /// as `X-RateLimit-*` headers on error responses only (FACTS §6).
+    /// as `X-RateLimit-*` headers on error responses only (429 and other errors); a successful
+    /// `/track/*` response carries none.
     pub rate: Option<RateLimit>,
 }
 
@@ -25,7 +27,7 @@ impl Reply {
     pub fn with_body(status: u16, content_type: &str, body: Vec<u8>) -> Reply {
         Reply {
             status,
-            headers: vec![("content-type", content_type.to_owned())],
+            headers: vec![("content-type".into(), content_type.to_owned())],
             body,
             rate: None,
         }
@@ -86,11 +88,26 @@ impl Reply {
 
     fn set_retry_after(&mut self, retry_after: &RetryAfter) {
         let (name, value) = retry_after.header();
-        self.headers.push((name, value));
+        self.headers.push((name.into(), value));
     }
 
     pub fn push_header(&mut self, name: &'static str, value: String) {
-        self.headers.push((name, value));
+        self.headers.push((name.into(), value));
+    }
+
+    /// Exactly this answer: no header but those given (hyper adds `content-length` and
+    /// `date`), no rate-limit headers.
+    pub fn exact(exact: &ExactReply) -> Reply {
+        Reply {
+            status: exact.status,
+            headers: exact
+                .headers
+                .iter()
+                .map(|(name, value)| (Cow::Owned(name.clone()), value.clone()))
+                .collect(),
+            body: exact.body.clone(),
+            rate: None,
+        }
     }
 
     /// The whole response as HTTP/1.1 bytes, for the faults that bypass hyper. The connection

@@ -4,6 +4,7 @@
 //! Every click ID is treated as a click on one mock link, so there is no "click not found";
 //! customers, leads and sales live in memory until [`MockDub::reset`](super::MockDub::reset).
 
+use super::history::History;
 use super::records::{RecordedLead, RecordedSale};
 use super::reply::Reply;
 use super::schema::{self, LeadInput, Mode, Rejection, SaleInput};
@@ -43,8 +44,8 @@ pub(crate) struct Workspace {
     lead_keys: HashSet<(String, String)>,
     /// invoiceId -> the first successful response, exact bytes, and when it became readable.
     invoices: HashMap<String, CachedSale>,
-    pub leads: Vec<RecordedLead>,
-    pub sales: Vec<RecordedSale>,
+    pub leads: History<RecordedLead>,
+    pub sales: History<RecordedSale>,
     next_customer: u64,
 }
 
@@ -95,6 +96,15 @@ const INVALID_JSON: &str =
 const MISCONFIGURED_AUTH: &str = "Misconfigured authorization header. Did you forget to add 'Bearer '? Learn more: https://d.to/auth";
 
 impl Workspace {
+    /// An empty workspace keeping the last `history` leads and sales.
+    pub(crate) fn new(history: usize) -> Workspace {
+        Workspace {
+            leads: History::new(history),
+            sales: History::new(history),
+            ..Workspace::default()
+        }
+    }
+
     /// Answers one request as Dub would: route, then auth, then JSON, then the schema, then
     /// the operation.
     pub fn handle(&mut self, token: &str, req: &Incoming<'_>, cx: Context<'_>) -> Reply {

@@ -382,7 +382,7 @@ fn js_trim(s: &str) -> &str {
 include!(concat!(env!("OUT_DIR"), "/email_pattern.rs"));
 
 /// Whether `s` matches the spec's `customerEmail` pattern, compiled as the spec states it
-/// (with look-ahead, hence fancy-regex). The client's own check (`crate::validate`) is written
+/// (with look-ahead, hence fancy-regex). The client's own check (`crate::models::validate`) is written
 /// by hand; a property test holds both to the pattern.
 pub(crate) fn is_email(s: &str) -> bool {
     static PATTERN: std::sync::OnceLock<Option<fancy_regex::Regex>> = std::sync::OnceLock::new();

@@ -2,6 +2,7 @@
 //! socket itself (resets, truncated bodies, header text hyper refuses to send).
 
 use super::Shared;
+use super::control;
 use super::fault::Fault;
 use super::records::ReceivedRequest;
 use super::reply::Reply;
@@ -14,15 +15,20 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 /// Larger request bodies get 413 without being read.
 pub(crate) const MAX_BODY: usize = 1 << 20;
+/// The default of [`super::MockDubBuilder::idle_timeout`].
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a connection taken over from hyper may spend writing or draining.
 const RAW_IO_LIMIT: Duration = Duration::from_secs(5);
 
@@ -31,6 +37,7 @@ pub(crate) async fn run(
     listener: TcpListener,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
+    idle_timeout: Duration,
 ) {
     let mut connections = JoinSet::new();
     let mut stop = shutdown.clone();
@@ -39,7 +46,12 @@ pub(crate) async fn run(
             _ = stopped(&mut stop) => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    connections.spawn(connection(stream, shared.clone(), shutdown.clone()));
+                    connections.spawn(connection(
+                        stream,
+                        shared.clone(),
+                        shutdown.clone(),
+                        idle_timeout,
+                    ));
                 }
                 // Out of descriptors or similar: back off instead of spinning on the error.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -71,22 +83,48 @@ enum Outcome {
     Takeover(Takeover),
 }
 
-async fn connection(stream: TcpStream, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+async fn connection(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    idle_timeout: Duration,
+) {
     // hyper owns the stream it serves; a second descriptor for the same socket lets a fault
     // reset it or write raw bytes after hyper has been dropped mid-request.
     let Some((stream, spare)) = with_spare_descriptor(stream) else {
         return;
     };
+    let activity = Arc::new(Activity::new());
     let (takeover_tx, mut takeover_rx) = mpsc::channel(1);
     let service = {
         let shutdown = shutdown.clone();
-        service_fn(move |req| respond(req, shared.clone(), takeover_tx.clone(), shutdown.clone()))
+        let activity = activity.clone();
+        service_fn(move |req| {
+            respond(
+                req,
+                shared.clone(),
+                takeover_tx.clone(),
+                shutdown.clone(),
+                activity.clone(),
+            )
+        })
     };
-    let mut conn = Box::pin(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+    let io = TokioIo::new(Tracked {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    // half_close: a client may send its request and then shut its side down while it waits;
+    // without it hyper takes the end of input for the end of the connection and never answers.
+    let mut conn = Box::pin(
+        http1::Builder::new()
+            .half_close(true)
+            .serve_connection(io, service),
+    );
     let takeover = tokio::select! {
         _ = conn.as_mut() => None,
         Some(takeover) = takeover_rx.recv() => Some(takeover),
         _ = stopped(&mut shutdown) => None,
+        () = activity.idle_for(idle_timeout) => None,
     };
     // Closes hyper's descriptor; the socket stays open through `spare` until it is dropped.
     drop(conn);
@@ -129,9 +167,19 @@ async fn respond(
     shared: Arc<Shared>,
     takeover: mpsc::Sender<Takeover>,
     shutdown: watch::Receiver<bool>,
+    activity: Arc<Activity>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
+    if parts.uri.path().starts_with(control::PREFIX) {
+        let mut reply = control::answer(parts.method.as_str(), parts.uri.path(), &shared);
+        reply.finish();
+        if let Some(response) = to_response(&reply) {
+            return Ok(response);
+        }
+    }
     let body = read_body(&parts.headers, body).await;
+    // From here the server, not the client, is the one taking its time (a delay fault, say).
+    let _busy = activity.busy();
     let request = ReceivedRequest {
         method: parts.method.as_str().to_owned(),
         path: parts.uri.path().to_owned(),
@@ -153,6 +201,7 @@ async fn respond(
         .map(lossy)
         .collect();
     let (fault, index) = shared.arrive(request.clone());
+    let faulted = fault.is_some();
     let log = shared.clone();
     // Processing runs in its own task so that a client hanging up (say, on a timeout during
     // Fault::Delay) does not cancel it: like a real server, the mock finishes the work.
@@ -178,7 +227,7 @@ async fn respond(
     let takeover_now = match outcome {
         Outcome::Respond(reply) => match to_response(&reply) {
             Some(response) => {
-                log.answered(index, reply.status);
+                log.answered(index, reply.status, faulted);
                 return Ok(response);
             }
             None => Takeover::Write(raw(&reply, reply.body.len())),
@@ -245,6 +294,15 @@ async fn apply(
             }
         }
         Some(Fault::Html(status)) => Reply::html(status),
+        Some(Fault::Reply(exact)) => {
+            if !exact.delay.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(exact.delay) => {}
+                    _ = stopped(&mut shutdown) => return Outcome::Takeover(Takeover::Reset),
+                }
+            }
+            Reply::exact(&exact)
+        }
     };
     reply.finish();
     Outcome::Respond(reply)
@@ -258,7 +316,10 @@ fn to_response(reply: &Reply) -> Option<Response<Full<Bytes>>> {
         .filter(|s| !s.is_informational())?;
     let mut builder = Response::builder().status(status);
     for (name, value) in &reply.headers {
-        builder = builder.header(*name, HeaderValue::from_bytes(value.as_bytes()).ok()?);
+        builder = builder.header(
+            name.as_ref(),
+            HeaderValue::from_bytes(value.as_bytes()).ok()?,
+        );
     }
     builder
         .body(Full::new(Bytes::from(reply.body.clone())))
@@ -295,4 +356,117 @@ async fn read_body(headers: &hyper::HeaderMap, body: Body) -> Result<Vec<u8>, Bo
 
 fn lossy(value: &HeaderValue) -> String {
     String::from_utf8_lossy(value.as_bytes()).into_owned()
+}
+
+/// When a connection last moved a byte, and whether a request of it is being handled: what
+/// the idle timeout looks at. Real time (`std::time::Instant`), not Tokio's clock, so that a
+/// test on a paused clock, whose minutes pass in no time, does not see its connections closed.
+struct Activity {
+    origin: std::time::Instant,
+    /// Milliseconds from `origin` to the last byte read or written.
+    last_ms: AtomicU64,
+    busy: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            origin: std::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn busy(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    /// Resolves once nothing has moved for `timeout` while no request was being handled.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let quiet = self.origin.elapsed().saturating_sub(last);
+            if quiet >= timeout && self.busy.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            // A request being handled ends with bytes written, which restarts the count.
+            let check_in = timeout.saturating_sub(quiet).max(Duration::from_millis(10));
+            tokio::time::sleep(check_in).await;
+        }
+    }
+}
+
+/// A request being handled, until dropped.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The socket hyper serves, noting each byte that moves in [`Activity`].
+struct Tracked {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

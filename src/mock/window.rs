@@ -1,4 +1,5 @@
-//! Dub's rate limiter: Upstash's `slidingWindow(limit, "1 m")` for one API key (FACTS §6).
+//! Dub's rate limiter, as Dub's server source has it: Upstash's `slidingWindow(limit, "1 m")`
+//! keyed by the (hashed) API key, shared by every process using the key.
 //!
 //! Two fixed one-minute windows aligned to the Unix epoch; a request is refused when
 //! `floor((1 - p) * previous) + current >= limit`, `p` being the part of the current window

@@ -221,7 +221,7 @@ impl RetryConfig {
                 return Decision::Stop(Stop::RetryAfterBeyondDeadline);
             }
             (Some(wait), Some(_)) => wait,
-            (Some(wait), None) => wait.min(self.max_interval),
+            (Some(wait), None) => wait.min(self.backoff.max),
             (None, _) => self.backoff(attempt.number, unit),
         };
         if remaining.is_some_and(|left| after >= left) {

@@ -42,8 +42,10 @@
 //! `reqwest::Client` you pass with [`DubBuilder::http_client`](crate::DubBuilder::http_client)
 //! keeps its own retry setting, whose retries the count cannot see.
 
+mod backoff;
 mod decision;
 
+pub(crate) use backoff::Backoff;
 pub use decision::{Attempt, Decision, Reason, Seen, Stop};
 
 use std::sync::Arc;
@@ -64,7 +66,8 @@ pub enum Jitter {
 
 /// When and how a call is retried. Set per client with
 /// [`DubBuilder::retry_config`](crate::DubBuilder::retry_config), override per call with
-/// `.retries(..)`.
+/// [`TrackCall::retry_config`](crate::TrackCall::retry_config), and for a tracker's deliveries
+/// with [`TrackerBuilder::retry_config`](crate::tracker::TrackerBuilder::retry_config).
 ///
 /// The default makes at most 3 attempts (2 retries, as Stripe's and OpenAI's SDKs do) within
 /// 30 seconds: 500 ms, then 1 s, doubling up to 10 s, with equal jitter; it retries 429, 500,
@@ -90,11 +93,8 @@ pub enum Jitter {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryConfig {
     max_attempts: u32,
-    initial_interval: Duration,
-    max_interval: Duration,
-    exponent: f64,
+    backoff: Backoff,
     max_elapsed_time: Option<Duration>,
-    jitter: Jitter,
     statuses: Vec<u16>,
     retry_connection_errors: bool,
     retry_ambiguous: bool,
@@ -105,11 +105,8 @@ impl Default for RetryConfig {
     fn default() -> Self {
         Self {
             max_attempts: 3,
-            initial_interval: Duration::from_millis(500),
-            max_interval: Duration::from_secs(10),
-            exponent: 2.0,
+            backoff: Backoff::doubling(Duration::from_millis(500), Duration::from_secs(10)),
             max_elapsed_time: Some(Duration::from_secs(30)),
-            jitter: Jitter::Equal,
             statuses: vec![429, 500, 502, 503, 504],
             retry_connection_errors: true,
             retry_ambiguous: false,
@@ -135,7 +132,7 @@ impl RetryConfig {
 
     /// The delay before the first retry.
     pub fn with_initial_interval(mut self, interval: Duration) -> Self {
-        self.initial_interval = interval;
+        self.backoff.initial = interval;
         self
     }
 
@@ -143,13 +140,13 @@ impl RetryConfig {
     /// when it fits in [`max_elapsed_time`](Self::max_elapsed_time), and capped by it when
     /// there is no deadline.
     pub fn with_max_interval(mut self, interval: Duration) -> Self {
-        self.max_interval = interval;
+        self.backoff.max = interval;
         self
     }
 
     /// The factor each delay grows by (values below 1, and NaN, count as 1).
     pub fn with_exponent(mut self, exponent: f64) -> Self {
-        self.exponent = if exponent.is_finite() {
+        self.backoff.exponent = if exponent.is_finite() {
             exponent.max(1.0)
         } else if exponent == f64::INFINITY {
             f64::MAX
@@ -169,7 +166,7 @@ impl RetryConfig {
 
     /// How delays are randomised.
     pub fn with_jitter(mut self, jitter: Jitter) -> Self {
-        self.jitter = jitter;
+        self.backoff.jitter = jitter;
         self
     }
 
@@ -209,17 +206,17 @@ impl RetryConfig {
 
     /// The delay before the first retry.
     pub fn initial_interval(&self) -> Duration {
-        self.initial_interval
+        self.backoff.initial
     }
 
     /// The longest backoff between two attempts.
     pub fn max_interval(&self) -> Duration {
-        self.max_interval
+        self.backoff.max
     }
 
     /// The factor each delay grows by.
     pub fn exponent(&self) -> f64 {
-        self.exponent
+        self.backoff.exponent
     }
 
     /// The whole call's deadline.
@@ -229,7 +226,7 @@ impl RetryConfig {
 
     /// How delays are randomised.
     pub fn jitter(&self) -> Jitter {
-        self.jitter
+        self.backoff.jitter
     }
 
     /// The HTTP statuses worth retrying.
@@ -252,39 +249,11 @@ impl RetryConfig {
         self.retry_lead_race
     }
 
-    /// The backoff before retry number `retry` (1 for the first retry), before jitter, capped.
-    fn base_delay(&self, retry: u32) -> Duration {
-        let factor = self
-            .exponent
-            .powi(i32::try_from(retry.saturating_sub(1)).unwrap_or(i32::MAX));
-        let secs = self.initial_interval.as_secs_f64() * factor;
-        Duration::try_from_secs_f64(secs)
-            .unwrap_or(self.max_interval)
-            .min(self.max_interval)
-    }
-
-    /// The backoff before retry number `retry`, jittered with `unit`, a number in `[0, 1)`.
+    /// The backoff before retry number `retry` (1 for the first retry), jittered with `unit`,
+    /// a number in `[0, 1)`.
     pub(crate) fn backoff(&self, retry: u32, unit: f64) -> Duration {
-        let d = self.base_delay(retry);
-        let unit = if unit.is_finite() {
-            unit.clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
-        match self.jitter {
-            Jitter::None => d,
-            Jitter::Full => scale(d, unit),
-            Jitter::Equal => (d / 2).saturating_add(scale(d / 2, unit)),
-        }
+        self.backoff.delay(retry, unit)
     }
-}
-
-/// `d * factor` for a factor in `[0, 1]`, never panicking: `Duration::mul_f64` panics when
-/// float rounding takes the product past `Duration::MAX`.
-fn scale(d: Duration, factor: f64) -> Duration {
-    Duration::try_from_secs_f64(d.as_secs_f64() * factor)
-        .unwrap_or(d)
-        .min(d)
 }
 
 /// A retry budget shared by every call of one client: a token bucket that stops retries when

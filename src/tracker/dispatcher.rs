@@ -1,28 +1,35 @@
 //! The tracker's task: claims events whose turn has come, delivers them through the client,
 //! and decides what each result means (delivered, failed, uncertain, or again later).
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::decision::{self, Ended, Facts, Settings, Verdict};
 use super::event::{Event, EventId};
+use super::in_flight::Attempt;
 use super::outcome::{EventOutcome, Outcome, Response, ShutdownReport};
-use super::store::{Claimed, Store, Terminal};
-use super::{Core, Stopping};
-use crate::{Error, ErrorKind};
+use super::state::{Core, Stopping};
+use super::store::{Claimed, Store, StoreError, Terminal};
+use crate::Error;
+use crate::retry::Backoff;
 
-/// How long a sale may keep meeting Dub's "Lead event not found" before it is given up: the
-/// race lasts seconds; beyond this the customer has no lead.
-const LEAD_RACE_WINDOW: Duration = Duration::from_secs(600);
-/// The first and the longest pause after deliveries fail with outage errors.
-const OUTAGE_PAUSE: Duration = Duration::from_secs(1);
-const MAX_OUTAGE_PAUSE: Duration = Duration::from_secs(60);
+/// The pause after deliveries fail with outage errors: 1 s, doubling with each failed probe up
+/// to a minute, not jittered (one probe at a time).
+const OUTAGE_PAUSE: Backoff = Backoff {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+    exponent: 2.0,
+    jitter: crate::retry::Jitter::None,
+};
 /// How often a spool is checked for events left in flight by processes that died.
 const RECOVER_EVERY: Duration = Duration::from_secs(10);
+/// How often receipts waiting on a shared spool's rows are checked for rows another process
+/// settled.
+const SETTLED_ELSEWHERE_EVERY: Duration = Duration::from_secs(1);
 /// How often the counts are traced while there is work.
 const TRACE_EVERY: Duration = Duration::from_secs(10);
 /// The longest wait between attempts to write to a spool that failed (a full disk): once the
@@ -62,8 +69,7 @@ impl Outage {
         if self.consecutive < OUTAGE_AFTER {
             return;
         }
-        let doubling = 1u32.checked_shl(self.probes_failed).unwrap_or(u32::MAX);
-        let pause = OUTAGE_PAUSE.saturating_mul(doubling).min(MAX_OUTAGE_PAUSE);
+        let pause = OUTAGE_PAUSE.base(self.probes_failed.saturating_add(1));
         if self.until.is_none() {
             tracing::warn!("dub tracker: deliveries are failing; pausing and probing");
         }
@@ -96,74 +102,6 @@ impl Outage {
     }
 }
 
-/// The deliveries started and not yet settled, with Dub's answer once it came.
-///
-/// A delivery is recorded here before it starts, and its answer as soon as it arrives, so that
-/// whatever cuts the dispatcher short (a shutdown deadline it overran, the last handle dropped,
-/// its runtime shut down) leaves an honest account: an event Dub answered for is delivered,
-/// one whose request may have reached Dub and that Dub does not deduplicate is uncertain, and
-/// neither comes back as "undelivered". Whoever takes an entry out settles the event: the
-/// dispatcher normally, [`abandon`] once the dispatcher is cut short.
-#[derive(Default)]
-pub(super) struct InFlight(Mutex<InFlightState>);
-
-#[derive(Default)]
-struct InFlightState {
-    /// Abandoned: no delivery may start any more.
-    closed: bool,
-    started: HashMap<EventId, Attempt>,
-}
-
-struct Attempt {
-    claimed: Claimed,
-    answer: Option<Response>,
-}
-
-impl InFlight {
-    fn lock(&self) -> MutexGuard<'_, InFlightState> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Records a delivery about to start; `false` once abandoned (then it must not start).
-    fn start(&self, claimed: &Claimed) -> bool {
-        let mut s = self.lock();
-        if s.closed {
-            return false;
-        }
-        s.started.insert(
-            claimed.id,
-            Attempt {
-                claimed: claimed.clone(),
-                answer: None,
-            },
-        );
-        true
-    }
-
-    fn answered(&self, id: EventId, response: &Response) {
-        if let Some(attempt) = self.lock().started.get_mut(&id) {
-            attempt.answer = Some(response.clone());
-        }
-    }
-
-    fn contains(&self, id: EventId) -> bool {
-        self.lock().started.contains_key(&id)
-    }
-
-    /// Takes the entry to settle the event; `false` if [`abandon`] took it first.
-    fn take(&self, id: EventId) -> bool {
-        self.lock().started.remove(&id).is_some()
-    }
-
-    fn close(&self) -> Vec<Attempt> {
-        let mut s = self.lock();
-        s.closed = true;
-        let mut left: Vec<Attempt> = s.started.drain().map(|(_, a)| a).collect();
-        left.sort_by_key(|a| a.claimed.id);
-        left
-    }
-}
-
 /// Marks the dispatcher gone when its task ends or is dropped (its runtime shut down): the
 /// tracker then refuses hand-overs instead of queueing events nobody will deliver.
 struct Running(Arc<Core>);
@@ -171,7 +109,7 @@ struct Running(Arc<Core>);
 impl Drop for Running {
     fn drop(&mut self) {
         self.0.running.store(false, Ordering::Release);
-        self.0.stop_taking();
+        drop(self.0.stop_taking());
     }
 }
 
@@ -199,7 +137,7 @@ struct StoreTrouble {
 }
 
 impl StoreTrouble {
-    fn failed(&mut self, core: &Core, e: &str) {
+    fn failed(&mut self, core: &Core, e: &dyn std::fmt::Display) {
         if self.failures == 0 {
             tracing::error!(
                 error = %e,
@@ -207,7 +145,11 @@ impl StoreTrouble {
             );
         }
         self.failures = self.failures.saturating_add(1);
-        let wait = backoff(core, self.failures).min(MAX_STORE_RETRY);
+        let backoff = Backoff {
+            max: core.config.backoff.max.min(MAX_STORE_RETRY),
+            ..core.config.backoff
+        };
+        let wait = backoff.delay(self.failures, fastrand::f64());
         self.retry_at = Instant::now().checked_add(wait);
     }
 
@@ -246,26 +188,21 @@ impl StoreTrouble {
             return;
         }
         let held = std::mem::take(&mut self.unwritten);
-        let count = held.len();
-        match store_op(core, move |s| Ok(write_all(s, held))).await {
-            Ok((left, None)) => {
-                self.unwritten = left;
-                self.worked();
-            }
-            Ok((left, Some(e))) => {
-                self.unwritten = left;
-                self.failed(core, &e);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, events = count, "dub tracker: outcomes were not written");
-            }
+        let (left, error) = write_all(&*core.store, held).await;
+        self.unwritten = left;
+        match error {
+            None => self.worked(),
+            Some(e) => self.failed(core, &e),
         }
     }
 }
 
 /// Writes `held` in order: all outcomes in one transaction, then each reschedule. Returns what
 /// could not be written, with the error.
-fn write_all(store: &Store, held: Vec<Unwritten>) -> (Vec<Unwritten>, Option<String>) {
+async fn write_all(
+    store: &dyn Store,
+    held: Vec<Unwritten>,
+) -> (Vec<Unwritten>, Option<StoreError>) {
     let mut finish = Vec::new();
     let mut later = Vec::new();
     for w in held {
@@ -275,7 +212,7 @@ fn write_all(store: &Store, held: Vec<Unwritten>) -> (Vec<Unwritten>, Option<Str
         }
     }
     if !finish.is_empty()
-        && let Err(e) = store.finish(finish.clone())
+        && let Err(e) = store.finish(finish.clone()).await
     {
         let mut left: Vec<Unwritten> = finish
             .into_iter()
@@ -295,7 +232,7 @@ fn write_all(store: &Store, held: Vec<Unwritten>) -> (Vec<Unwritten>, Option<Str
         else {
             continue;
         };
-        if let Err(e) = store.reschedule(id, due_ms, attempts, maybe_sent) {
+        if let Err(e) = store.reschedule(id, due_ms, attempts, maybe_sent).await {
             let mut left = vec![w];
             left.extend(later);
             return (left, Some(e));
@@ -312,6 +249,7 @@ pub(super) async fn run(core: Arc<Core>) {
     let mut shutdown = core.shutdown.subscribe();
     let mut traced = Instant::now();
     let mut recovered: Option<Instant> = None;
+    let mut looked_elsewhere = Instant::now();
     loop {
         if recovered.is_none_or(|at| at.elapsed() >= RECOVER_EVERY) {
             recovered = Some(Instant::now());
@@ -319,6 +257,10 @@ pub(super) async fn run(core: Arc<Core>) {
         }
         if !trouble.waiting(Instant::now()) {
             trouble.write_held(&core).await;
+        }
+        if core.store.is_durable() && looked_elsewhere.elapsed() >= SETTLED_ELSEWHERE_EVERY {
+            looked_elsewhere = Instant::now();
+            settled_elsewhere(&core).await;
         }
         let stopping = *shutdown.borrow_and_update();
         let now = Instant::now();
@@ -336,9 +278,7 @@ pub(super) async fn run(core: Arc<Core>) {
                             if !core.in_flight.start(&claimed) {
                                 // Abandoned meanwhile: the event stays queued, unsent.
                                 let (id, attempts) = (claimed.id, claimed.attempts);
-                                let _ =
-                                    store_op(&core, move |s| s.reschedule(id, 0, attempts, false))
-                                        .await;
+                                let _ = core.store.reschedule(id, 0, attempts, false).await;
                                 continue;
                             }
                             let shutdown = core.shutdown.subscribe();
@@ -390,6 +330,9 @@ pub(super) async fn run(core: Arc<Core>) {
             traced,
             now,
         );
+        if core.store.is_durable() {
+            wake_at = wake_at.min((looked_elsewhere + SETTLED_ELSEWHERE_EVERY).max(now));
+        }
         if let Some(retry) = trouble.retry_at.filter(|&at| at > now) {
             wake_at = wake_at.min(retry);
         }
@@ -437,10 +380,7 @@ fn next_wake(
 
 /// Announces what a process that died had in flight and Dub does not deduplicate.
 async fn recover(core: &Arc<Core>, trouble: &mut StoreTrouble) {
-    if !core.store.is_durable() {
-        return;
-    }
-    match store_op(core, |s| s.recover()).await {
+    match core.store.recover().await {
         Ok(lost) => {
             if !lost.is_empty() {
                 tracing::warn!(
@@ -470,16 +410,30 @@ async fn recover(core: &Arc<Core>, trouble: &mut StoreTrouble) {
     }
 }
 
-async fn claim(core: &Arc<Core>, max: usize) -> Result<Vec<Claimed>, String> {
-    let now_ms = crate::clock::now_ms();
-    if core.store.is_durable() {
-        let core = core.clone();
-        tokio::task::spawn_blocking(move || core.store.claim(max, now_ms))
-            .await
-            .map_err(|e| e.to_string())?
-    } else {
-        core.store.claim(max, now_ms)
+/// Resolves the receipts of events another process sharing the spool settled: this tracker
+/// will never announce them itself. Only receipts learn of them, not the outcome callback,
+/// which tells what this tracker settled.
+async fn settled_elsewhere(core: &Arc<Core>) {
+    let waiting = core.receipts.waiting();
+    if waiting.is_empty() {
+        return;
     }
+    let waiting: Vec<_> = waiting
+        .into_iter()
+        .filter(|&id| !core.in_flight.contains(id))
+        .collect();
+    match core.store.settled(waiting).await {
+        Ok(settled) => {
+            for (id, outcome) in settled {
+                core.receipts.announce(id, &outcome);
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "dub tracker: cannot read the spool"),
+    }
+}
+
+async fn claim(core: &Arc<Core>, max: usize) -> Result<Vec<Claimed>, StoreError> {
+    core.store.claim(max, crate::clock::now_ms()).await
 }
 
 async fn deliver(
@@ -529,81 +483,6 @@ async fn deliver(
     }
 }
 
-/// What a failed delivery means for the event.
-#[allow(
-    clippy::large_enum_variant,
-    reason = "one lives per delivery, on the stack"
-)]
-enum Next {
-    Terminal(Outcome),
-    Retry { outage: bool, race: bool },
-}
-
-fn judge(core: &Core, claimed: &Claimed, e: Error, age: Duration) -> Next {
-    let maybe_sent = claimed.maybe_sent || e.may_have_been_recorded();
-    let lead_race = matches!(claimed.event, Event::Sale(_))
-        && e.kind() == ErrorKind::NotFound
-        && e.message()
-            .is_some_and(|m| m.starts_with("Lead event not found"));
-    // A 2xx Dub answered with a body this crate could not read: recorded all the same.
-    if e.kind() == ErrorKind::Decode && e.status().is_some_and(|s| s.is_success()) {
-        let body = e
-            .raw_body()
-            .and_then(|b| serde_json::from_slice(b).ok())
-            .unwrap_or(serde_json::Value::Null);
-        return Next::Terminal(Outcome::Delivered(Response::Raw(body)));
-    }
-    let refused = match e.kind() {
-        ErrorKind::NotFound => !lead_race || age >= LEAD_RACE_WINDOW,
-        ErrorKind::RateLimitExceeded => false,
-        ErrorKind::UnexpectedStatus => e.status().is_some_and(|s| s.is_client_error()),
-        ErrorKind::BadRequest
-        | ErrorKind::Unauthorized
-        | ErrorKind::Forbidden
-        | ErrorKind::Conflict
-        | ErrorKind::InviteExpired
-        | ErrorKind::UnprocessableEntity
-        | ErrorKind::Validation
-        | ErrorKind::Config
-        | ErrorKind::Decode => true,
-        _ => false,
-    };
-    if refused {
-        // Refused now; but an earlier delivery may have been the one that counted.
-        return Next::Terminal(if claimed.maybe_sent {
-            Outcome::Uncertain(e)
-        } else {
-            Outcome::Failed(e)
-        });
-    }
-    if e.may_have_been_recorded() && !claimed.event.is_deduplicated() {
-        return Next::Terminal(Outcome::Uncertain(e));
-    }
-    if age >= core.config.max_age {
-        let e = e.with_context(format!(
-            "given up after {} s undelivered (the tracker's max_age)",
-            age.as_secs()
-        ));
-        return Next::Terminal(if maybe_sent {
-            Outcome::Uncertain(e)
-        } else {
-            Outcome::Failed(e)
-        });
-    }
-    let outage = matches!(
-        e.kind(),
-        ErrorKind::Connect
-            | ErrorKind::Timeout
-            | ErrorKind::Transport
-            | ErrorKind::InternalServerError
-            | ErrorKind::UnexpectedStatus
-    );
-    Next::Retry {
-        outage,
-        race: lead_race,
-    }
-}
-
 async fn settle(core: &Arc<Core>, outage: &mut Outage, trouble: &mut StoreTrouble, d: Delivery) {
     if !core.in_flight.contains(d.claimed.id) {
         // Abandoned: already settled by `abandon`.
@@ -612,8 +491,29 @@ async fn settle(core: &Arc<Core>, outage: &mut Outage, trouble: &mut StoreTroubl
     let now_ms = crate::clock::now_ms();
     let age = Duration::from_millis(now_ms.saturating_sub(d.claimed.created_ms));
     let deliveries = d.claimed.attempts.saturating_add(1);
-    let next = match d.result {
-        None if d.claimed.event.is_deduplicated() => {
+    let ended = match d.result {
+        None => Ended::CutOff,
+        Some(Ok(response)) => Ended::Answered(response),
+        Some(Err(e)) => Ended::Failed(e),
+    };
+    let facts = Facts {
+        deduplicated: d.claimed.event.is_deduplicated(),
+        maybe_sent: d.claimed.maybe_sent,
+        deliveries,
+        age,
+    };
+    let settings = Settings {
+        max_age: core.config.max_age,
+        backoff: core.config.backoff,
+    };
+    let verdict = decision::decide(ended, &facts, &settings, fastrand::f64());
+    match verdict.dub_down() {
+        Some(true) => outage.failed(Instant::now(), d.probe),
+        Some(false) => outage.cleared(),
+        None => {}
+    }
+    let outcome = match verdict {
+        Verdict::Requeue => {
             // Cut off at the shutdown deadline: Dub would deduplicate a second delivery, so the
             // event simply stays queued.
             let w = Unwritten::Reschedule {
@@ -626,50 +526,25 @@ async fn settle(core: &Arc<Core>, outage: &mut Outage, trouble: &mut StoreTroubl
             core.in_flight.take(d.claimed.id);
             return;
         }
-        None => Next::Terminal(Outcome::Uncertain(Error::cut_off())),
-        Some(Ok(response)) => {
-            outage.cleared();
-            Next::Terminal(Outcome::Delivered(response))
+        Verdict::Retry {
+            after, maybe_sent, ..
+        } => {
+            let due = now_ms.saturating_add(u64::try_from(after.as_millis()).unwrap_or(u64::MAX));
+            core.counters.retried.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(id = %d.claimed.id, wait_ms = after.as_millis() as u64, "dub tracker: will retry");
+            let w = Unwritten::Reschedule {
+                id: d.claimed.id,
+                due_ms: due,
+                attempts: deliveries,
+                maybe_sent,
+            };
+            trouble.write(core, w).await;
+            core.in_flight.take(d.claimed.id);
+            return;
         }
-        Some(Err(e)) => {
-            let maybe_sent = e.may_have_been_recorded();
-            match judge(core, &d.claimed, e, age) {
-                Next::Retry { outage: down, race } => {
-                    if down {
-                        outage.failed(Instant::now(), d.probe);
-                    } else {
-                        outage.cleared();
-                    }
-                    let wait = if race {
-                        core.config.initial_backoff
-                    } else {
-                        backoff(core, deliveries)
-                    };
-                    let due =
-                        now_ms.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
-                    core.counters.retried.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(id = %d.claimed.id, wait_ms = wait.as_millis() as u64, "dub tracker: will retry");
-                    let w = Unwritten::Reschedule {
-                        id: d.claimed.id,
-                        due_ms: due,
-                        attempts: deliveries,
-                        maybe_sent,
-                    };
-                    trouble.write(core, w).await;
-                    core.in_flight.take(d.claimed.id);
-                    return;
-                }
-                Next::Terminal(outcome) => {
-                    if !matches!(outcome, Outcome::Uncertain(_)) {
-                        outage.cleared();
-                    }
-                    Next::Terminal(outcome)
-                }
-            }
-        }
-    };
-    let Next::Terminal(outcome) = next else {
-        return;
+        Verdict::Delivered(response) => Outcome::Delivered(response),
+        Verdict::Failed(e) => Outcome::Failed(e),
+        Verdict::Uncertain(e) => Outcome::Uncertain(e),
     };
     let terminal = terminal_of(&outcome);
     let stored = stored_outcome(&outcome);
@@ -718,7 +593,7 @@ fn count(core: &Core, terminal: Terminal) {
 /// after this. What Dub answered is delivered; a request that may have reached Dub is uncertain
 /// unless Dub deduplicates the event, which then goes back to the queue (the report, or the
 /// spool). Called only where the dispatcher can no longer run normally, before the report.
-pub(super) fn abandon(core: &Core) {
+pub(super) async fn abandon(core: &Core) {
     for attempt in core.in_flight.close() {
         let Attempt { claimed, answer } = attempt;
         let id = claimed.id;
@@ -726,7 +601,7 @@ pub(super) fn abandon(core: &Core) {
         let outcome = match answer {
             Some(response) => Outcome::Delivered(response),
             None if claimed.event.is_deduplicated() => {
-                if let Err(e) = core.store.reschedule(id, 0, deliveries, true) {
+                if let Err(e) = core.store.reschedule(id, 0, deliveries, true).await {
                     tracing::error!(error = %e, "dub tracker: cannot requeue an event");
                 }
                 continue;
@@ -734,10 +609,8 @@ pub(super) fn abandon(core: &Core) {
             None => Outcome::Uncertain(Error::abandoned()),
         };
         let terminal = terminal_of(&outcome);
-        if let Err(e) = core
-            .store
-            .finish(vec![(id, terminal, stored_outcome(&outcome))])
-        {
+        let stored = stored_outcome(&outcome);
+        if let Err(e) = core.store.finish(vec![(id, terminal, stored)]).await {
             tracing::error!(error = %e, "dub tracker: cannot record an outcome");
         }
         count(core, terminal);
@@ -756,15 +629,6 @@ pub(super) fn abandon(core: &Core) {
     }
 }
 
-/// Stops a spool's writer after it committed what it holds (a memory queue closed already).
-pub(super) async fn close_hand_overs(core: &Arc<Core>) {
-    let _ = store_op(core, |s| {
-        s.close_hand_overs();
-        Ok(())
-    })
-    .await;
-}
-
 /// Tells the outcome callback and the event's receipts.
 pub(super) fn announce(core: &Core, outcome: EventOutcome) {
     if let Some(callback) = &core.on_outcome {
@@ -774,36 +638,6 @@ pub(super) fn announce(core: &Core, outcome: EventOutcome) {
         }
     }
     core.receipts.announce(outcome.id, &outcome.outcome);
-}
-
-fn backoff(core: &Core, deliveries: u32) -> Duration {
-    let doubling = 1u32
-        .checked_shl(deliveries.saturating_sub(1))
-        .unwrap_or(u32::MAX);
-    let d = core
-        .config
-        .initial_backoff
-        .saturating_mul(doubling)
-        .min(core.config.max_backoff);
-    // Equal jitter: spread retries of events that failed together.
-    let half = d / 2;
-    half.saturating_add(
-        Duration::try_from_secs_f64(half.as_secs_f64() * fastrand::f64()).unwrap_or(half),
-    )
-}
-
-async fn store_op<T: Send + 'static>(
-    core: &Arc<Core>,
-    op: impl FnOnce(&Store) -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
-    if core.store.is_durable() {
-        let core = core.clone();
-        tokio::task::spawn_blocking(move || op(&core.store))
-            .await
-            .map_err(|e| e.to_string())?
-    } else {
-        op(&core.store)
-    }
 }
 
 /// What a spool keeps of an outcome: Dub's response, or the error's essentials, as JSON.
@@ -822,22 +656,24 @@ fn stored_outcome(outcome: &Outcome) -> Vec<u8> {
 
 /// The report of a stopped tracker: what is left comes back (memory) or stays (spool), and
 /// receipts of what is left resolve to `NotDelivered`. The dispatcher has ended or was aborted.
-pub(super) fn report(core: &Core) -> ShutdownReport {
-    abandon(core);
+pub(super) async fn report(core: &Core) -> ShutdownReport {
+    abandon(core).await;
     let mut report = ShutdownReport::default();
-    match &core.store {
-        Store::Memory(queue) => {
-            report.undelivered = queue.drain();
+    let mut left_read = true;
+    match core.store.left().await {
+        Ok(left) => {
+            report.undelivered = left.undelivered;
+            report.left_in_spool = left.in_store;
         }
-        #[cfg(feature = "spool")]
-        Store::Spool(_) => {
-            let (queued, in_flight, _) = core.store.counts().unwrap_or_default();
-            report.left_in_spool = queued + in_flight;
+        Err(e) => {
+            left_read = false;
+            tracing::error!(error = %e, "dub tracker: cannot read what is left");
         }
     }
     core.receipts.resolve_rest();
     report.stats = core.stats();
-    report.drained = report.undelivered.is_empty()
+    report.drained = left_read
+        && report.undelivered.is_empty()
         && report.left_in_spool == 0
         && report.stats.store_error.is_none();
     report

@@ -8,10 +8,12 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use tokio::sync::Notify;
+
 use super::event::{Event, EventId};
-use super::outcome::Receipt;
+use super::outcome::{HandOver, HandOverError, HandOverErrorKind, Receipt};
 use super::receipts::Receipts;
-use super::store::Claimed;
+use super::store::{Claimed, Left, Store, StoreError, StoreFuture, Terminal, done};
 
 #[derive(Debug)]
 struct Entry {
@@ -43,6 +45,8 @@ pub(crate) struct MemoryQueue {
     state: Mutex<State>,
     capacity: usize,
     receipts: Arc<Receipts>,
+    /// Rung when an event is queued: the dispatcher may claim it.
+    wake: Arc<Notify>,
 }
 
 /// Why a push was refused.
@@ -53,7 +57,7 @@ pub(crate) enum Refused {
 }
 
 impl MemoryQueue {
-    pub(crate) fn new(capacity: usize, receipts: Arc<Receipts>) -> Self {
+    pub(crate) fn new(capacity: usize, receipts: Arc<Receipts>, wake: Arc<Notify>) -> Self {
         Self {
             state: Mutex::new(State {
                 next_id: 1,
@@ -61,6 +65,7 @@ impl MemoryQueue {
             }),
             capacity,
             receipts,
+            wake,
         }
     }
 
@@ -206,6 +211,11 @@ impl MemoryQueue {
     }
 
     /// (queued, in flight, creation time of the oldest).
+    /// Whether an undelivered event holds `key`.
+    pub(crate) fn has_key(&self, key: &str) -> bool {
+        self.lock().keys.contains_key(key)
+    }
+
     pub(crate) fn counts(&self) -> (u64, u64, Option<u64>) {
         let s = self.lock();
         let total = s.entries.len() as u64;
@@ -237,6 +247,76 @@ impl MemoryQueue {
     }
 }
 
+impl Store for MemoryQueue {
+    fn hand_over(&self, key: Option<String>, event: Event, created_ms: u64) -> HandOver {
+        match self.push(key, event, created_ms) {
+            Ok(receipt) => {
+                self.wake.notify_one();
+                HandOver::done(Ok(receipt))
+            }
+            Err((Refused::Full, event)) => HandOver::done(Err(HandOverError::new(
+                HandOverErrorKind::Full,
+                Some(event),
+            )
+            .with_detail(format!("{} undelivered events already", self.capacity)))),
+            Err((Refused::Closed, event)) => HandOver::done(Err(HandOverError::new(
+                HandOverErrorKind::Stopped,
+                Some(event),
+            ))),
+        }
+    }
+
+    fn close_hand_overs(&self) -> StoreFuture<()> {
+        self.close();
+        done(())
+    }
+
+    fn claim(&self, max: usize, now_ms: u64) -> StoreFuture<Vec<Claimed>> {
+        done(MemoryQueue::claim(self, max, now_ms))
+    }
+
+    fn finish(&self, finished: Vec<(EventId, Terminal, Vec<u8>)>) -> StoreFuture<()> {
+        for (id, _, _) in finished {
+            MemoryQueue::finish(self, id);
+        }
+        done(())
+    }
+
+    fn reschedule(
+        &self,
+        id: EventId,
+        due_ms: u64,
+        attempts: u32,
+        maybe_sent: bool,
+    ) -> StoreFuture<()> {
+        MemoryQueue::reschedule(self, id, due_ms, attempts, maybe_sent);
+        done(())
+    }
+
+    fn has_key(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(MemoryQueue::has_key(self, key))
+    }
+
+    fn left(&self) -> StoreFuture<Left> {
+        done(Left {
+            undelivered: self.drain(),
+            in_store: 0,
+        })
+    }
+
+    fn next_due(&self) -> Option<u64> {
+        MemoryQueue::next_due(self)
+    }
+
+    fn counts(&self) -> Result<(u64, u64, Option<u64>), StoreError> {
+        Ok(MemoryQueue::counts(self))
+    }
+
+    fn is_durable(&self) -> bool {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,7 +340,7 @@ mod tests {
     }
 
     fn queue(capacity: usize) -> MemoryQueue {
-        MemoryQueue::new(capacity, Arc::default())
+        MemoryQueue::new(capacity, Arc::default(), Arc::default())
     }
 
     #[test]

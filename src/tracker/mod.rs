@@ -61,14 +61,16 @@
 //!   were not delivered (receipts of those in flight resolve the same way). A tracker whose
 //!   runtime was shut down refuses hand-overs with the event, and its report lists what it holds.
 
+mod decision;
 mod dispatcher;
 mod event;
+mod in_flight;
 mod memory;
 mod outcome;
 mod receipts;
-mod slot;
 #[cfg(feature = "spool")]
 mod spool;
+mod state;
 mod store;
 
 pub use event::{Event, EventId};
@@ -76,9 +78,10 @@ pub use outcome::{
     EventOutcome, HandOver, HandOverError, HandOverErrorKind, HandOverFuture, Outcome, Receipt,
     ReceiptFuture, Response, ShutdownReport, Stats,
 };
+pub use state::OutcomeCallback;
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -87,13 +90,11 @@ use tokio::time::Instant;
 
 use crate::models::{TrackLeadRequest, TrackSaleRequest};
 use crate::{Dub, Error, RetryConfig};
-use dispatcher::InFlight;
-use memory::{MemoryQueue, Refused};
+use in_flight::InFlight;
+use memory::MemoryQueue;
 use receipts::Receipts;
+use state::{Config, Core, Counters, Stopping};
 use store::Store;
-
-/// Called with every event's terminal outcome, on the tracker's task: keep it quick.
-pub type OutcomeCallback = Arc<dyn Fn(&EventOutcome) + Send + Sync>;
 
 impl Dub {
     /// A builder for a background [`Tracker`] that delivers through this client (its retry
@@ -103,33 +104,6 @@ impl Dub {
             dub: self.clone(),
             config: Config::default(),
             on_outcome: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Config {
-    capacity: usize,
-    max_in_flight: usize,
-    max_age: Duration,
-    initial_backoff: Duration,
-    max_backoff: Duration,
-    call_policy: RetryConfig,
-    #[cfg(feature = "spool")]
-    spool: Option<std::path::PathBuf>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            capacity: 10_000,
-            max_in_flight: 32,
-            max_age: Duration::from_secs(6 * 3600),
-            initial_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(300),
-            call_policy: RetryConfig::default(),
-            #[cfg(feature = "spool")]
-            spool: None,
         }
     }
 }
@@ -176,8 +150,8 @@ impl TrackerBuilder {
     /// The wait before an event's first retry and the longest wait between its retries
     /// (default 1 s and 5 min, doubling, jittered).
     pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
-        self.config.initial_backoff = initial;
-        self.config.max_backoff = max.max(initial);
+        self.config.backoff.initial = initial;
+        self.config.backoff.max = max.max(initial);
         self
     }
 
@@ -212,6 +186,10 @@ impl TrackerBuilder {
     /// - [`capacity`](Self::capacity) bounds the undelivered events in the file, whichever
     ///   process handed them over. Events left at shutdown stay in the file
     ///   ([`ShutdownReport::left_in_spool`]).
+    /// - [`start`](Self::start) refuses, in one line, a file that cannot be written, that is not a
+    ///   spool, or that is damaged (SQLite's `quick_check`, about 0.1 s per 100,000 events in
+    ///   the file). A disk that fills up later pauses the tracker's writes (one error logged)
+    ///   until it has room again.
     ///
     /// ```no_run
     /// # fn run(dub: dub::Dub) -> dub::Result<()> {
@@ -262,20 +240,24 @@ impl TrackerBuilder {
         self.launch(handle, Some(runtime))
     }
 
-    fn store(&self, receipts: &Arc<Receipts>) -> crate::Result<Store> {
+    /// The store, handed the receipts it registers and the dispatcher's wake-up.
+    fn store(&self, receipts: &Arc<Receipts>, wake: &Arc<Notify>) -> crate::Result<Box<dyn Store>> {
         #[cfg(feature = "spool")]
         if let Some(path) = &self.config.spool {
-            let spool = spool::Spool::open(path, self.config.capacity).map_err(|e| {
-                Error::config(format!(
-                    "the spool at {} cannot be used: {e}",
-                    path.display()
-                ))
-            })?;
-            return Ok(Store::Spool(spool));
+            let spool =
+                spool::Spool::open(path, self.config.capacity, receipts.clone(), wake.clone())
+                    .map_err(|e| {
+                        Error::config(format!(
+                            "the spool at {} cannot be used: {e}",
+                            path.display()
+                        ))
+                    })?;
+            return Ok(Box::new(store::OffThread(Arc::new(spool))));
         }
-        Ok(Store::Memory(MemoryQueue::new(
+        Ok(Box::new(MemoryQueue::new(
             self.config.capacity,
             receipts.clone(),
+            wake.clone(),
         )))
     }
 
@@ -286,13 +268,14 @@ impl TrackerBuilder {
     ) -> crate::Result<Tracker> {
         self.dub.core()?;
         let receipts = Arc::new(Receipts::default());
-        let store = self.store(&receipts)?;
+        let wake = Arc::new(Notify::new());
+        let store = self.store(&receipts, &wake)?;
         let (shutdown, _) = watch::channel(None);
         let core = Arc::new(Core {
             dub: self.dub,
             config: self.config,
             store,
-            wake: Notify::new(),
+            wake,
             receipts,
             in_flight: InFlight::default(),
             counters: Counters::default(),
@@ -301,10 +284,6 @@ impl TrackerBuilder {
             shutdown,
             on_outcome: self.on_outcome,
         });
-        #[cfg(feature = "spool")]
-        if let Store::Spool(spool) = &core.store {
-            spool.attach(Arc::downgrade(&core));
-        }
         let dispatcher = runtime.spawn(dispatcher::run(core.clone()));
         Ok(Tracker {
             handle: Arc::new(Handle {
@@ -314,73 +293,6 @@ impl TrackerBuilder {
                 own: Mutex::new(own),
             }),
         })
-    }
-}
-
-/// What the tracker's handles and its dispatcher task share.
-pub(crate) struct Core {
-    dub: Dub,
-    config: Config,
-    store: Store,
-    /// Wakes the dispatcher: an event was handed over.
-    wake: Notify,
-    receipts: Arc<Receipts>,
-    /// Deliveries started and not yet settled, with what Dub answered.
-    in_flight: InFlight,
-    counters: Counters,
-    accepting: AtomicBool,
-    /// The dispatcher task exists (false once it ended, or its runtime dropped it).
-    running: AtomicBool,
-    /// How the tracker is stopping, once it is.
-    shutdown: watch::Sender<Option<Stopping>>,
-    on_outcome: Option<OutcomeCallback>,
-}
-
-/// How a tracker stops: new deliveries start until `claim_until`; deliveries still running at
-/// `cut_at` are cut off (never, for [`Tracker::stop`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Stopping {
-    pub claim_until: Instant,
-    pub cut_at: Option<Instant>,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    delivered: AtomicU64,
-    failed: AtomicU64,
-    uncertain: AtomicU64,
-    retried: AtomicU64,
-}
-
-impl Core {
-    /// Takes no more hand-overs. The memory queue closes under its lock, so a hand-over is
-    /// either queued before (then delivered or in the report) or refused.
-    fn stop_taking(&self) {
-        self.accepting.store(false, Ordering::Release);
-        #[allow(irrefutable_let_patterns)] // without the `spool` feature memory is the only store
-        if let Store::Memory(queue) = &self.store {
-            queue.close();
-        }
-    }
-
-    fn stats(&self) -> Stats {
-        let (counts, store_error) = match self.store.counts() {
-            Ok(counts) => (counts, None),
-            Err(e) => ((0, 0, None), Some(e)),
-        };
-        let (queued, in_flight, oldest) = counts;
-        let now = crate::clock::now_ms();
-        Stats {
-            store_error,
-            queued,
-            in_flight,
-            delivered: self.counters.delivered.load(Ordering::Relaxed),
-            failed: self.counters.failed.load(Ordering::Relaxed),
-            uncertain: self.counters.uncertain.load(Ordering::Relaxed),
-            retried: self.counters.retried.load(Ordering::Relaxed),
-            rate_limited: self.dub.rate_limiter().map_or(0, |state| state.throttled),
-            oldest_age: oldest.map(|created| Duration::from_millis(now.saturating_sub(created))),
-        }
     }
 }
 
@@ -410,11 +322,26 @@ impl Drop for Handle {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(task) = running {
-            self.core.stop_taking();
+            drop(self.core.stop_taking());
             task.abort();
-            // What was in flight may have reached Dub: settled honestly, not "not delivered".
-            dispatcher::abandon(&self.core);
-            self.core.receipts.resolve_rest();
+            // What was in flight may have reached Dub: settled honestly, not "not delivered";
+            // on the tracker's runtime while it runs (a store may need it), here when it is
+            // gone or is the tracker's own (shut down below, before a task of it would run).
+            let core = self.core.clone();
+            let settle = async move {
+                dispatcher::abandon(&core).await;
+                core.receipts.resolve_rest();
+            };
+            let own = self
+                .own
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some();
+            if self.core.running.load(Ordering::Acquire) && !own {
+                drop(self.runtime.spawn(settle));
+            } else {
+                crate::wait::block_on(Box::pin(settle));
+            }
             let stats = self.core.stats();
             let left = stats.queued + stats.in_flight;
             if left > 0 {
@@ -484,34 +411,22 @@ impl Tracker {
             err.source = Some(e);
             return HandOver::done(Err(err));
         }
-        match &core.store {
-            Store::Memory(queue) => match queue.push(key, event, crate::clock::now_ms()) {
-                Ok(receipt) => {
-                    core.wake.notify_one();
-                    HandOver::done(Ok(receipt))
-                }
-                Err((Refused::Full, event)) => HandOver::done(Err(HandOverError::new(
-                    HandOverErrorKind::Full,
-                    Some(event),
-                )
-                .with_detail(format!(
-                    "{} undelivered events already",
-                    core.config.capacity
-                )))),
-                Err((Refused::Closed, event)) => HandOver::done(Err(HandOverError::new(
-                    HandOverErrorKind::Stopped,
-                    Some(event),
-                ))),
-            },
-            #[cfg(feature = "spool")]
-            Store::Spool(spool) => HandOver {
-                state: outcome::HandOverState::Committing(spool.hand_over(
-                    key,
-                    event,
-                    crate::clock::now_ms(),
-                )),
-            },
-        }
+        core.store.hand_over(key, event, crate::clock::now_ms())
+    }
+
+    /// Whether `key` was handed over before: its event is queued or in flight, or (with a
+    /// spool) settled, by this process or another sharing the spool, in this run or an
+    /// earlier one. Handing such a key over again sends nothing new: the receipt answers for
+    /// the event already held. With a spool this reads the file: it blocks for a moment.
+    ///
+    /// Useful before handing over events that Dub does not deduplicate, to tell which would be
+    /// sent for the first time. A spool that cannot be read answers with its error.
+    pub fn knows_key(&self, key: &str) -> Result<bool, Error> {
+        self.handle
+            .core
+            .store
+            .has_key(key)
+            .map_err(|e| Error::config(format!("the tracker's store cannot be read: {e}")))
     }
 
     /// The tracker's counts now.
@@ -551,9 +466,10 @@ impl Tracker {
 
     async fn finish(self, stopping: Stopping) -> ShutdownReport {
         let core = self.handle.core.clone();
-        core.stop_taking();
         // A spool's writer commits what it holds and stops, so the report counts it.
-        dispatcher::close_hand_overs(&core).await;
+        if let Err(e) = core.stop_taking().await {
+            tracing::error!(error = %e, "dub tracker: cannot close the store to hand-overs");
+        }
         // send_replace, not send: `send` drops the value when nobody subscribed yet, and a
         // dispatcher stopped right after start may not have subscribed.
         core.shutdown.send_replace(Some(stopping));
@@ -576,11 +492,16 @@ impl Tracker {
                 task.abort();
             }
         }
-        dispatcher::report(&core)
+        dispatcher::report(&core).await
     }
 
     /// [`shutdown`](Self::shutdown) for sync code (a tracker from
-    /// [`TrackerBuilder::start_in_background`], or any thread outside async code).
+    /// [`TrackerBuilder::start_in_background`], or any thread outside async code). If the
+    /// tracker's runtime is gone, the report is made on this thread.
+    ///
+    /// It parks this thread until the report is ready, as [`HandOver::wait`] and
+    /// [`Receipt::wait`] do: never call these on the thread of a current-thread runtime that
+    /// runs the tracker (its `block_on`, or a task on it), which would wait for itself forever.
     pub fn shutdown_blocking(self, deadline: Duration) -> ShutdownReport {
         self.blocking(move |tracker| tracker.shutdown(deadline))
     }
@@ -605,17 +526,21 @@ impl Tracker {
             .take();
         let core = self.handle.core.clone();
         let report = if core.running.load(Ordering::Acquire) {
-            let (tx, rx) = slot::slot();
-            runtime.spawn(async move { tx.send(f(self).await) });
-            rx.wait()
+            let (tx, rx) = oneshot::channel();
+            runtime.spawn(async move {
+                let _ = tx.send(f(self).await);
+            });
+            crate::wait::block_on(rx.into_future()).ok()
         } else {
             drop(self);
             None
         };
         // The runtime is gone (shut down under the tracker): the report is made here.
         let report = report.unwrap_or_else(|| {
-            core.stop_taking();
-            dispatcher::report(&core)
+            crate::wait::block_on(Box::pin(async {
+                let _ = core.stop_taking().await;
+                dispatcher::report(&core).await
+            }))
         });
         if let Some(rt) = own {
             rt.shutdown_background();
@@ -626,14 +551,6 @@ impl Tracker {
 
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86400 * 365 * 30)
-}
-
-impl Core {
-    /// Receipt slots held for undelivered events (what a caller's repeated hand-overs cost).
-    #[cfg(test)]
-    fn receipt_slots(&self) -> usize {
-        self.receipts.len()
-    }
 }
 
 #[cfg(all(test, feature = "mock"))]
@@ -668,5 +585,55 @@ mod tests {
         assert_eq!(tracker.handle.core.receipt_slots(), 1);
         assert_eq!(tracker.stats().queued + tracker.stats().in_flight, 1);
         let _ = tracker.shutdown(Duration::ZERO).await;
+    }
+
+    /// Issue 19, §1: the spool's writer is slow to answer after a commit (the pause stands for
+    /// a thread descheduled there), while the dispatcher, woken by the previous commit, claims
+    /// and delivers the rows just committed. Every receipt must still hear `Delivered`.
+    #[cfg(feature = "spool")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spool_row_delivered_before_its_hand_over_answered_still_resolves_its_receipt() {
+        use std::sync::atomic::Ordering;
+        let mock = MockDub::start().await.unwrap();
+        let dub = Dub::builder()
+            .token(mock.token())
+            .server_url(mock.url())
+            .build()
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "dub-receipt-race-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tracker = dub.tracker().spool(dir.join("s.sqlite")).start().unwrap();
+        spool::PAUSE_AFTER_COMMIT_MS.store(200, Ordering::Relaxed);
+        // Handed over one after the other from two tasks: the second commit lands while the
+        // dispatcher is busy with the first, and is claimed before its answer is sent.
+        let mut handing = Vec::new();
+        for n in 0..6 {
+            let tracker = tracker.clone();
+            handing.push(tokio::spawn(async move {
+                let lead = TrackLeadRequest::builder()
+                    .click_id("clk")
+                    .event_name("Sign up")
+                    .customer_external_id(format!("user_{n}"))
+                    .build();
+                tracker.lead(lead).await.unwrap()
+            }));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut outcomes = Vec::new();
+        for h in handing {
+            let receipt = h.await.unwrap();
+            outcomes.push(tokio::time::timeout(Duration::from_secs(5), receipt).await);
+        }
+        spool::PAUSE_AFTER_COMMIT_MS.store(0, Ordering::Relaxed);
+        let _ = tracker.shutdown(Duration::from_secs(1)).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(mock.leads().len(), 6);
+        for outcome in outcomes {
+            assert!(matches!(outcome, Ok(Outcome::Delivered(_))), "{outcome:?}");
+        }
     }
 }

@@ -6,9 +6,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::future::Shared;
+
 use super::event::{Event, EventId};
-use super::receipts::SharedOutcome;
-use super::slot;
 use crate::Error;
 use crate::models::{TrackLeadResponse, TrackSaleResponse};
 
@@ -95,7 +95,17 @@ pub struct EventOutcome {
 /// the event's [`Outcome`], when the caller needs confirmation that Dub has it.
 ///
 /// Dropping a receipt changes nothing: the event is delivered all the same, and its outcome
-/// still reaches the tracker's outcome callback.
+/// still reaches the tracker's outcome callback. Every receipt of one event (a key handed over
+/// again gets one too) shares one result: holding many costs the tracker nothing more.
+///
+/// With a spool shared by several processes, another process may deliver the event (its
+/// dispatcher claims any pending row): the receipt then resolves with the outcome that process
+/// stored, within about a second of it; the outcome callback and [`Tracker::stats`] of this
+/// tracker do not count it, since this tracker did not settle it. A key handed over again
+/// after its event was settled (in an earlier run, say) gets a receipt that is ready at once
+/// with the stored outcome, again without the callback or the counts.
+///
+/// [`Tracker::stats`]: super::Tracker::stats
 #[must_use = "await the receipt, or drop it if the outcome callback is enough"]
 pub struct Receipt {
     pub(crate) id: EventId,
@@ -174,19 +184,25 @@ impl Future for ReceiptFuture {
     }
 }
 
-/// A hand-over in progress: with a spool, the event is handed over once it is committed to
-/// disk; in memory, at once. `.await` it in async code, [`wait`](HandOver::wait) for it in sync
-/// code.
+/// The receiving side every receipt of one event clones.
+pub(crate) type SharedOutcome = Shared<oneshot::AsyncReceiver<Outcome>>;
+
+/// A hand-over's answer: a receipt, or the event back with the reason.
+pub(crate) type HandOverResult = Result<Receipt, HandOverError>;
+
+/// A hand-over in progress: ready once the store holds the event (a durable store once it is
+/// committed; in memory, at once). `.await` it in async code, [`wait`](HandOver::wait) for it in
+/// sync code.
 #[must_use = "the event may not be queued until the hand-over is awaited or waited for"]
 pub struct HandOver {
-    pub(crate) state: HandOverState,
+    state: HandOverState,
 }
 
-pub(crate) enum HandOverState {
-    Done(Option<Result<Receipt, HandOverError>>),
-    /// A spool's hand-over, waiting for its commit.
-    #[cfg_attr(not(feature = "spool"), allow(dead_code))]
-    Committing(slot::Receiver<Result<Receipt, HandOverError>>),
+enum HandOverState {
+    Done(Option<HandOverResult>),
+    /// The store answers when it has stored the event.
+    #[cfg(feature = "spool")]
+    Pending(oneshot::AsyncReceiver<HandOverResult>),
 }
 
 impl fmt::Debug for HandOver {
@@ -197,20 +213,25 @@ impl fmt::Debug for HandOver {
 }
 
 impl HandOver {
-    pub(crate) fn done(result: Result<Receipt, HandOverError>) -> Self {
+    pub(crate) fn done(result: HandOverResult) -> Self {
         Self {
             state: HandOverState::Done(Some(result)),
         }
     }
 
-    /// Blocks this thread until the event is queued (or refused).
-    pub fn wait(self) -> Result<Receipt, HandOverError> {
-        match self.state {
-            HandOverState::Done(result) => result.unwrap_or_else(|| Err(HandOverError::gone())),
-            HandOverState::Committing(rx) => {
-                rx.wait().unwrap_or_else(|| Err(HandOverError::gone()))
-            }
-        }
+    /// A hand-over the store completes later, through the sender.
+    #[cfg(feature = "spool")]
+    pub(crate) fn pending() -> (oneshot::Sender<HandOverResult>, Self) {
+        let (tx, rx) = oneshot::channel();
+        let state = HandOverState::Pending(rx.into_future());
+        (tx, Self { state })
+    }
+
+    /// Blocks this thread until the event is queued (or refused). For sync code; do not call
+    /// it on the thread of a current-thread runtime that runs the tracker (it would wait for
+    /// itself).
+    pub fn wait(self) -> HandOverResult {
+        crate::wait::block_on(self.into_future())
     }
 }
 
@@ -219,7 +240,7 @@ impl HandOver {
 pub struct HandOverFuture(HandOver);
 
 impl IntoFuture for HandOver {
-    type Output = Result<Receipt, HandOverError>;
+    type Output = HandOverResult;
     type IntoFuture = HandOverFuture;
     fn into_future(self) -> HandOverFuture {
         HandOverFuture(self)
@@ -227,15 +248,19 @@ impl IntoFuture for HandOver {
 }
 
 impl Future for HandOverFuture {
-    type Output = Result<Receipt, HandOverError>;
+    type Output = HandOverResult;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Only a store that answers later (a spool) needs the context.
+        #[cfg(not(feature = "spool"))]
+        let _ = cx;
         match &mut self.0.state {
             HandOverState::Done(result) => {
                 Poll::Ready(result.take().unwrap_or_else(|| Err(HandOverError::gone())))
             }
-            HandOverState::Committing(rx) => Pin::new(rx)
+            #[cfg(feature = "spool")]
+            HandOverState::Pending(rx) => Pin::new(rx)
                 .poll(cx)
-                .map(|r| r.unwrap_or_else(|| Err(HandOverError::gone()))),
+                .map(|r| r.unwrap_or_else(|_| Err(HandOverError::gone()))),
         }
     }
 }

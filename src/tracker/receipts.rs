@@ -8,19 +8,24 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use std::future::IntoFuture;
+
 use futures_util::FutureExt;
-use futures_util::future::Shared;
 
 use super::event::EventId;
-use super::outcome::{Outcome, Receipt};
-use super::slot;
-
-/// The receiving side every receipt of one event clones.
-pub(crate) type SharedOutcome = Shared<slot::Receiver<Outcome>>;
+use super::outcome::{Outcome, Receipt, SharedOutcome};
 
 struct Slot {
-    tx: slot::Sender<Outcome>,
+    tx: oneshot::Sender<Outcome>,
     rx: SharedOutcome,
+}
+
+fn slot() -> Slot {
+    let (tx, rx) = oneshot::channel();
+    Slot {
+        tx,
+        rx: rx.into_future().shared(),
+    }
 }
 
 /// The receipts of undelivered events.
@@ -44,45 +49,44 @@ impl Receipts {
 
     /// A receipt for an undelivered event: the event's slot, made on first use.
     pub(crate) fn register(&self, id: EventId) -> Receipt {
-        let rx = self
-            .lock()
-            .entry(id)
-            .or_insert_with(|| {
-                let (tx, rx) = slot::slot();
-                Slot {
-                    tx,
-                    rx: rx.shared(),
-                }
-            })
-            .rx
-            .clone();
+        let rx = self.lock().entry(id).or_insert_with(slot).rx.clone();
         Receipt { id, rx: Some(rx) }
     }
 
     /// A receipt whose outcome is already known.
     #[cfg(feature = "spool")]
     pub(crate) fn ready(id: EventId, outcome: Outcome) -> Receipt {
-        let (tx, rx) = slot::slot();
-        tx.send(outcome);
-        Receipt {
-            id,
-            rx: Some(rx.shared()),
-        }
+        let Slot { tx, rx } = slot();
+        let _ = tx.send(outcome);
+        Receipt { id, rx: Some(rx) }
+    }
+
+    /// Drops an event's slot unresolved: the event was never stored (its commit failed), and
+    /// nobody was given a receipt for it.
+    #[cfg(feature = "spool")]
+    pub(crate) fn forget(&self, id: EventId) {
+        self.lock().remove(&id);
     }
 
     /// Resolves the event's receipts, if anyone holds one.
     pub(crate) fn announce(&self, id: EventId, outcome: &Outcome) {
         let slot = self.lock().remove(&id);
         if let Some(slot) = slot {
-            slot.tx.send(outcome.clone());
+            let _ = slot.tx.send(outcome.clone());
         }
+    }
+
+    /// The events someone waits for.
+    #[cfg_attr(not(feature = "spool"), allow(dead_code))]
+    pub(crate) fn waiting(&self) -> Vec<EventId> {
+        self.lock().keys().copied().collect()
     }
 
     /// Resolves every receipt left to `NotDelivered`: the tracker stopped.
     pub(crate) fn resolve_rest(&self) {
         let left: Vec<Slot> = self.lock().drain().map(|(_, slot)| slot).collect();
         for slot in left {
-            slot.tx.send(Outcome::NotDelivered);
+            let _ = slot.tx.send(Outcome::NotDelivered);
         }
     }
 

@@ -70,6 +70,8 @@ pub(crate) struct Report {
     pub deadline_exceeded: bool,
     /// Why the loop stopped.
     pub stop: Option<Stop>,
+    /// The last attempt was answered with a sale's 404 "Lead event not found".
+    pub lead_race: bool,
     /// The rate limiter could not give the next attempt a turn before the deadline; the
     /// earliest turn was this far away.
     pub limiter_wait: Option<Duration>,
@@ -302,6 +304,7 @@ fn record(
                 // Only errors need the headers and raw body; a 200 is decoded as is.
                 rep.headers = (!status.is_success()).then(|| r.headers.clone());
                 rep.body = (status != StatusCode::OK).then(|| r.body.clone());
+                rep.lead_race = lead_race;
             });
             (asked, lead_race)
         }
@@ -321,6 +324,7 @@ fn record(
                 rep.headers = None;
                 rep.retry_after = None;
                 rep.body = None;
+                rep.lead_race = false;
             });
             (None, false)
         }

@@ -1,22 +1,23 @@
 //! The blocking client passes the same happy-path and error tests as the async one.
 #![cfg(feature = "blocking")]
 
-use crate::support;
-
-use crate::support::{Reply, Server, TOKEN};
+use crate::support::{self, TOKEN};
 use dub::blocking::Dub;
+use dub::mock::{ExactReply, MockDub};
 use dub::models::{PaymentProcessor, TrackLeadRequest, TrackSaleRequest};
 use dub::{ErrorKind, Jitter, RetryConfig};
 use std::time::Duration;
 
-/// Starts a scripted server on a runtime of its own, as a sync program's test would.
-fn server(script: Vec<Reply>) -> (tokio::runtime::Runtime, Server) {
+/// Starts a `MockDub` answering `script` first, on a runtime of its own, as a sync program's
+/// test would.
+fn server(script: Vec<ExactReply>) -> (tokio::runtime::Runtime, MockDub) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let server = rt.block_on(Server::start(script));
+    let server = rt.block_on(support::mock_with(script));
     (rt, server)
 }
 
-fn client(server: &Server) -> Dub {
+/// The blocking client (its own builder, hence not `support::client`).
+fn client(server: &MockDub) -> Dub {
     Dub::builder()
         .token(TOKEN)
         .server_url(server.url())
@@ -60,8 +61,8 @@ fn lead_and_sale() {
         .send()
         .unwrap();
     assert_eq!(sale.sale.unwrap().amount, 996500.0);
-    let got = server.received();
-    assert_eq!(got[1].json()["paymentProcessor"], "paddle");
+    let got = server.requests();
+    assert_eq!(got[1].json().unwrap()["paymentProcessor"], "paddle");
     assert_eq!(
         got[1].header("authorization"),
         Some(format!("Bearer {TOKEN}").as_str())
@@ -72,9 +73,9 @@ fn lead_and_sale() {
 #[test]
 fn errors_are_the_same() {
     let (_rt, server) = server(vec![
-        Reply::error(403, "exceeded_limit", "Limit exceeded."),
-        Reply::raw(502, "<html>Bad Gateway</html>"),
-        Reply::error(503, "unavailable", "Try again."),
+        support::error(403, "exceeded_limit", "Limit exceeded."),
+        support::raw(502, "<html>Bad Gateway</html>"),
+        support::error(503, "unavailable", "Try again."),
     ]);
     let dub = client(&server);
     let e = dub
@@ -115,7 +116,7 @@ fn errors_are_the_same() {
         )
         .send()
         .unwrap();
-    assert_eq!(server.count(), 4);
+    assert_eq!(server.request_count(), 4);
     let e = dub
         .track()
         .lead(
@@ -132,8 +133,8 @@ fn errors_are_the_same() {
         (e.kind(), e.field()),
         (ErrorKind::Validation, Some("customerEmail"))
     );
-    assert_eq!(server.count(), 4, "validation sent nothing");
-    let slow = Reply::json(200, support::lead_body()).delay(Duration::from_secs(3));
+    assert_eq!(server.request_count(), 4, "validation sent nothing");
+    let slow = support::json(200, support::lead_body()).delay(Duration::from_secs(3));
     let (_rt2, slow_server) = server_with(slow);
     let e = client(&slow_server)
         .track()
@@ -152,7 +153,7 @@ fn errors_are_the_same() {
     assert!(!format!("{dub:?} {e:?} {e}").contains(TOKEN));
 }
 
-fn server_with(reply: Reply) -> (tokio::runtime::Runtime, Server) {
+fn server_with(reply: ExactReply) -> (tokio::runtime::Runtime, MockDub) {
     server(vec![reply])
 }
 

@@ -2,7 +2,7 @@
 
 use crate::support;
 
-use crate::support::{Reply, Server, TOKEN, client, lead, lead_builder, refused_url};
+use crate::support::{TOKEN, client, lead, lead_builder, refused_url};
 use dub::models::{LeadMode, TrackLeadRequest, TrackSaleRequest};
 use dub::{Dub, ErrorKind};
 use serde_json::json;
@@ -21,12 +21,22 @@ async fn every_documented_status_maps_to_its_kind() {
         (500, "internal_server_error", ErrorKind::InternalServerError),
     ];
     for (status, code, kind) in cases {
-        let server = Server::start([
-            Reply::error(status, code, "It went wrong.").header("x-ratelimit-remaining", "7")
+        let server = support::mock_with([
+            support::error(status, code, "It went wrong.").header("x-ratelimit-remaining", "7")
         ])
         .await;
-        let err = client(&server).track().lead(lead()).await.unwrap_err();
+        let err = client(&server.url())
+            .retry_config(dub::RetryConfig::none())
+            .build()
+            .unwrap()
+            .track()
+            .lead(lead())
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), kind);
+        // The kind's JSON name is Dub's error code for the status.
+        assert_eq!(kind.as_str(), code);
+        assert_eq!(ErrorKind::from_name(code), Some(kind));
         assert_eq!(err.status().unwrap().as_u16(), status);
         assert_eq!(err.code(), Some(code));
         assert_eq!(err.message(), Some("It went wrong."));
@@ -54,8 +64,12 @@ async fn every_documented_status_maps_to_its_kind() {
 #[tokio::test]
 async fn undocumented_502_with_html_keeps_status_and_excerpt() {
     let html = "<html><body><h1>502 Bad Gateway</h1></body></html>";
-    let server = Server::start([Reply::raw(502, html).header("content-type", "text/html")]).await;
-    let err = client(&server)
+    let server =
+        support::mock_with([support::raw(502, html).header("content-type", "text/html")]).await;
+    let err = client(&server.url())
+        .retry_config(dub::RetryConfig::none())
+        .build()
+        .unwrap()
         .track()
         .sale(
             TrackSaleRequest::builder()
@@ -76,8 +90,15 @@ async fn undocumented_502_with_html_keeps_status_and_excerpt() {
 
 #[tokio::test]
 async fn html_on_a_documented_status_keeps_the_status() {
-    let server = Server::start([Reply::raw(500, "<h1>oops</h1>")]).await;
-    let err = client(&server).track().lead(lead()).await.unwrap_err();
+    let server = support::mock_with([support::raw(500, "<h1>oops</h1>")]).await;
+    let err = client(&server.url())
+        .retry_config(dub::RetryConfig::none())
+        .build()
+        .unwrap()
+        .track()
+        .lead(lead())
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InternalServerError);
     assert_eq!(err.status().unwrap().as_u16(), 500);
     assert_eq!(err.raw_body(), Some(&b"<h1>oops</h1>"[..]));
@@ -85,8 +106,15 @@ async fn html_on_a_documented_status_keeps_the_status() {
 
 #[tokio::test]
 async fn empty_500() {
-    let server = Server::start([Reply::raw(500, "")]).await;
-    let err = client(&server).track().lead(lead()).await.unwrap_err();
+    let server = support::mock_with([support::raw(500, "")]).await;
+    let err = client(&server.url())
+        .retry_config(dub::RetryConfig::none())
+        .build()
+        .unwrap()
+        .track()
+        .lead(lead())
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InternalServerError);
     assert_eq!(err.raw_body(), Some(&b""[..]));
     assert!(err.to_string().contains("500"), "{err}");
@@ -94,8 +122,15 @@ async fn empty_500() {
 
 #[tokio::test]
 async fn malformed_200_is_a_decode_error_that_says_it_was_recorded() {
-    let server = Server::start([Reply::raw(200, "{\"click\": ")]).await;
-    let err = client(&server).track().lead(lead()).await.unwrap_err();
+    let server = support::mock_with([support::raw(200, "{\"click\": ")]).await;
+    let err = client(&server.url())
+        .retry_config(dub::RetryConfig::none())
+        .build()
+        .unwrap()
+        .track()
+        .lead(lead())
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Decode);
     assert_eq!(err.status().unwrap().as_u16(), 200);
     assert_eq!(err.raw_body(), Some(&b"{\"click\": "[..]));
@@ -107,15 +142,25 @@ async fn malformed_200_is_a_decode_error_that_says_it_was_recorded() {
 async fn success_with_unknown_fields() {
     let mut body = support::lead_body();
     body["surprise"] = json!(true);
-    let server = Server::start([Reply::json(200, body)]).await;
-    let res = client(&server).track().lead(lead()).await.unwrap();
+    let server = support::mock_with([support::json(200, body)]).await;
+    let res = client(&server.url())
+        .retry_config(dub::RetryConfig::none())
+        .build()
+        .unwrap()
+        .track()
+        .lead(lead())
+        .await
+        .unwrap();
     assert_eq!(res.customer.external_id.as_deref(), Some("user_42"));
 }
 
 #[tokio::test]
 async fn validation_fails_before_sending() {
-    let server = Server::start([]).await;
-    let dub = client(&server);
+    let server = support::mock_with([]).await;
+    let dub = client(&server.url())
+        .retry_config(dub::RetryConfig::none())
+        .build()
+        .unwrap();
     let long = |n| "x".repeat(n);
     let leads = [
         (
@@ -259,7 +304,7 @@ async fn validation_fails_before_sending() {
         .unwrap_err();
     assert_eq!(err.field(), Some("customerExternalId"));
     assert_eq!(
-        server.count(),
+        server.request_count(),
         2,
         "only the two valid calls reached the server"
     );
@@ -267,7 +312,7 @@ async fn validation_fails_before_sending() {
 
 #[tokio::test]
 async fn config_errors_send_nothing() {
-    let server = Server::start([]).await;
+    let server = support::mock_with([]).await;
     let empty = Dub::new("");
     let err = empty.track().lead(lead()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
@@ -277,7 +322,10 @@ async fn config_errors_send_nothing() {
         Dub::builder().build().unwrap_err().kind(),
         ErrorKind::Config
     );
-    let dub = client(&server);
+    let dub = client(&server.url())
+        .retry_config(dub::RetryConfig::none())
+        .build()
+        .unwrap();
     let err = dub
         .track()
         .lead(lead())
@@ -299,7 +347,7 @@ async fn config_errors_send_nothing() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
-    assert_eq!(server.count(), 0);
+    assert_eq!(server.request_count(), 0);
     // Plain http to another host only when explicitly allowed.
     assert!(
         Dub::builder()
@@ -320,18 +368,21 @@ async fn config_errors_send_nothing() {
 
 #[tokio::test]
 async fn per_call_server_url_and_timeout() {
-    let slow = Server::start([
-        Reply::json(200, support::lead_body()).delay(std::time::Duration::from_secs(5))
+    let slow = support::mock_with([
+        support::json(200, support::lead_body()).delay(std::time::Duration::from_secs(5))
     ])
     .await;
-    let other = Server::start([]).await;
-    let dub = client(&slow);
+    let other = support::mock_with([]).await;
+    let dub = client(&slow.url())
+        .retry_config(dub::RetryConfig::none())
+        .build()
+        .unwrap();
     dub.track()
         .lead(lead())
         .server_url(other.url())
         .await
         .unwrap();
-    assert_eq!((slow.count(), other.count()), (0, 1));
+    assert_eq!((slow.request_count(), other.request_count()), (0, 1));
     let err = dub
         .track()
         .lead(lead())
@@ -368,8 +419,12 @@ async fn connection_refused_is_connect_and_not_recorded() {
 
 #[tokio::test]
 async fn the_token_never_shows() {
-    let server = Server::start([Reply::error(401, "unauthorized", "Invalid API key.")]).await;
-    let dub = client(&server);
+    let server =
+        support::mock_with([support::error(401, "unauthorized", "Invalid API key.")]).await;
+    let dub = client(&server.url())
+        .retry_config(dub::RetryConfig::none())
+        .build()
+        .unwrap();
     let builder = Dub::builder().token(TOKEN);
     let mut shown = vec![
         format!("{dub:?}"),
@@ -425,8 +480,83 @@ async fn the_token_never_shows() {
     }
     for text in shown {
         assert!(
-            !text.contains(TOKEN) && !text.contains("0123456789"),
+            !text.contains(TOKEN) && !text.contains("mock_token"),
             "token leaked: {text}"
         );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sales_lead_not_found_is_the_lead_race_and_no_other_404_is() {
+    use dub::RetryConfig;
+    use dub::mock::{Fault, MockDub};
+    use std::time::Duration;
+    let mock = MockDub::builder()
+        .lead_race(Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap();
+    let dub = Dub::builder()
+        .token(mock.token())
+        .server_url(mock.url())
+        .retry_config(RetryConfig::none())
+        .build()
+        .unwrap();
+    dub.track()
+        .lead(support::lead_for("u1").build())
+        .await
+        .unwrap();
+    let sale = support::sale_for("u1", Some("in_1"));
+    let e = dub.track().sale(sale.clone()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    assert!(e.is_lead_race(), "{e}");
+    assert!(!e.may_have_been_recorded());
+    // Any other 404 is not the race.
+    mock.push_fault(Fault::Status(404));
+    let e = dub.track().sale(sale).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    assert!(!e.is_lead_race(), "{e}");
+    mock.push_fault(Fault::Status(404));
+    let e = dub
+        .track()
+        .lead(support::lead_for("u2").build())
+        .await
+        .unwrap_err();
+    assert!(!e.is_lead_race(), "{e}");
+}
+
+#[tokio::test]
+async fn an_error_as_json_has_one_shape() {
+    let server =
+        support::mock_with([support::error(400, "bad_request", "clickId is wrong.")]).await;
+    let err = client(&server.url())
+        .retry_config(dub::RetryConfig::none())
+        .build()
+        .unwrap()
+        .track()
+        .lead(lead())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_json(),
+        json!({"kind": "bad_request", "operation": "track.lead", "status": 400,
+               "code": "bad_request", "message": "clickId is wrong.", "attempts": 1,
+               "mayHaveBeenRecorded": false})
+    );
+    let invalid = TrackSaleRequest::builder()
+        .customer_external_id("")
+        .amount(1)
+        .build()
+        .validate()
+        .unwrap_err();
+    let json = invalid.to_json();
+    assert_eq!(json["kind"], "validation");
+    assert_eq!(json["field"], "customerExternalId");
+    assert!(json.get("status").is_none(), "{json}");
+    // The spools written before this encoding named kinds by their Rust names.
+    assert_eq!(
+        ErrorKind::from_name("RateLimitExceeded"),
+        Some(ErrorKind::RateLimitExceeded)
+    );
+    assert_eq!(ErrorKind::from_name("nonsense"), None);
 }

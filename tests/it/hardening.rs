@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::support::lead;
+use crate::support::{self, lead};
 use dub::mock::{Fault, MockDub, RetryAfter};
 use dub::models::{TrackLeadRequest, TrackSaleRequest};
 use dub::{Dub, ErrorKind, RateLimit, RetryBudget, RetryConfig};
@@ -19,10 +19,6 @@ fn sale_without_invoice() -> TrackSaleRequest {
         .customer_external_id("user_1")
         .amount(4900)
         .build()
-}
-
-fn client(mock: &MockDub) -> dub::DubBuilder {
-    Dub::builder().token(mock.token()).server_url(mock.url())
 }
 
 /// Runs the test `name` of this binary again in a child process with `env`; its `CHILD` guard
@@ -99,7 +95,7 @@ async fn proxied_calls_to_a_local_mock() {
     }
     assert!(std::env::var("HTTP_PROXY").is_ok());
     let mock = MockDub::start().await.unwrap();
-    let dub = client(&mock).build().unwrap();
+    let dub = support::client(&mock.url()).build().unwrap();
     dub.track().lead(lead()).await.unwrap();
     // `localhost` is loopback too.
     let url = mock.url().replace("127.0.0.1", "localhost");
@@ -216,7 +212,10 @@ async fn an_attempt_timeout_before_the_connection_opens_means_not_sent() {
 async fn calls_dropped_during_backoff_do_not_drain_the_budget() {
     let mock = MockDub::start().await.unwrap();
     let budget = RetryBudget::default();
-    let dub = client(&mock).retry_budget(budget.clone()).build().unwrap();
+    let dub = support::client(&mock.url())
+        .retry_budget(budget.clone())
+        .build()
+        .unwrap();
     for _ in 0..150 {
         mock.push_fault(Fault::Status(503));
         // The first attempt gets 503; the call is dropped during its 500 ms backoff.
@@ -250,7 +249,7 @@ async fn extreme_settings_never_panic() {
             RateLimit::per_minute(u32::MAX),
             RateLimit::off(),
         ] {
-            let dub = client(&mock)
+            let dub = support::client(&mock.url())
                 .attempt_timeout(d)
                 .connect_timeout(d)
                 .retry_config(policy.clone())
@@ -339,7 +338,7 @@ fn no_value_of_any_setting_panics() {
                         1 => RateLimit::adaptive(),
                         _ => RateLimit::per_minute(limit),
                     };
-                    let dub = client(&mock)
+                    let dub = support::client(&mock.url())
                         .attempt_timeout(attempt)
                         .connect_timeout(connect)
                         .retry_config(policy)
@@ -373,7 +372,7 @@ async fn absurd_retry_after_values_never_panic() {
                 RetryConfig::default(),
                 RetryConfig::default().with_max_elapsed_time(None),
             ] {
-                let dub = client(&mock)
+                let dub = support::client(&mock.url())
                     .retry_config(policy)
                     .rate_limit(limiter)
                     .build()
@@ -409,7 +408,10 @@ async fn connection_failures_say_what_happened() {
 #[tokio::test(start_paused = true)]
 async fn a_retry_after_that_fits_the_deadline_is_waited_as_asked() {
     let mock = MockDub::start().await.unwrap();
-    let dub = client(&mock).rate_limit(RateLimit::off()).build().unwrap();
+    let dub = support::client(&mock.url())
+        .rate_limit(RateLimit::off())
+        .build()
+        .unwrap();
     mock.push_fault(Fault::RateLimited(RetryAfter::Seconds(15)));
     let started = Instant::now();
     dub.track().lead(lead()).await.unwrap();
@@ -425,7 +427,7 @@ async fn a_users_client_keeps_its_own_timeout() {
         .timeout(Duration::from_millis(300))
         .build()
         .unwrap();
-    let dub = client(&mock)
+    let dub = support::client(&mock.url())
         .http_client(http)
         .retry_config(RetryConfig::none())
         .build()
@@ -445,7 +447,7 @@ async fn a_users_client_keeps_its_own_timeout() {
 #[tokio::test]
 async fn whitespace_only_ids_and_names_are_refused_locally_by_name() {
     let mock = MockDub::start().await.unwrap();
-    let dub = client(&mock).build().unwrap();
+    let dub = support::client(&mock.url()).build().unwrap();
     let blank_id = TrackLeadRequest::builder()
         .click_id("clk")
         .event_name("Sign up")

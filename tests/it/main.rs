@@ -22,6 +22,7 @@ mod spec_constraints;
 mod spec_coverage;
 mod spool;
 mod spool_edges;
+mod spool_shared;
 mod tracker;
 mod tracker_edges;
 mod wire;

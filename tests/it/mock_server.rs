@@ -1313,3 +1313,204 @@ async fn metadata_nested_deeper_than_serde_jsons_default_is_accepted_as_on_dub()
         .unwrap();
     assert_eq!(response.status(), 400);
 }
+
+#[tokio::test]
+async fn history_keeps_the_last_requests_and_events_and_counts_them_all() {
+    let dub = MockDub::builder().history(3).start().await.unwrap();
+    for i in 0..5 {
+        let response = post(&dub, "/track/lead", &lead(&format!("u{i}"), "Sign up")).await;
+        assert_eq!(response.status(), 200);
+    }
+    dub.push_fault(Fault::Status(503));
+    assert_eq!(
+        post(&dub, "/track/lead", &lead("u9", "x")).await.status(),
+        503
+    );
+
+    // The last three requests and leads are kept; all are counted.
+    let kept = dub.requests();
+    assert_eq!(kept.len(), 3);
+    assert_eq!(kept[2].status, Some(503));
+    assert_eq!(dub.request_count(), 6);
+    let leads = dub.leads();
+    assert_eq!(leads.len(), 3);
+    assert_eq!(leads[2].customer_external_id, "u4");
+    let stats = dub.stats();
+    assert_eq!((stats.requests, stats.requests_kept), (6, 3));
+    assert_eq!((stats.leads, stats.sales, stats.faults), (5, 0, 1));
+    assert_eq!(stats.statuses.get(&200), Some(&5));
+    assert_eq!(stats.statuses.get(&503), Some(&1));
+
+    // The same over HTTP, for clients in other languages; these requests are not counted.
+    let http = http();
+    let get = |path: &str| http.get(format!("{}{path}", dub.url())).send();
+    let body: Value = get("/__mock/stats").await.unwrap().json().await.unwrap();
+    assert_eq!(body["requests"], 6);
+    assert_eq!(body["requestsKept"], 3);
+    assert_eq!(body["statuses"]["200"], 5);
+    assert_eq!(body["leads"], 5);
+    let body: Value = get("/__mock/requests").await.unwrap().json().await.unwrap();
+    let listed = body["requests"].as_array().unwrap();
+    let numbers: Vec<_> = listed.iter().map(|r| r["n"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, [3, 4, 5]);
+    assert_eq!(listed[0]["path"], "/track/lead");
+    assert_eq!(listed[0]["body"]["customerExternalId"], "u3");
+    assert_eq!(listed[2]["status"], 503);
+    assert!(listed[2]["fault"].as_str().unwrap().contains("503"));
+    assert_eq!(dub.request_count(), 6, "/__mock/ requests are not counted");
+
+    let cleared = http
+        .delete(format!("{}/__mock/requests", dub.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cleared.status(), 200);
+    assert_eq!(dub.request_count(), 0);
+    assert!(dub.requests().is_empty());
+    assert_eq!(dub.stats().statuses.len(), 0);
+    assert_eq!(dub.leads().len(), 3, "recorded events stay");
+    assert_eq!(get("/__mock/nothing").await.unwrap().status(), 404);
+    let wrong = http
+        .post(format!("{}/__mock/stats", dub.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 405);
+
+    // A request counted after the clear is numbered on.
+    post(&dub, "/track/lead", &lead("u5", "Sign up")).await;
+    let body: Value = get("/__mock/requests").await.unwrap().json().await.unwrap();
+    assert_eq!(body["requests"][0]["n"], 6);
+    assert_eq!(dub.request_count(), 1);
+}
+
+/// Reads until the server closes the connection (or `limit` passes); what it sent.
+async fn read_until_closed(socket: &mut tokio::net::TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    let mut answer = Vec::new();
+    match tokio::time::timeout(limit, socket.read_to_end(&mut answer)).await {
+        Ok(_) => Some(answer),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let dub = MockDub::builder()
+        .idle_timeout(Duration::from_millis(300))
+        .start()
+        .await
+        .unwrap();
+    let addr = dub.url().trim_start_matches("http://").to_owned();
+
+    // Connected and silent; half a request line; a request then nothing more (keep-alive).
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    partial.write_all(b"POST /track/lead HT").await.unwrap();
+    let mut kept_alive = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    kept_alive
+        .write_all(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut stalled_body = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stalled_body
+        .write_all(b"POST /track/lead HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"cl")
+        .await
+        .unwrap();
+
+    for (name, socket) in [
+        ("silent", &mut silent),
+        ("partial", &mut partial),
+        ("kept alive", &mut kept_alive),
+        ("stalled body", &mut stalled_body),
+    ] {
+        let answer = read_until_closed(socket, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("the {name} connection is still open after 10 s"));
+        if name == "kept alive" {
+            assert!(answer.starts_with(b"HTTP/1.1 404"), "{name}");
+        }
+    }
+
+    // A request that takes longer than the idle timeout to handle is not cut off.
+    dub.push_fault(Fault::Delay(Duration::from_millis(800)));
+    assert_eq!(
+        post(&dub, "/track/lead", &lead("u1", "e")).await.status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_large_body_followed_by_a_half_close_gets_its_answer() {
+    let dub = MockDub::start().await.unwrap();
+    let addr = dub.url().trim_start_matches("http://").to_owned();
+    let metadata = "x".repeat(5_000);
+    let body = serde_json::to_vec(&json!({
+        "clickId": "cl_1", "eventName": "Sign up", "customerExternalId": "u1",
+        "metadata": {"note": metadata},
+    }))
+    .unwrap();
+    let big = vec![b' '; 600_000];
+    for body in [body.clone(), [body, big].concat()] {
+        let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /track/lead HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            dub.token(),
+            body.len()
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        socket.write_all(&body).await.unwrap();
+        // Done writing: the client waits for the answer with its side closed.
+        socket.shutdown().await.unwrap();
+        let answer = read_until_closed(&mut socket, Duration::from_secs(10))
+            .await
+            .expect("an answer within 10 s");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "{:?}",
+            &answer[..answer.len().min(200)]
+        );
+    }
+    assert_eq!(dub.leads().len(), 1, "recorded once, then deduplicated");
+}
+
+#[tokio::test]
+async fn reply_fault_answers_exactly_and_records_nothing() {
+    let dub = MockDub::start().await.unwrap();
+    dub.push_faults([
+        Fault::Reply(
+            dub::mock::ExactReply::new(502, "<h1>upstream</h1>")
+                .header("content-type", "text/html")
+                .header("x-odd", "1")
+                .header("x-odd", "2"),
+        ),
+        Fault::Reply(dub::mock::ExactReply::json(
+            200,
+            &json!({"click": {"id": "c"}}),
+        )),
+        Fault::Reply(dub::mock::ExactReply::new(200, "").delay(Duration::from_millis(300))),
+    ]);
+    let response = post(&dub, "/track/lead", &lead("u1", "e")).await;
+    assert_eq!(response.status(), 502);
+    let odd: Vec<_> = response.headers().get_all("x-odd").iter().collect();
+    assert_eq!(odd, ["1", "2"]);
+    assert!(response.headers().get("x-ratelimit-limit").is_none());
+    assert_eq!(response.text().await.unwrap(), "<h1>upstream</h1>");
+
+    let response = post(&dub, "/track/lead", &lead("u1", "e")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/json",
+        "as given"
+    );
+    assert_eq!(response.text().await.unwrap(), r#"{"click":{"id":"c"}}"#);
+
+    let started = Instant::now();
+    let response = post(&dub, "/track/lead", &lead("u1", "e")).await;
+    assert_eq!(response.status(), 200);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(dub.leads().len(), 0, "nothing recorded");
+    assert_eq!(dub.request_count(), 3);
+}

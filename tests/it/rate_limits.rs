@@ -1,8 +1,11 @@
-//! Rate limits the way Dub enforces them (FACTS §6): `MockDub`'s sliding window and lead race
-//! over real HTTP, and clients pacing themselves against it. Minutes of traffic run on tokio's
+//! Rate limits the way Dub enforces them (Upstash's sliding window over two epoch-aligned
+//! minutes, one budget per key; a sale right after an async lead may not see it yet):
+//! `MockDub`'s sliding window and lead race over real HTTP, and clients pacing themselves
+//! against it. Minutes of traffic run on tokio's
 //! paused clock, which the mock's windows read too.
 #![cfg(feature = "mock")]
 
+use crate::support;
 use dub::mock::MockDub;
 use dub::models::{TrackLeadRequest, TrackSaleRequest};
 use dub::{Dub, ErrorKind, RateLimit, RetryConfig};
@@ -175,15 +178,6 @@ async fn the_mock_reproduces_the_lead_then_sale_race() {
 
 // --- Clients pacing themselves.
 
-fn client(mock: &MockDub, rate: RateLimit) -> Dub {
-    Dub::builder()
-        .token(mock.token())
-        .server_url(mock.url())
-        .rate_limit(rate)
-        .build()
-        .unwrap()
-}
-
 fn lead(n: u64) -> TrackLeadRequest {
     TrackLeadRequest::builder()
         .click_id("cl_1")
@@ -257,7 +251,10 @@ fn accepted_per_minute(mock: &MockDub, from: Instant, span: Duration) -> f64 {
 async fn sixty_four_callers_at_four_times_the_limit_learn_it_and_keep_to_it() {
     const LIMIT: u64 = 300;
     let mock = MockDub::builder().rate_limit(LIMIT).start().await.unwrap();
-    let dub = client(&mock, RateLimit::adaptive());
+    let dub = support::client(&mock.url())
+        .rate_limit(RateLimit::adaptive())
+        .build()
+        .unwrap();
     let tally = Arc::new(Tally::default());
     // From the same place in Dub's minute every run: the first window's burst depends on it.
     to_next_minute(1_000).await;
@@ -311,7 +308,10 @@ async fn sixty_four_callers_at_four_times_the_limit_learn_it_and_keep_to_it() {
 async fn a_client_that_knows_the_limit_is_never_refused() {
     const LIMIT: u64 = 300;
     let mock = MockDub::builder().rate_limit(LIMIT).start().await.unwrap();
-    let dub = client(&mock, RateLimit::per_minute(LIMIT as u32));
+    let dub = support::client(&mock.url())
+        .rate_limit(RateLimit::per_minute(LIMIT as u32))
+        .build()
+        .unwrap();
     let tally = Arc::new(Tally::default());
     let start = Instant::now();
     let span = Duration::from_secs(120);
@@ -337,7 +337,12 @@ async fn four_clients_on_one_key_converge() {
     let tally = Arc::new(Tally::default());
     let span = Duration::from_secs(240);
     let clients: Vec<Dub> = (0..4)
-        .map(|_| client(&mock, RateLimit::adaptive()))
+        .map(|_| {
+            support::client(&mock.url())
+                .rate_limit(RateLimit::adaptive())
+                .build()
+                .unwrap()
+        })
         .collect();
     // Always from the same place in Dub's minute, so that runs differ only by jitter.
     to_next_minute(1_000).await;
@@ -388,7 +393,10 @@ async fn a_sale_racing_its_lead_is_retried_until_the_lead_is_written() {
         .start()
         .await
         .unwrap();
-    let dub = client(&mock, RateLimit::adaptive());
+    let dub = support::client(&mock.url())
+        .rate_limit(RateLimit::adaptive())
+        .build()
+        .unwrap();
     dub.track()
         .lead(
             TrackLeadRequest::builder()

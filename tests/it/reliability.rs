@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support;
 use dub::mock::{Fault, MockDub, RandomFaults, RetryAfter};
 use dub::models::{TrackLeadRequest, TrackSaleRequest};
 use dub::{Dub, Jitter, RetryBudget, RetryConfig};
@@ -76,9 +77,7 @@ impl Tally {
 }
 
 fn client(mock: &MockDub, retry: RetryConfig) -> Dub {
-    Dub::builder()
-        .token(mock.token())
-        .server_url(mock.url())
+    support::client(&mock.url())
         .attempt_timeout(TIMEOUT)
         // Random 429 faults carry no real limit; pacing is tests/rate_limits.rs's subject.
         .rate_limit(dub::RateLimit::off())

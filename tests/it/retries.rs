@@ -1,11 +1,10 @@
 //! Retry behaviour over real loopback HTTP, on tokio's paused clock: exact schedules without
 //! real sleeps.
 
-use crate::support;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::support::{Reply, Server, TOKEN, lead, refused_url};
+use crate::support::{self, TOKEN, lead, refused_url};
+use dub::mock::{ExactReply, MockDub};
 use dub::models::{LeadMode, TrackSaleRequest};
 use dub::{Dub, ErrorKind, Jitter, RateLimit, RetryBudget, RetryConfig};
 use tokio::time::Instant;
@@ -16,10 +15,8 @@ fn exact() -> RetryConfig {
 
 /// A client whose waits are exactly the policy's. The rate limiter is off: with it on, a 429's
 /// wait is the limiter's, for the whole client (tests/rate_limits.rs).
-fn dub(server: &Server, retry: RetryConfig) -> Dub {
-    Dub::builder()
-        .token(TOKEN)
-        .server_url(server.url())
+fn dub(server: &MockDub, retry: RetryConfig) -> Dub {
+    support::client(&server.url())
         .rate_limit(RateLimit::off())
         .attempt_timeout(Duration::from_secs(3600))
         .retry_config(retry)
@@ -28,20 +25,20 @@ fn dub(server: &Server, retry: RetryConfig) -> Dub {
         .unwrap()
 }
 
-fn status(s: u16) -> Reply {
-    Reply::error(s, "oops", "Failed.")
+fn status(s: u16) -> ExactReply {
+    support::error(s, "oops", "Failed.")
 }
 
 #[tokio::test(start_paused = true)]
 async fn backoff_schedule_is_exact() {
-    let server = Server::start([status(503), status(503)]).await;
+    let server = support::mock_with([status(503), status(503)]).await;
     dub(&server, exact()).track().lead(lead()).await.unwrap();
-    assert_eq!(server.arrivals_ms(), [0, 500, 1500]);
+    assert_eq!(support::arrivals_ms(&server), [0, 500, 1500]);
 }
 
 #[tokio::test(start_paused = true)]
 async fn delays_are_capped_at_max_interval() {
-    let server = Server::start([status(503), status(503), status(503)]).await;
+    let server = support::mock_with([status(503), status(503), status(503)]).await;
     let retry = exact()
         .with_max_attempts(4)
         .with_initial_interval(Duration::from_secs(1))
@@ -49,7 +46,7 @@ async fn delays_are_capped_at_max_interval() {
         .with_max_interval(Duration::from_secs(3))
         .with_max_elapsed_time(None);
     dub(&server, retry).track().lead(lead()).await.unwrap();
-    assert_eq!(server.arrivals_ms(), [0, 1000, 4000, 7000]);
+    assert_eq!(support::arrivals_ms(&server), [0, 1000, 4000, 7000]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -60,12 +57,12 @@ async fn jitter_stays_in_bounds() {
     ] {
         let mut gaps = Vec::new();
         for _ in 0..30 {
-            let server = Server::start([status(503), status(503)]).await;
+            let server = support::mock_with([status(503), status(503)]).await;
             let retry = RetryConfig::default()
                 .with_initial_interval(Duration::from_secs(1))
                 .with_jitter(jitter);
             dub(&server, retry).track().lead(lead()).await.unwrap();
-            let t = server.arrivals_ms();
+            let t = support::arrivals_ms(&server);
             let (g1, g2) = (t[1] - t[0], t[2] - t[1]);
             assert!(
                 (first.0..=first.1).contains(&g1),
@@ -87,7 +84,7 @@ async fn jitter_stays_in_bounds() {
 
 #[tokio::test(start_paused = true)]
 async fn max_elapsed_time_bounds_the_call() {
-    let server = Server::start(std::iter::repeat_n(status(503), 100)).await;
+    let server = support::mock_with(std::iter::repeat_n(status(503), 100)).await;
     let retry = exact()
         .with_max_attempts(100)
         .with_initial_interval(Duration::from_secs(1))
@@ -95,7 +92,7 @@ async fn max_elapsed_time_bounds_the_call() {
         .with_max_elapsed_time(Duration::from_millis(3500));
     let started = Instant::now();
     let err = dub(&server, retry).track().lead(lead()).await.unwrap_err();
-    assert_eq!(server.arrivals_ms(), [0, 1000, 2000, 3000]);
+    assert_eq!(support::arrivals_ms(&server), [0, 1000, 2000, 3000]);
     assert_eq!(err.attempts(), 4);
     assert_eq!(err.kind(), ErrorKind::UnexpectedStatus);
     assert!(started.elapsed() <= Duration::from_millis(3500));
@@ -103,9 +100,10 @@ async fn max_elapsed_time_bounds_the_call() {
 
 #[tokio::test(start_paused = true)]
 async fn attempt_timeouts_are_cut_to_the_deadline() {
-    let server =
-        Server::start([Reply::json(200, support::lead_body()).delay(Duration::from_secs(60))])
-            .await;
+    let server = support::mock_with([
+        support::json(200, support::lead_body()).delay(Duration::from_secs(60))
+    ])
+    .await;
     let retry = exact().with_max_elapsed_time(Duration::from_secs(2));
     let started = Instant::now();
     let err = dub(&server, retry).track().lead(lead()).await.unwrap_err();
@@ -122,15 +120,15 @@ async fn attempt_timeouts_are_cut_to_the_deadline() {
 
 #[tokio::test(start_paused = true)]
 async fn per_call_policy_overrides_the_client() {
-    let server = Server::start([status(503), status(503)]).await;
+    let server = support::mock_with([status(503), status(503)]).await;
     let off = dub(&server, RetryConfig::none());
     off.track()
         .lead(lead())
         .retry_config(exact())
         .await
         .unwrap();
-    assert_eq!(server.count(), 3);
-    let server = Server::start([status(503)]).await;
+    assert_eq!(server.request_count(), 3);
+    let server = support::mock_with([status(503)]).await;
     let on = dub(&server, exact());
     let err = on
         .track()
@@ -138,7 +136,7 @@ async fn per_call_policy_overrides_the_client() {
         .retry_config(RetryConfig::none())
         .await
         .unwrap_err();
-    assert_eq!((server.count(), err.attempts()), (1, 1));
+    assert_eq!((server.request_count(), err.attempts()), (1, 1));
 }
 
 /// The wall clock as the client reads it (see `src/clock.rs`): on tokio's paused clock it moves
@@ -164,7 +162,7 @@ fn unix_ms_in(d: Duration) -> String {
 async fn retry_after_in_every_form() {
     // Each reply is made just before its case: a timestamp made earlier would be stale by the
     // wall-clock time the cases before it took (hundreds of ms on a loaded machine).
-    type Make = Box<dyn Fn() -> Reply>;
+    type Make = Box<dyn Fn() -> ExactReply>;
     let cases: [(Make, u128, u128); 6] = [
         (
             Box::new(|| status(429).header("retry-after-ms", "1500")),
@@ -190,9 +188,7 @@ async fn retry_after_in_every_form() {
         // Dub's actual header: a Unix timestamp in milliseconds (read as seconds, it would lie
         // past the deadline and the call would not be retried; a fallback would wait 500 ms).
         (
-            Box::new(|| {
-                status(429).header("retry-after", &unix_ms_in(Duration::from_millis(2500)))
-            }),
+            Box::new(|| status(429).header("retry-after", unix_ms_in(Duration::from_millis(2500)))),
             1500,
             2500,
         ),
@@ -211,7 +207,7 @@ async fn retry_after_in_every_form() {
     for (make, low, high) in cases {
         let reply = make();
         let shown = format!("{:?}", reply.headers);
-        let server = Server::start([reply]).await;
+        let server = support::mock_with([reply]).await;
         dub(&server, exact())
             .track()
             .sale(
@@ -222,7 +218,7 @@ async fn retry_after_in_every_form() {
             )
             .await
             .unwrap();
-        let gap = server.arrivals_ms()[1];
+        let gap = support::arrivals_ms(&server)[1];
         assert!((low..=high).contains(&gap), "{shown}: waited {gap} ms");
     }
 }
@@ -230,26 +226,28 @@ async fn retry_after_in_every_form() {
 #[tokio::test(start_paused = true)]
 async fn retry_after_is_waited_as_asked_within_the_deadline_and_capped_without_one() {
     // Beyond max_interval, within the deadline: the server's wait, not a refusal-bound retry.
-    let server = Server::start([status(429).header("retry-after", "20")]).await;
+    let server = support::mock_with([status(429).header("retry-after", "20")]).await;
     let retry = exact()
         .with_max_interval(Duration::from_secs(5))
         .with_max_elapsed_time(Duration::from_secs(60));
     dub(&server, retry).track().lead(lead()).await.unwrap();
-    assert_eq!(server.arrivals_ms(), [0, 20_000]);
+    assert_eq!(support::arrivals_ms(&server), [0, 20_000]);
     // No deadline: capped at max_interval.
-    let server = Server::start([status(429).header("retry-after", "20")]).await;
+    let server = support::mock_with([status(429).header("retry-after", "20")]).await;
     let retry = exact()
         .with_max_interval(Duration::from_secs(5))
         .with_max_elapsed_time(None);
     dub(&server, retry).track().lead(lead()).await.unwrap();
-    assert_eq!(server.arrivals_ms(), [0, 5000]);
+    assert_eq!(support::arrivals_ms(&server), [0, 5000]);
 }
 
 #[tokio::test(start_paused = true)]
 async fn retry_after_beyond_the_deadline_returns_at_once() {
     let server =
-        Server::start([status(429).header("retry-after", &unix_ms_in(Duration::from_secs(45)))])
-            .await;
+        support::mock_with(
+            [status(429).header("retry-after", unix_ms_in(Duration::from_secs(45)))],
+        )
+        .await;
     let started = Instant::now();
     let err = dub(&server, exact())
         .track()
@@ -269,7 +267,7 @@ async fn retry_after_beyond_the_deadline_returns_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn sale_without_invoice_is_not_retried_after_a_500() {
-    let server = Server::start([status(500)]).await;
+    let server = support::mock_with([status(500)]).await;
     let err = dub(&server, exact())
         .track()
         .sale(
@@ -280,7 +278,7 @@ async fn sale_without_invoice_is_not_retried_after_a_500() {
         )
         .await
         .unwrap_err();
-    assert_eq!(server.count(), 1);
+    assert_eq!(server.request_count(), 1);
     assert_eq!(err.kind(), ErrorKind::InternalServerError);
     assert!(err.may_have_been_recorded());
     assert!(err.to_string().contains("may have been recorded"), "{err}");
@@ -288,7 +286,7 @@ async fn sale_without_invoice_is_not_retried_after_a_500() {
 
 #[tokio::test(start_paused = true)]
 async fn sale_with_invoice_is_retried_and_succeeds() {
-    let server = Server::start([status(500), status(502)]).await;
+    let server = support::mock_with([status(500), status(502)]).await;
     let sale = dub(&server, exact())
         .track()
         .sale(
@@ -301,8 +299,8 @@ async fn sale_with_invoice_is_retried_and_succeeds() {
         .await
         .unwrap();
     assert_eq!(sale.event_name, "Purchase");
-    assert_eq!(server.count(), 3);
-    let bodies: Vec<_> = server.received().iter().map(|r| r.body.clone()).collect();
+    assert_eq!(server.request_count(), 3);
+    let bodies: Vec<_> = server.requests().iter().map(|r| r.body.clone()).collect();
     assert!(
         bodies.windows(2).all(|w| w[0] == w[1]),
         "every attempt sends the same body"
@@ -311,7 +309,7 @@ async fn sale_with_invoice_is_retried_and_succeeds() {
 
 #[tokio::test(start_paused = true)]
 async fn ambiguous_retries_only_when_opted_in() {
-    let server = Server::start([status(500)]).await;
+    let server = support::mock_with([status(500)]).await;
     dub(&server, exact().with_retry_ambiguous(true))
         .track()
         .sale(
@@ -322,8 +320,8 @@ async fn ambiguous_retries_only_when_opted_in() {
         )
         .await
         .unwrap();
-    assert_eq!(server.count(), 2);
-    let server = Server::start([status(503)]).await;
+    assert_eq!(server.request_count(), 2);
+    let server = support::mock_with([status(503)]).await;
     let mut deferred = lead();
     deferred.mode = Some(LeadMode::Deferred);
     let err = dub(&server, exact())
@@ -331,13 +329,16 @@ async fn ambiguous_retries_only_when_opted_in() {
         .lead(deferred)
         .await
         .unwrap_err();
-    assert_eq!((server.count(), err.may_have_been_recorded()), (1, true));
+    assert_eq!(
+        (server.request_count(), err.may_have_been_recorded()),
+        (1, true)
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn timeouts_follow_the_safety_rule() {
-    let slow = || Reply::json(200, support::sale_body()).delay(Duration::from_secs(30));
-    let server = Server::start([slow()]).await;
+    let slow = || support::json(200, support::sale_body()).delay(Duration::from_secs(30));
+    let server = support::mock_with([slow()]).await;
     let client = Dub::builder()
         .token(TOKEN)
         .server_url(server.url())
@@ -356,10 +357,14 @@ async fn timeouts_follow_the_safety_rule() {
         .await
         .unwrap_err();
     assert_eq!(
-        (err.kind(), server.count(), err.may_have_been_recorded()),
+        (
+            err.kind(),
+            server.request_count(),
+            err.may_have_been_recorded()
+        ),
         (ErrorKind::Timeout, 1, true)
     );
-    let server = Server::start([slow()]).await;
+    let server = support::mock_with([slow()]).await;
     let client = Dub::builder()
         .token(TOKEN)
         .server_url(server.url())
@@ -380,7 +385,7 @@ async fn timeouts_follow_the_safety_rule() {
         .unwrap();
     // A 1 s attempt (ended 50 ms late by design, CONNECT_FIRST in transport/connect.rs),
     // then 500 ms.
-    assert_eq!(server.arrivals_ms(), [0, 1550]);
+    assert_eq!(support::arrivals_ms(&server), [0, 1550]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -412,20 +417,20 @@ async fn connection_refused_is_retried() {
 #[tokio::test(start_paused = true)]
 async fn client_errors_are_never_retried() {
     for s in [400, 401, 403, 404, 409, 410, 422] {
-        let server = Server::start([status(s)]).await;
+        let server = support::mock_with([status(s)]).await;
         let err = dub(&server, exact().with_retry_ambiguous(true))
             .track()
             .lead(lead())
             .await
             .unwrap_err();
-        assert_eq!((server.count(), err.attempts()), (1, 1), "{s}");
+        assert_eq!((server.request_count(), err.attempts()), (1, 1), "{s}");
         assert!(!err.may_have_been_recorded());
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_retry_budget_limits_retries_across_calls() {
-    let server = Server::start(std::iter::repeat_n(status(503), 10)).await;
+    let server = support::mock_with(std::iter::repeat_n(status(503), 10)).await;
     let client = Dub::builder()
         .token(TOKEN)
         .server_url(server.url())
@@ -436,5 +441,5 @@ async fn the_retry_budget_limits_retries_across_calls() {
     let first = client.track().lead(lead()).await.unwrap_err();
     let second = client.track().lead(lead()).await.unwrap_err();
     assert_eq!((first.attempts(), second.attempts()), (3, 1));
-    assert_eq!(server.count(), 4);
+    assert_eq!(server.request_count(), 4);
 }

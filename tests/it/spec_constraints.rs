@@ -4,8 +4,9 @@
 //! sent and a value past it is refused before sending, naming the field. A constraint added to
 //! the spec for a field this test does not know fails it.
 
-use crate::support::{Server, client};
+use crate::support::client;
 use dub::ErrorKind;
+use dub::mock::MockDub;
 use dub::models::{TrackLeadRequest, TrackSaleRequest};
 use serde_json::Value;
 
@@ -101,8 +102,11 @@ async fn every_request_constraint_in_the_spec_is_enforced() {
     let text_spec =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
     let spec: Value = serde_yaml_ng::from_str(&text_spec).unwrap();
-    let server = Server::start([]).await;
-    let dub = client(&server);
+    let server = MockDub::start().await.unwrap();
+    let dub = client(&server.url())
+        .retry_config(dub::RetryConfig::none())
+        .build()
+        .unwrap();
     let mut checked = 0;
     for schema in ["TrackLeadRequest", "TrackSaleRequest"] {
         for (field, prop) in spec["components"]["schemas"][schema]["properties"]
@@ -132,13 +136,13 @@ async fn every_request_constraint_in_the_spec_is_enforced() {
             }
             for (value, ok) in cases {
                 checked += 1;
-                let before = server.count();
+                let before = server.request_count();
                 let result = match with(schema, field, value.clone()) {
                     Req::Lead(r) => dub.track().lead(r).await.map(drop),
                     Req::Sale(r) => dub.track().sale(r).await.map(drop),
                 };
                 match (result, ok) {
-                    (Ok(()), true) => assert_eq!(server.count(), before + 1),
+                    (Ok(()), true) => assert_eq!(server.request_count(), before + 1),
                     (Err(e), false) => {
                         assert_eq!(
                             (e.kind(), e.field()),
@@ -146,7 +150,7 @@ async fn every_request_constraint_in_the_spec_is_enforced() {
                             "{schema}.{field}={value}"
                         );
                         assert_eq!(
-                            server.count(),
+                            server.request_count(),
                             before,
                             "{schema}.{field}: refused input was sent"
                         );

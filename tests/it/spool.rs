@@ -10,13 +10,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support;
+use dub::RetryConfig;
 use dub::mock::{Fault, MockDub};
 use dub::tracker::{Event, Outcome, Tracker};
-use dub::{Dub, RetryConfig};
-
-fn client(url: &str, token: &str) -> Dub {
-    Dub::builder().token(token).server_url(url).build().unwrap()
-}
 
 fn temp_spool(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -44,7 +41,7 @@ fn unsafe_sale(customer: &str) -> Event {
 async fn events_left_at_shutdown_are_delivered_by_the_next_tracker() {
     let mock = MockDub::start().await.unwrap();
     let path = temp_spool("restart.sqlite");
-    let dub = client(&mock.url(), mock.token());
+    let dub = support::client(&mock.url()).build().unwrap();
     // Dub is down: nothing can be delivered before the deadline.
     mock.random_faults(dub::mock::RandomFaults::new(1, 1.0).kinds([Fault::Status(503)]));
     let tracker = dub.tracker().spool(&path).start().unwrap();
@@ -62,7 +59,9 @@ async fn events_left_at_shutdown_are_delivered_by_the_next_tracker() {
     assert_eq!(report.left_in_spool, 40);
 
     mock.clear_faults();
-    let tracker = client(&mock.url(), mock.token())
+    let tracker = support::client(&mock.url())
+        .build()
+        .unwrap()
         .tracker()
         .spool(&path)
         .start()
@@ -80,7 +79,9 @@ async fn events_left_at_shutdown_are_delivered_by_the_next_tracker() {
 async fn a_key_handed_over_again_gets_the_stored_outcome_and_is_not_sent_again() {
     let mock = MockDub::start().await.unwrap();
     let path = temp_spool("keys.sqlite");
-    let tracker = client(&mock.url(), mock.token())
+    let tracker = support::client(&mock.url())
+        .build()
+        .unwrap()
         .tracker()
         .spool(&path)
         .start()
@@ -94,7 +95,9 @@ async fn a_key_handed_over_again_gets_the_stored_outcome_and_is_not_sent_again()
     let requests = mock.request_count();
 
     // A rerun after a restart: the key's outcome comes from the file.
-    let tracker = client(&mock.url(), mock.token())
+    let tracker = support::client(&mock.url())
+        .build()
+        .unwrap()
         .tracker()
         .spool(&path)
         .start()
@@ -115,7 +118,9 @@ async fn a_key_handed_over_again_gets_the_stored_outcome_and_is_not_sent_again()
 async fn refused_events_are_stored_failed_with_dubs_error() {
     let mock = MockDub::start().await.unwrap();
     let path = temp_spool("failed.sqlite");
-    let tracker = client(&mock.url(), mock.token())
+    let tracker = support::client(&mock.url())
+        .build()
+        .unwrap()
         .tracker()
         .spool(&path)
         .start()
@@ -127,7 +132,9 @@ async fn refused_events_are_stored_failed_with_dubs_error() {
     };
     assert_eq!(e.status().map(|s| s.as_u16()), Some(403));
     tracker.shutdown(Duration::from_secs(5)).await;
-    let tracker = client(&mock.url(), mock.token())
+    let tracker = support::client(&mock.url())
+        .build()
+        .unwrap()
         .tracker()
         .spool(&path)
         .start()
@@ -151,7 +158,9 @@ async fn trackers_sharing_a_spool_deliver_each_event_once() {
     let path = temp_spool("shared.sqlite");
     let trackers: Vec<Tracker> = (0..3)
         .map(|_| {
-            client(&mock.url(), mock.token())
+            support::client(&mock.url())
+                .build()
+                .unwrap()
                 .tracker()
                 .spool(&path)
                 .max_in_flight(8)
@@ -184,7 +193,9 @@ async fn a_hand_over_completes_only_once_committed_and_refuses_beyond_capacity()
     let mock = MockDub::start().await.unwrap();
     let path = temp_spool("capacity.sqlite");
     mock.random_faults(dub::mock::RandomFaults::new(1, 1.0).kinds([Fault::Status(503)]));
-    let tracker = client(&mock.url(), mock.token())
+    let tracker = support::client(&mock.url())
+        .build()
+        .unwrap()
         .tracker()
         .spool(&path)
         .capacity(5)
@@ -237,7 +248,10 @@ fn spool_crash_child() {
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let tracker = client(&url, &token)
+        let tracker = support::client(&url)
+            .token(token)
+            .build()
+            .unwrap()
             .tracker()
             .spool(&path)
             .capacity(CRASH_EVENTS)

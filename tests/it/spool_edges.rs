@@ -11,17 +11,9 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dub::Dub;
+use crate::support;
 use dub::mock::{Fault, MockDub, RandomFaults};
 use dub::tracker::Event;
-
-fn client(mock: &MockDub) -> Dub {
-    Dub::builder()
-        .token(mock.token())
-        .server_url(mock.url())
-        .build()
-        .unwrap()
-}
 
 fn temp_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -127,7 +119,9 @@ async fn a_full_disk_backs_off_logs_once_and_writes_the_outcomes_once_it_has_roo
     let mock = MockDub::start().await.unwrap();
     // Slow answers: deliveries are in flight when the disk fills up.
     mock.random_faults(RandomFaults::new(3, 1.0).kinds([Fault::Delay(Duration::from_millis(400))]));
-    let tracker = client(&mock)
+    let tracker = support::client(&mock.url())
+        .build()
+        .unwrap()
         .tracker()
         .spool(fs.0.join("spool.sqlite"))
         .max_in_flight(4)
@@ -190,7 +184,9 @@ async fn a_full_disk_backs_off_logs_once_and_writes_the_outcomes_once_it_has_roo
 async fn spool_with_backlog(path: &Path, events: usize) {
     let mock = MockDub::start().await.unwrap();
     mock.random_faults(RandomFaults::new(1, 1.0).kinds([Fault::Status(503)]));
-    let tracker = client(&mock)
+    let tracker = support::client(&mock.url())
+        .build()
+        .unwrap()
         .tracker()
         .spool(path)
         .capacity(events + 1)
@@ -224,7 +220,12 @@ async fn a_damaged_spool_is_refused_at_start_not_taken_for_empty() {
     drop(f);
 
     let mock = MockDub::start().await.unwrap();
-    let started = client(&mock).tracker().spool(&path).start();
+    let started = support::client(&mock.url())
+        .build()
+        .unwrap()
+        .tracker()
+        .spool(&path)
+        .start();
     let Err(e) = started else {
         let tracker = started.unwrap();
         let stats = tracker.stats();
@@ -244,7 +245,13 @@ async fn a_spool_that_cannot_be_read_is_never_reported_drained() {
     let path = dir.join("unreadable.sqlite");
     let mock = MockDub::start().await.unwrap();
     mock.random_faults(RandomFaults::new(1, 1.0).kinds([Fault::Status(503)]));
-    let tracker = client(&mock).tracker().spool(&path).start().unwrap();
+    let tracker = support::client(&mock.url())
+        .build()
+        .unwrap()
+        .tracker()
+        .spool(&path)
+        .start()
+        .unwrap();
     for c in 0..10 {
         drop(tracker.send(lead(&format!("user_{c}"))).await.unwrap());
     }
@@ -267,11 +274,19 @@ async fn a_spool_on_a_read_only_filesystem_says_so_in_one_line() {
     let mock = MockDub::start().await.unwrap();
     // An existing spool, then the filesystem turns read-only.
     let path = fs.0.join("spool.sqlite");
-    let tracker = client(&mock).tracker().spool(&path).start().unwrap();
+    let tracker = support::client(&mock.url())
+        .build()
+        .unwrap()
+        .tracker()
+        .spool(&path)
+        .start()
+        .unwrap();
     tracker.shutdown(Duration::from_millis(100)).await;
     fs.remount("ro");
     for path in [path, fs.0.join("new.sqlite")] {
-        let e = client(&mock)
+        let e = support::client(&mock.url())
+            .build()
+            .unwrap()
             .tracker()
             .spool(&path)
             .start()
@@ -309,7 +324,9 @@ async fn a_file_that_is_not_a_spool_is_named_in_one_line() {
         ),
         (&text, "is not a SQLite database"),
     ] {
-        let e = client(&mock)
+        let e = support::client(&mock.url())
+            .build()
+            .unwrap()
             .tracker()
             .spool(path)
             .start()
@@ -368,7 +385,13 @@ async fn claims_of_a_dead_owner_that_had_our_pid_are_recovered_at_start() {
     let path = dir.join("same-pid.sqlite");
     spool_claimed_by_dead_owner(&path, std::process::id(), None).await;
     let mock = MockDub::start().await.unwrap();
-    let tracker = client(&mock).tracker().spool(&path).start().unwrap();
+    let tracker = support::client(&mock.url())
+        .build()
+        .unwrap()
+        .tracker()
+        .spool(&path)
+        .start()
+        .unwrap();
     let report = tracker.shutdown(Duration::from_secs(3)).await;
     assert!(report.drained, "{report:?}");
     assert_eq!(mock.leads().len(), 1);
@@ -385,7 +408,13 @@ async fn claims_of_a_dead_owner_whose_pid_another_process_took_are_recovered_at_
     let path = dir.join("reused-pid.sqlite");
     spool_claimed_by_dead_owner(&path, other.id(), Some(&process)).await;
     let mock = MockDub::start().await.unwrap();
-    let tracker = client(&mock).tracker().spool(&path).start().unwrap();
+    let tracker = support::client(&mock.url())
+        .build()
+        .unwrap()
+        .tracker()
+        .spool(&path)
+        .start()
+        .unwrap();
     let report = tracker.shutdown(Duration::from_secs(3)).await;
     let _ = other.kill();
     let _ = other.wait();
@@ -402,13 +431,93 @@ async fn claims_of_a_live_owner_in_this_process_are_left_alone() {
     mock.random_faults(
         RandomFaults::new(3, 1.0).kinds([Fault::Delay(Duration::from_millis(1_500))]),
     );
-    let first = client(&mock).tracker().spool(&path).start().unwrap();
+    let first = support::client(&mock.url())
+        .build()
+        .unwrap()
+        .tracker()
+        .spool(&path)
+        .start()
+        .unwrap();
     let receipt = first.send(lead("user_1")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let second = client(&mock).tracker().spool(&path).start().unwrap();
+    let second = support::client(&mock.url())
+        .build()
+        .unwrap()
+        .tracker()
+        .spool(&path)
+        .start()
+        .unwrap();
     let report = second.shutdown(Duration::from_millis(500)).await;
     assert_eq!(report.stats.uncertain + report.stats.delivered, 0);
     assert!(receipt.await.is_delivered());
     first.shutdown(Duration::from_secs(5)).await;
     assert_eq!(mock.request_count(), 1, "sent once, by the first tracker");
+}
+
+#[tokio::test]
+async fn a_spool_written_before_the_head_index_is_upgraded_and_drained_in_order() {
+    let dir = temp_dir();
+    let path = dir.join("old.sqlite");
+    let mock = MockDub::start().await.unwrap();
+    mock.random_faults(RandomFaults::new(1, 1.0).kinds([Fault::Status(503)]));
+    let tracker = support::client(&mock.url())
+        .build()
+        .unwrap()
+        .tracker()
+        .spool(&path)
+        .start()
+        .unwrap();
+    for round in 0..3 {
+        for c in 0..3 {
+            let customer = format!("user_{c}");
+            let event: Event = if round == 0 {
+                lead(&customer)
+            } else {
+                crate::support::sale_for(&customer, Some(&format!("in_{c}_{round}"))).into()
+            };
+            drop(tracker.send(event).await.unwrap());
+        }
+    }
+    tracker.shutdown(Duration::from_millis(50)).await;
+    // What the file looked like before `head` existed.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "DROP INDEX events_heads;
+         DROP TRIGGER head_insert; DROP TRIGGER head_update; DROP TRIGGER head_delete;
+         ALTER TABLE events DROP COLUMN head;
+         ALTER TABLE owners DROP COLUMN process;",
+    )
+    .unwrap();
+    drop(conn);
+    mock.clear_faults();
+    let tracker = support::client(&mock.url())
+        .build()
+        .unwrap()
+        .tracker()
+        .spool(&path)
+        .start()
+        .unwrap();
+    let report = tracker.shutdown(Duration::from_secs(10)).await;
+    assert!(report.drained, "{report:?}");
+    assert_eq!(report.stats.delivered, 9);
+    // Each customer's lead, then its sales, in hand-over order.
+    assert_eq!(mock.leads().len(), 3);
+    assert!(mock.requests().iter().all(|r| r.status != Some(404)));
+    let sent: Vec<String> = mock
+        .sales()
+        .into_iter()
+        .filter_map(|s| s.invoice_id)
+        .collect();
+    for c in 0..3 {
+        let mine: Vec<&String> = sent
+            .iter()
+            .filter(|s| s.starts_with(&format!("in_{c}_")))
+            .collect();
+        assert_eq!(
+            mine,
+            [format!("in_{c}_1"), format!("in_{c}_2")]
+                .iter()
+                .collect::<Vec<_>>()
+        );
+    }
 }

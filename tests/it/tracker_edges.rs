@@ -6,18 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use dub::Dub;
+use crate::support;
 use dub::mock::{Fault, MockDub, RandomFaults};
 use dub::models::{TrackLeadRequest, TrackSaleRequest};
 use dub::tracker::{Event, EventId, HandOverErrorKind, Outcome, Receipt, Tracker};
-
-fn client(mock: &MockDub) -> Dub {
-    Dub::builder()
-        .token(mock.token())
-        .server_url(mock.url())
-        .build()
-        .unwrap()
-}
 
 fn lead(customer: &str) -> TrackLeadRequest {
     crate::support::lead_for(customer).build()
@@ -94,7 +86,7 @@ struct RaceRound {
 fn a_hand_over_racing_shutdown_is_delivered_or_reported() {
     let rt = runtime();
     let mock = rt.block_on(MockDub::start()).unwrap();
-    let dub = client(&mock);
+    let dub = support::client(&mock.url()).build().unwrap();
     let (mut accepted, mut lost) = (0, Vec::new());
     for round in 0..150 {
         let tracker = {
@@ -131,7 +123,7 @@ fn a_hand_over_racing_shutdown_is_delivered_or_reported() {
 fn a_hand_over_racing_shutdown_is_delivered_or_left_in_the_spool() {
     let rt = runtime();
     let mock = rt.block_on(MockDub::start()).unwrap();
-    let dub = client(&mock);
+    let dub = support::client(&mock.url()).build().unwrap();
     let dir = std::env::temp_dir().join(format!(
         "dub-tracker-edges-{}-{}",
         std::process::id(),
@@ -174,7 +166,7 @@ fn a_hand_over_racing_shutdown_is_delivered_or_left_in_the_spool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_outcome_callback_never_puts_a_recorded_sale_in_the_report() {
     let mock = MockDub::start().await.unwrap();
-    let dub = client(&mock);
+    let dub = support::client(&mock.url()).build().unwrap();
     for c in 0..60 {
         dub.track().lead(lead(&format!("u{c}"))).await.unwrap();
     }
@@ -225,7 +217,7 @@ async fn a_slow_outcome_callback_never_puts_a_recorded_sale_in_the_report() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_tracker_mid_delivery_makes_unsafe_sales_uncertain() {
     let mock = MockDub::start().await.unwrap();
-    let dub = client(&mock);
+    let dub = support::client(&mock.url()).build().unwrap();
     for c in 0..32 {
         dub.track().lead(lead(&format!("u{c}"))).await.unwrap();
     }
@@ -262,7 +254,13 @@ fn a_tracker_whose_runtime_is_gone_refuses_and_reports_what_it_holds() {
     let rt = runtime();
     let tracker = {
         let _entered = rt.enter();
-        client(&mock).tracker().max_in_flight(4).start().unwrap()
+        support::client(&mock.url())
+            .build()
+            .unwrap()
+            .tracker()
+            .max_in_flight(4)
+            .start()
+            .unwrap()
     };
     let receipts: Vec<_> = (0..11)
         .map(|c| tracker.lead(lead(&format!("u{c}"))).wait().unwrap())
@@ -343,4 +341,96 @@ fn the_signup_example_shuts_its_tracker_down_on_sigterm() {
         rest.contains("shut down: 1 delivered, 0 left undelivered"),
         "{rest}"
     );
+}
+
+/// Issue 19, §1: a spool's batch is handed over while the dispatcher is idle and Dub is fast.
+/// A row claimed and delivered before its receipt was registered would leave that receipt to
+/// resolve `NotDelivered` at shutdown although Dub recorded the event: every receipt must say
+/// delivered.
+#[test]
+fn every_receipt_of_a_spool_batch_resolves_delivered() {
+    let rt = runtime();
+    let mock = rt.block_on(MockDub::start()).unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "dub-tracker-receipts-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tracker = {
+        let _entered = rt.enter();
+        support::client(&mock.url())
+            .build()
+            .unwrap()
+            .tracker()
+            .spool(dir.join("spool.sqlite"))
+            .start()
+            .unwrap()
+    };
+    let mut stuck = Vec::new();
+    for batch in 0..200 {
+        // Four threads hand over at once, so that one commit holds several events.
+        let handed: Vec<Receipt> = (0..4)
+            .map(|t| {
+                let tracker = tracker.clone();
+                std::thread::spawn(move || {
+                    (0..5)
+                        .map(|n| {
+                            let customer = format!("b{batch}_t{t}_{n}");
+                            tracker.lead(lead(&customer)).wait().unwrap()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        for receipt in handed {
+            let id = receipt.id();
+            match receipt.wait_timeout(Duration::from_secs(5)) {
+                Ok(Outcome::Delivered(_)) => {}
+                other => stuck.push(format!("batch {batch}, {id}: {other:?}")),
+            }
+        }
+        if !stuck.is_empty() {
+            break;
+        }
+    }
+    let report = tracker.shutdown_blocking(Duration::from_secs(5));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(stuck.is_empty(), "{stuck:?}");
+    assert!(report.drained, "{report:?}");
+}
+
+/// The same for a tracker on a runtime of its own (`start_in_background`), dropped from sync
+/// code: its runtime stops with it, and the receipts still say uncertain.
+#[test]
+fn dropping_a_background_tracker_mid_delivery_makes_unsafe_sales_uncertain() {
+    let rt = runtime();
+    let mock = rt.block_on(MockDub::start()).unwrap();
+    let dub = support::client(&mock.url()).build().unwrap();
+    rt.block_on(async {
+        for c in 0..8 {
+            dub.track().lead(lead(&format!("u{c}"))).await.unwrap();
+        }
+    });
+    mock.push_faults((0..8).map(|_| Fault::Delay(Duration::from_millis(500))));
+    let tracker = dub.tracker().start_in_background().unwrap();
+    let receipts: Vec<Receipt> = (0..8u64)
+        .map(|c| {
+            let sale = unsafe_sale(&format!("u{c}"), 1_000 + c);
+            tracker.sale(sale).wait().unwrap()
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    while mock.request_count() < 16 {
+        assert!(started.elapsed() < Duration::from_secs(10), "never sent");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(tracker);
+    for receipt in receipts {
+        let outcome = receipt.wait_timeout(Duration::from_secs(10));
+        assert!(matches!(outcome, Ok(Outcome::Uncertain(_))), "{outcome:?}");
+    }
 }

@@ -1,7 +1,7 @@
 //! What goes over the wire, and what comes back decodes: exact request bodies and headers,
 //! 200 bodies built from the spec's schemas, the nine error bodies from the spec's examples.
 
-use crate::support::{Reply, Server, TOKEN, client, lead_body, sale_body};
+use crate::support::{self, TOKEN, client, lead_body, sale_body};
 use dub::models::{LeadMode, PaymentProcessor, TrackLeadRequest, TrackSaleRequest};
 use dub::{ErrorKind, RetryConfig};
 use serde_json::{Value, json};
@@ -10,8 +10,11 @@ use crate::support::schema::spec;
 
 #[tokio::test]
 async fn lead_request_is_exact() {
-    let server = Server::start([]).await;
-    let dub = client(&server);
+    let server = support::mock_with([support::json(200, lead_body())]).await;
+    let dub = client(&server.url())
+        .retry_config(dub::RetryConfig::none())
+        .build()
+        .unwrap();
     dub.track()
         .lead(
             TrackLeadRequest::builder()
@@ -28,11 +31,11 @@ async fn lead_request_is_exact() {
         )
         .await
         .unwrap();
-    let got = &server.received()[0];
+    let got = &server.requests()[0];
     assert_eq!(got.method, "POST");
     assert_eq!(got.path, "/track/lead");
     assert_eq!(
-        got.json(),
+        got.json().unwrap(),
         json!({"clickId": "clk_123", "eventName": "Sign up", "customerExternalId": "user_42",
                "customerName": "Ada Lovelace", "customerEmail": "ada@example.com",
                "customerAvatar": "https://example.com/ada.png", "mode": "wait",
@@ -53,8 +56,11 @@ async fn lead_request_is_exact() {
 
 #[tokio::test]
 async fn minimal_lead_sends_only_required_fields() {
-    let server = Server::start([]).await;
-    client(&server)
+    let server = support::mock_with([support::json(200, lead_body())]).await;
+    client(&server.url())
+        .retry_config(dub::RetryConfig::none())
+        .build()
+        .unwrap()
         .track()
         .lead(
             TrackLeadRequest::builder()
@@ -66,14 +72,14 @@ async fn minimal_lead_sends_only_required_fields() {
         .await
         .unwrap();
     assert_eq!(
-        server.received()[0].json(),
+        server.requests()[0].json().unwrap(),
         json!({"clickId": "", "eventName": "Sign up", "customerExternalId": "user_42"})
     );
 }
 
 #[tokio::test]
 async fn sale_request_is_exact() {
-    let server = Server::start([]).await;
+    let server = support::mock_with([support::json(200, sale_body())]).await;
     let dub = dub::Dub::builder()
         .token(TOKEN)
         .server_url(server.url())
@@ -106,10 +112,10 @@ async fn sale_request_is_exact() {
         .header("x-request-id", "r1")
         .await
         .unwrap();
-    let got = &server.received()[0];
+    let got = &server.requests()[0];
     assert_eq!(got.path, "/track/sale");
     assert_eq!(
-        got.json(),
+        got.json().unwrap(),
         json!({"customerExternalId": "user_42", "amount": 996500, "paymentProcessor": "paddle",
                "invoiceId": "in_1", "currency": "eur", "eventName": "Invoice paid",
                "leadEventName": "Sign up", "clickId": "clk_9", "customerName": "Ada",
@@ -130,8 +136,11 @@ async fn sale_request_is_exact() {
 
 #[tokio::test]
 async fn minimal_sale_sends_spec_defaults() {
-    let server = Server::start([]).await;
-    client(&server)
+    let server = support::mock_with([support::json(200, sale_body())]).await;
+    client(&server.url())
+        .retry_config(dub::RetryConfig::none())
+        .build()
+        .unwrap()
         .track()
         .sale(
             TrackSaleRequest::builder()
@@ -142,7 +151,7 @@ async fn minimal_sale_sends_spec_defaults() {
         .await
         .unwrap();
     assert_eq!(
-        server.received()[0].json(),
+        server.requests()[0].json().unwrap(),
         json!({"customerExternalId": "user_42", "amount": 0, "currency": "usd", "eventName": "Purchase"})
     );
 }
@@ -184,12 +193,15 @@ async fn example_200_bodies_from_the_spec_decode() {
     for nulls in [false, true] {
         let lead = example(&spec["components"]["schemas"]["TrackLeadResponse"], nulls);
         let sale = example(&spec["components"]["schemas"]["TrackSaleResponse"], nulls);
-        let server = Server::start([
-            Reply::json(200, lead.clone()),
-            Reply::json(200, sale.clone()),
+        let server = support::mock_with([
+            support::json(200, lead.clone()),
+            support::json(200, sale.clone()),
         ])
         .await;
-        let dub = client(&server);
+        let dub = client(&server.url())
+            .retry_config(dub::RetryConfig::none())
+            .build()
+            .unwrap();
         let l = dub
             .track()
             .lead(
@@ -243,8 +255,11 @@ async fn the_nine_documented_error_bodies_decode() {
     for (status, kind) in expected {
         let schema = &responses[&status.to_string()]["content"]["application/json"]["schema"];
         let body = example(schema, false);
-        let server = Server::start([Reply::json(status, body.clone())]).await;
-        let err = client(&server)
+        let server = support::mock_with([support::json(status, body.clone())]).await;
+        let err = client(&server.url())
+            .retry_config(dub::RetryConfig::none())
+            .build()
+            .unwrap()
             .track()
             .lead(
                 TrackLeadRequest::builder()
@@ -271,8 +286,11 @@ async fn unknown_fields_and_values_decode() {
     let mut sale = sale_body();
     sale["sale"]["paymentProcessor"] = json!("mollie");
     sale["sale"]["fxRate"] = json!(1.08);
-    let server = Server::start([Reply::json(200, lead), Reply::json(200, sale)]).await;
-    let dub = client(&server);
+    let server = support::mock_with([support::json(200, lead), support::json(200, sale)]).await;
+    let dub = client(&server.url())
+        .retry_config(dub::RetryConfig::none())
+        .build()
+        .unwrap();
     let l = dub
         .track()
         .lead(
@@ -300,16 +318,19 @@ async fn unknown_fields_and_values_decode() {
 
 #[tokio::test]
 async fn error_codes_outside_the_spec_decode() {
-    let server = Server::start([
-        Reply::error(
+    let server = support::mock_with([
+        support::error(
             403,
             "exceeded_limit",
             "You have exceeded your plan's limit.",
         ),
-        Reply::error(409, "invite_pending", "An invite is pending."),
+        support::error(409, "invite_pending", "An invite is pending."),
     ])
     .await;
-    let dub = client(&server);
+    let dub = client(&server.url())
+        .retry_config(dub::RetryConfig::none())
+        .build()
+        .unwrap();
     let e = dub
         .track()
         .sale(

@@ -1,8 +1,6 @@
 //! What the command-line tests share: a scratch directory, the built binary run against a
 //! `MockDub` in the test's own process, and its summary line read back.
 
-#![allow(dead_code, reason = "each test file uses part of it")]
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};

@@ -96,7 +96,8 @@ impl Postgres {
         self.url_of(&name)
     }
 
-    /// The URL of the `postgres` database, over TCP.
+    /// The URL of the `postgres` database, over TCP (the command-line tests use it).
+    #[allow(dead_code)]
     pub fn url(&self) -> String {
         self.url_of("postgres")
     }

@@ -5,7 +5,6 @@
 //!   the spec can never be skipped silently.
 //! - [`arb_instance`] is a proptest strategy for JSON values a schema allows, with unknown
 //!   fields added to every object, as a server that gained fields would send them.
-#![allow(dead_code)]
 
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
