@@ -58,6 +58,13 @@ pub struct Dub {
 }
 
 impl Dub {
+    /// The `Authorization` header value, for a fingerprint of the key that is not the key (the
+    /// outbox's shared budget); `None` for a client whose configuration was refused.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn authorization(&self) -> Option<&HeaderValue> {
+        self.inner.as_ref().ok().map(|core| &core.auth)
+    }
+
     /// A client for Dub's API with the API key `token` and default settings.
     ///
     /// This never fails or panics: if the token cannot be used (it is empty, or not valid in an

@@ -27,8 +27,9 @@ pub struct RelayArgs {
     database_url: String,
     #[command(flatten)]
     connection: Connection,
-    /// The API key's rate limit, requests a minute: this relay paces itself to it. Without it
-    /// the relay learns the limit from Dub's answers
+    /// The API key's rate limit, requests a minute: every relay on the key paces together to
+    /// it, from one budget in the database (N relays send N a minute together, not N times
+    /// that). Without it each relay learns the limit from Dub's answers on its own
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     rate_limit: Option<u32>,
     /// At most N deliveries at once
@@ -44,27 +45,29 @@ pub async fn run(args: RelayArgs) -> Result<Status, CliError> {
     let mut stop = Stop::listen();
     let pool = crate::outbox::lazy_pool(&args.database_url).map_err(exit::usage)?;
     let mut builder = args.connection.builder().map_err(exit::usage)?;
-    builder = builder.rate_limit(match args.rate_limit {
-        Some(n) => RateLimit::per_minute(n),
-        None => RateLimit::adaptive(),
-    });
+    // The adaptive limiter stays the safety net for other users of the key.
+    builder = builder.rate_limit(RateLimit::adaptive());
     let dub = builder.build().map_err(|e| exit::usage(config_error(&e)))?;
-    let relay = Relay::builder(pool, dub)
+    let mut relay = Relay::builder(pool, dub)
         .max_in_flight(args.max_in_flight as usize)
-        .lease(Duration::from_secs(args.lease_secs))
-        .build();
+        .lease(Duration::from_secs(args.lease_secs));
+    if let Some(n) = args.rate_limit {
+        relay = relay.shared_rate_limit(n);
+    }
+    let relay = relay.build();
     eprintln!(
         "dub-track: relaying the outbox; Ctrl-C or SIGTERM stops after the attempts in flight"
     );
     let report = relay.run_until(async move { stop.next().await }).await;
     eprintln!(
-        "dub-track: relay stopped: delivered={} failed={} uncertain={} retried={} taken_over={} unwritten={}",
+        "dub-track: relay stopped: delivered={} failed={} uncertain={} retried={} taken_over={} unwritten={} pruned={}",
         report.delivered,
         report.failed,
         report.uncertain,
         report.retried,
         report.taken_over,
-        report.unwritten
+        report.unwritten,
+        report.pruned
     );
     Ok(Status::Ok)
 }

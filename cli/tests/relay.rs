@@ -26,14 +26,22 @@ fn outbox(mock: &MockDub, dir: &Scratch, url: &str, args: &[&str]) -> tokio::pro
     cmd
 }
 
-/// A relay process, its stderr in a file.
+/// A relay process, pacing with the others from the shared budget; its stderr in a file.
 fn relay(mock: &MockDub, dir: &Scratch, url: &str, n: usize) -> Child {
     let log = std::fs::File::create(dir.0.join(format!("relay{n}.log"))).unwrap();
     outbox(
         mock,
         dir,
         url,
-        &["relay", "--lease-secs", "3", "--max-in-flight", "8"],
+        &[
+            "relay",
+            "--lease-secs",
+            "3",
+            "--max-in-flight",
+            "8",
+            "--rate-limit",
+            "3000",
+        ],
     )
     .stdout(Stdio::null())
     .stderr(log)
@@ -107,7 +115,7 @@ async fn three_relays_through_kill_9_and_a_postgres_crash_deliver_every_event_on
     assert_eq!(first.code, 0, "{first:?}");
     assert_eq!(
         first.stdout.trim(),
-        "outbox schema migrated from version 0 to 1"
+        "outbox schema migrated from version 0 to 2"
     );
     let again = run(
         &mock,
@@ -115,7 +123,7 @@ async fn three_relays_through_kill_9_and_a_postgres_crash_deliver_every_event_on
         &["outbox", "migrate", "--database-url", &url],
     )
     .await;
-    assert_eq!(again.stdout.trim(), "outbox schema is current (version 1)");
+    assert_eq!(again.stdout.trim(), "outbox schema is current (version 2)");
 
     // 40 customers, each a lead and two invoiced sales; 10 of them a sale without invoice.
     let mut values = Vec::new();

@@ -16,8 +16,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -89,11 +89,11 @@ async fn connection(
     mut shutdown: watch::Receiver<bool>,
     idle_timeout: Duration,
 ) {
-    // hyper owns the stream it serves; a second descriptor for the same socket lets a fault
-    // reset it or write raw bytes after hyper has been dropped mid-request.
-    let Some((stream, spare)) = with_spare_descriptor(stream) else {
-        return;
-    };
+    // hyper serves the stream through a handle this task shares: once hyper is dropped
+    // mid-request, a fault takes the stream back to reset it or write raw bytes. One
+    // descriptor a connection (a second, dup'ed one halved how many clients fit under a
+    // descriptor limit).
+    let stream = Arc::new(Mutex::new(stream));
     let activity = Arc::new(Activity::new());
     let (takeover_tx, mut takeover_rx) = mpsc::channel(1);
     let service = {
@@ -110,7 +110,7 @@ async fn connection(
         })
     };
     let io = TokioIo::new(Tracked {
-        inner: stream,
+        stream: stream.clone(),
         activity: activity.clone(),
     });
     // half_close: a client may send its request and then shut its side down while it waits;
@@ -126,23 +126,17 @@ async fn connection(
         _ = stopped(&mut shutdown) => None,
         () = activity.idle_for(idle_timeout) => None,
     };
-    // Closes hyper's descriptor; the socket stays open through `spare` until it is dropped.
+    // Drops hyper and its handle on the stream; the socket stays open through `stream`.
     drop(conn);
-    if let Some(takeover) = takeover {
-        let _ = tokio::time::timeout(RAW_IO_LIMIT, take_over(takeover, spare)).await;
+    if let Some(takeover) = takeover
+        && let Ok(socket) = Arc::try_unwrap(stream)
+    {
+        let socket = socket.into_inner().unwrap_or_else(PoisonError::into_inner);
+        let _ = tokio::time::timeout(RAW_IO_LIMIT, take_over(takeover, socket)).await;
     }
 }
 
-fn with_spare_descriptor(stream: TcpStream) -> Option<(TcpStream, std::net::TcpStream)> {
-    let stream = stream.into_std().ok()?;
-    let spare = stream.try_clone().ok()?;
-    Some((TcpStream::from_std(stream).ok()?, spare))
-}
-
-async fn take_over(takeover: Takeover, spare: std::net::TcpStream) {
-    let Ok(mut socket) = TcpStream::from_std(spare) else {
-        return;
-    };
+async fn take_over(takeover: Takeover, mut socket: TcpStream) {
     match takeover {
         Takeover::Reset => {
             // With SO_LINGER 0, close() discards the socket with RST instead of FIN.
@@ -412,20 +406,27 @@ impl Drop for Busy {
     }
 }
 
-/// The socket hyper serves, noting each byte that moves in [`Activity`].
+/// The socket hyper serves, shared with its connection task, noting each byte that moves in
+/// [`Activity`]. The lock is held only inside a poll, never across an await.
 struct Tracked {
-    inner: TcpStream,
+    stream: Arc<Mutex<TcpStream>>,
     activity: Arc<Activity>,
+}
+
+impl Tracked {
+    fn stream(&self) -> MutexGuard<'_, TcpStream> {
+        self.stream.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl AsyncRead for Tracked {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let polled = Pin::new(&mut *self.stream()).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.activity.touch();
         }
@@ -435,11 +436,11 @@ impl AsyncRead for Tracked {
 
 impl AsyncWrite for Tracked {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let polled = Pin::new(&mut *self.stream()).poll_write(cx, buf);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
         }
@@ -447,11 +448,11 @@ impl AsyncWrite for Tracked {
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        let polled = Pin::new(&mut *self.stream()).poll_write_vectored(cx, bufs);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
         }
@@ -459,14 +460,14 @@ impl AsyncWrite for Tracked {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.stream().is_write_vectored()
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.stream()).poll_flush(cx)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.stream()).poll_shutdown(cx)
     }
 }

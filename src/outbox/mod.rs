@@ -60,9 +60,9 @@
 //! | `response` | `jsonb` | Dub's answer, once delivered |
 //!
 //! The other columns (ids, attempts, the lease, timestamps, the customer and the
-//! deduplication key) belong to the relays. The schema is shipped as SQL
-//! ([`SCHEMA_SQL`], also the file `sql/outbox.sql` in the crate) for teams that apply
-//! migrations with their own tool; [`migrate`] applies it for everyone else.
+//! deduplication key) belong to the relays. The schema is shipped as SQL, one script per
+//! version ([`MIGRATIONS`], also the files `sql/outbox*.sql` in the crate), for teams that
+//! apply migrations with their own tool; [`migrate`] applies it for everyone else.
 //!
 //! A row inserted with plain SQL is not checked on the way in: an event that breaks one of
 //! Dub's rules is stored, and the relay ends it `failed`, with the field and the rule in
@@ -88,13 +88,18 @@
 //! [`stats`] counts the rows in each state; [`retry_failed`] puts failed events back once
 //! their data is fixed (fix a row in place with `UPDATE dub_outbox SET event = ... WHERE id =
 //! ...`: its deduplication key follows); [`prune`] deletes delivered rows older than a
-//! retention period. Rows that end `uncertain` may have been recorded by Dub and are never
-//! sent again by the outbox: check them in Dub's dashboard.
+//! retention period (every relay does it hourly, [`RelayBuilder::retention`]). Rows that end
+//! `uncertain` may have been recorded by Dub and are never sent again by the outbox: check
+//! them in Dub's dashboard.
 //!
 //! The crate's types come from sqlx 0.8 (`sqlx-core` and `sqlx-postgres`, the crates the
 //! `sqlx` facade re-exports): pass a `&mut PgConnection` (`&mut *tx` for a transaction) or a
-//! `&PgPool` from your own sqlx 0.8.
+//! `&PgPool` from your own sqlx 0.8. One known snag: the `sqlx` facade 0.8 beside this crate's
+//! `spool` feature does not resolve (`links = "sqlite3"`: the facade's optional SQLite driver
+//! pins libsqlite3-sys 0.30, the spool's rusqlite needs 0.40); with the outbox you need no
+//! spool, or depend on `sqlx-core` and `sqlx-postgres` directly, as this crate does.
 
+mod budget;
 mod error;
 mod lease;
 mod producer;
@@ -106,7 +111,7 @@ mod verdict;
 pub use error::OutboxError;
 pub use producer::{Enqueued, OutboxId, enqueue};
 pub use relay::{Relay, RelayBuilder, RelayReport};
-pub use schema::{Migrated, SCHEMA_SQL, SCHEMA_VERSION, migrate};
+pub use schema::{MIGRATIONS, Migrated, SCHEMA_SQL, SCHEMA_SQL_V2, SCHEMA_VERSION, migrate};
 pub use stats::{DEFAULT_RETENTION, Stats, prune, retry_failed, stats};
 
 #[doc(no_inline)]

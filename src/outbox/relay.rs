@@ -1,6 +1,7 @@
 //! The relay: claims rows under a lease, delivers them with a [`Dub`] client, writes what
 //! became of each, and keeps going through Dub's outages and the database's.
 
+use super::budget::SharedBudget;
 use super::lease::{self, Claimed, Write};
 use super::verdict::{self, Row, Timing, Verdict};
 use super::{CHANNEL, Event};
@@ -60,6 +61,8 @@ struct Config {
     lease: Duration,
     poll_interval: Duration,
     timing: Timing,
+    budget: Option<SharedBudget>,
+    retention: Option<Duration>,
 }
 
 /// How a [`Relay`] is set up: [`Relay::builder`].
@@ -69,6 +72,7 @@ pub struct RelayBuilder {
     pool: PgPool,
     dub: Dub,
     config: Config,
+    shared_rate_limit: Option<u32>,
 }
 
 /// The longest wait between attempts to reach PostgreSQL while it is away.
@@ -78,6 +82,8 @@ const OUTAGE_AFTER: u32 = 5;
 const MAX_OUTAGE_PAUSE: Duration = Duration::from_secs(60);
 /// How often rows of relays that are gone are looked for.
 const TAKE_OVER_EVERY: Duration = Duration::from_secs(5);
+/// How often delivered rows past their retention are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 impl Relay {
     /// A relay delivering the outbox in `pool`'s database with `dub` (its token, base URL and
@@ -104,7 +110,10 @@ impl Relay {
                     max_age: Duration::from_secs(6 * 3600),
                     settle: crate::DEFAULT_ATTEMPT_TIMEOUT,
                 },
+                budget: None,
+                retention: Some(super::DEFAULT_RETENTION),
             },
+            shared_rate_limit: None,
         }
     }
 }
@@ -154,18 +163,40 @@ impl RelayBuilder {
         self
     }
 
+    /// How long delivered rows are kept before the relay deletes them (`None`: never; by
+    /// default [`DEFAULT_RETENTION`](super::DEFAULT_RETENTION), 30 days). Every relay prunes
+    /// at start and hourly; deleting is idempotent, so several relays pruning at once is fine.
+    pub fn retention(mut self, keep: Option<Duration>) -> Self {
+        self.config.retention = keep;
+        self
+    }
+
     /// The name this relay writes into `locked_by` (by default `$HOSTNAME-pid-random`).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.config.name = name.into();
         self
     }
 
+    /// Paces every relay on this client's API key together at `per_minute` requests a minute
+    /// (the key's limit; they use 97% of it), from one budget row in the database: N relays
+    /// then send `per_minute` a minute together, not N times that, and a 429 seen by one holds
+    /// them all back. The row is keyed by a SHA-256 of the API key; the key never enters the
+    /// database. The client's own rate limiter stays the safety net for other users of the key.
+    pub fn shared_rate_limit(mut self, per_minute: u32) -> Self {
+        self.shared_rate_limit = Some(per_minute);
+        self
+    }
+
     /// The relay, ready to run.
     pub fn build(self) -> Relay {
+        let mut config = self.config;
+        config.budget = self
+            .shared_rate_limit
+            .and_then(|n| SharedBudget::new(&self.dub, n));
         Relay {
             pool: self.pool,
             dub: self.dub,
-            config: self.config,
+            config,
         }
     }
 }
@@ -184,6 +215,8 @@ pub struct RelayReport {
     pub retried: u64,
     /// Rows of relays that were gone that it took over.
     pub taken_over: u64,
+    /// Delivered rows past their retention that it deleted.
+    pub pruned: u64,
     /// Outcomes it could not write before it stopped (the database stayed away): those rows
     /// are taken over by another relay once their lease runs out.
     pub unwritten: u64,
@@ -274,6 +307,7 @@ impl Relay {
         let mut outage = Outage::default();
         let mut listener: Option<PgListener> = None;
         let mut next_take_over = Instant::now();
+        let mut next_prune = Instant::now();
         let mut stopping_since: Option<Instant> = None;
         let mut shutdown = std::pin::pin!(shutdown);
 
@@ -334,6 +368,23 @@ impl Relay {
                         Err(e) => db.failed("take over expired leases", &e),
                     }
                 }
+                if let Some(keep) = config.retention
+                    && now >= next_prune
+                    && db.ready(Instant::now())
+                {
+                    match super::prune(&pool, keep).await {
+                        Ok(n) => {
+                            db.worked();
+                            report.pruned += n;
+                            next_prune = now + PRUNE_EVERY;
+                        }
+                        Err(super::OutboxError::Database(e)) => db.failed("prune", &e),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "dub relay: cannot prune");
+                            next_prune = now + PRUNE_EVERY;
+                        }
+                    }
+                }
                 if listener.is_none() && db.ready(Instant::now()) {
                     listener = listen(&pool).await;
                 }
@@ -350,7 +401,12 @@ impl Relay {
                             db.worked();
                             claimed_full = rows.len() == n;
                             for row in rows {
-                                deliveries.spawn(attempt(dub.clone(), row, config.clone()));
+                                deliveries.spawn(attempt(
+                                    dub.clone(),
+                                    pool.clone(),
+                                    row,
+                                    config.clone(),
+                                ));
                             }
                         }
                         Err(e) => db.failed("claim events", &e),
@@ -420,7 +476,9 @@ async fn notification(listener: &mut Option<PgListener>) -> Result<(), sqlx_core
 }
 
 /// One attempt of one row: read the record, check it, send it once, judge the result.
-async fn attempt(dub: Dub, row: Claimed, config: Config) -> Attempted {
+async fn attempt(dub: Dub, pool: PgPool, row: Claimed, config: Config) -> Attempted {
+    // Every attempt is over by half the lease, well before anyone may take the row over.
+    let cut_at = Instant::now() + config.lease / 2;
     let id = row.id;
     let failed = |text: String| Attempted {
         id,
@@ -434,10 +492,23 @@ async fn attempt(dub: Dub, row: Claimed, config: Config) -> Attempted {
     if let Err(e) = event.validate() {
         return failed(e.to_string());
     }
-    // One request per attempt; the limiter may hold it back, but not past a third of the
-    // lease, and the whole attempt is cut off at half of it, well before anyone may take the
-    // row over.
-    let policy = RetryConfig::none().with_max_elapsed_time(config.lease / 3);
+    if let Some(budget) = &config.budget
+        && let Err(error) = take_turn(budget, &pool, cut_at).await
+    {
+        // Nothing was sent: back to the queue.
+        return Attempted {
+            id,
+            write: Write::Retry {
+                after: config.timing.initial_backoff,
+                maybe_sent: false,
+                error,
+            },
+            outage: None,
+        };
+    }
+    // One request per attempt; the client's limiter may hold it back, but not past the cut.
+    let policy = RetryConfig::none()
+        .with_max_elapsed_time(cut_at.saturating_duration_since(Instant::now()) * 2 / 3);
     let is_sale = matches!(event, Event::Sale(_));
     let dedup = event.is_deduplicated();
     let call = async {
@@ -456,7 +527,7 @@ async fn attempt(dub: Dub, row: Claimed, config: Config) -> Attempted {
                 .map(|r| serde_json::to_value(r).unwrap_or_default()),
         }
     };
-    let result = match tokio::time::timeout(config.lease / 2, call).await {
+    let result = match tokio::time::timeout_at(cut_at, call).await {
         Ok(result) => result,
         Err(_) => {
             let mut e = Error::cut_off();
@@ -475,6 +546,14 @@ async fn attempt(dub: Dub, row: Claimed, config: Config) -> Attempted {
         }
         Err(e) => e,
     };
+    if let Some(budget) = &config.budget
+        && error.status().is_some_and(|s| s.as_u16() == 429)
+    {
+        let wait = error.retry_after().unwrap_or(Duration::from_secs(1));
+        if let Err(e) = budget.hold(&pool, wait).await {
+            tracing::warn!(error = %e, "dub relay: cannot hold the shared budget back after a 429");
+        }
+    }
     let verdict = verdict::judge(
         Row {
             // Both the database's key and the crate's rule must agree: when unsure, never resend.
@@ -527,4 +606,33 @@ fn unreadable(record: &serde_json::Value, e: &serde_json::Error) -> String {
         }
     }
     format!("invalid record: {e}")
+}
+
+/// Waits for this attempt's turn in the shared budget, or says why it gets none before `cut_at`
+/// (then nothing is sent).
+async fn take_turn(budget: &SharedBudget, pool: &PgPool, cut_at: Instant) -> Result<(), String> {
+    loop {
+        match budget.turn(pool).await {
+            Ok(wait) if Instant::now() + wait < cut_at => {
+                tokio::time::sleep(wait).await;
+                return Ok(());
+            }
+            Ok(wait) => {
+                return Err(format!(
+                    "not sent: no turn in the shared rate-limit budget before the attempt's \
+                     deadline (the next is in {} ms)",
+                    wait.as_millis()
+                ));
+            }
+            Err(e) => {
+                let pause = Duration::from_millis(500);
+                if Instant::now() + pause >= cut_at {
+                    return Err(format!(
+                        "not sent: the shared rate-limit budget is unreachable: {e}"
+                    ));
+                }
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
 }

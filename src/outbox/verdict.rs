@@ -153,3 +153,153 @@ pub(crate) fn backoff(timing: &Timing, attempts: u32) -> Duration {
         Duration::try_from_secs_f64(half.as_secs_f64() * fastrand::f64()).unwrap_or(half),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+
+    const TIMING: Timing = Timing {
+        initial_backoff: Duration::from_secs(1),
+        max_backoff: Duration::from_secs(300),
+        max_age: Duration::from_secs(6 * 3600),
+        settle: Duration::from_secs(10),
+    };
+
+    fn row(dedup: bool, is_sale: bool, maybe_sent: bool) -> Row {
+        Row {
+            dedup,
+            is_sale,
+            maybe_sent,
+            attempts: 1,
+            age: Duration::from_secs(1),
+        }
+    }
+
+    fn status(code: u16, message: &str, recorded: bool) -> Error {
+        let status = StatusCode::from_u16(code).unwrap();
+        let mut e = Error::new(crate::ErrorKind::from_status(status));
+        let inner = e.inner_mut();
+        inner.status = Some(status);
+        inner.message = Some(message.to_owned());
+        inner.may_have_been_recorded = recorded;
+        e
+    }
+
+    fn kind(verdict: &Verdict) -> &'static str {
+        match verdict {
+            Verdict::Delivered(_) => "delivered",
+            Verdict::Failed(_) => "failed",
+            Verdict::Uncertain(_) => "uncertain",
+            Verdict::Retry { .. } => "retry",
+        }
+    }
+
+    /// One rule a line: (row, error, what becomes of the row).
+    #[test]
+    fn each_rule_of_the_safety_rule() {
+        let race = "Lead event not found for externalId: u and leadEventName: null";
+        let cases: Vec<(&str, Row, Error, &str)> = vec![
+            (
+                "a refusal fails",
+                row(true, true, false),
+                status(422, "bad", false),
+                "failed",
+            ),
+            (
+                "a refusal after an attempt that may have counted is uncertain",
+                row(true, true, true),
+                status(422, "bad", false),
+                "uncertain",
+            ),
+            (
+                "a 404 that is not the race fails",
+                row(true, true, false),
+                status(404, "nope", false),
+                "failed",
+            ),
+            (
+                "the lead race is retried",
+                row(true, true, false),
+                status(404, race, false),
+                "retry",
+            ),
+            (
+                "the lead race is not a lead's",
+                row(true, false, false),
+                status(404, race, false),
+                "failed",
+            ),
+            (
+                "a 5xx that may have been recorded: resent when Dub deduplicates",
+                row(true, true, false),
+                status(503, "down", true),
+                "retry",
+            ),
+            (
+                "a 5xx that may have been recorded: uncertain when Dub does not",
+                row(false, true, false),
+                status(503, "down", true),
+                "uncertain",
+            ),
+            (
+                "a 5xx before anything was recorded is retried even without dedup",
+                row(false, true, false),
+                status(503, "down", false),
+                "retry",
+            ),
+            (
+                "a 429 is retried",
+                row(false, true, false),
+                status(429, "slow", false),
+                "retry",
+            ),
+        ];
+        for (rule, row, error, expected) in cases {
+            let verdict = judge(row, &error, &TIMING);
+            assert_eq!(kind(&verdict), expected, "{rule}: {verdict:?}");
+        }
+    }
+
+    #[test]
+    fn after_an_unknown_outcome_the_next_attempt_waits_out_the_earlier_one() {
+        let verdict = judge(row(true, true, false), &status(503, "down", true), &TIMING);
+        let Verdict::Retry {
+            after,
+            maybe_sent,
+            outage,
+            ..
+        } = verdict
+        else {
+            panic!("{verdict:?}")
+        };
+        assert!(after >= TIMING.settle, "{after:?}");
+        assert!(maybe_sent && outage);
+        // Nothing recorded: the usual backoff, no longer than the first step.
+        let verdict = judge(row(true, true, false), &status(503, "down", false), &TIMING);
+        let Verdict::Retry { after, .. } = verdict else {
+            panic!("{verdict:?}")
+        };
+        assert!(after <= TIMING.initial_backoff, "{after:?}");
+    }
+
+    #[test]
+    fn past_max_age_an_event_is_given_up_honestly() {
+        let mut old = row(true, true, false);
+        old.age = TIMING.max_age;
+        let verdict = judge(old, &status(503, "down", false), &TIMING);
+        assert_eq!(kind(&verdict), "failed", "{verdict:?}");
+        old.maybe_sent = true;
+        let verdict = judge(old, &status(503, "down", false), &TIMING);
+        assert_eq!(kind(&verdict), "uncertain", "{verdict:?}");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped_at_any_attempt_count() {
+        for attempts in [0, 1, 2, 10, 31, 32, 1_000, u32::MAX] {
+            let wait = backoff(&TIMING, attempts);
+            assert!(wait <= TIMING.max_backoff, "{attempts}: {wait:?}");
+        }
+        assert!(backoff(&TIMING, 20) >= TIMING.max_backoff / 2);
+    }
+}

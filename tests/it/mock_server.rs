@@ -1514,3 +1514,54 @@ async fn reply_fault_answers_exactly_and_records_nothing() {
     assert_eq!(dub.leads().len(), 0, "nothing recorded");
     assert_eq!(dub.request_count(), 3);
 }
+
+/// This process's descriptors for TCP sockets whose local port is `port` (Linux).
+#[cfg(target_os = "linux")]
+fn descriptors_on_port(port: u16) -> usize {
+    let inodes: std::collections::HashSet<String> = std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1)?.rsplit(':').next()?;
+            (u16::from_str_radix(local_port, 16).ok()? == port)
+                .then(|| fields.get(9).map(|inode| (*inode).to_owned()))?
+        })
+        .collect();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| {
+            let target = target.to_string_lossy();
+            target
+                .strip_prefix("socket:[")
+                .and_then(|t| t.strip_suffix(']'))
+                .is_some_and(|inode| inodes.contains(inode))
+        })
+        .count()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_connection_holds_one_descriptor_on_the_server() {
+    let dub = MockDub::start().await.unwrap();
+    let addr = dub.url().trim_start_matches("http://").to_owned();
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let mut sockets = Vec::new();
+    for _ in 0..50 {
+        let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        // Answered, so the server has accepted it and set it up; kept alive afterwards.
+        socket
+            .write_all(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 12];
+        socket.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 404");
+        sockets.push(socket);
+    }
+    // The listener and one descriptor per accepted connection: a dup'ed spare for each
+    // halved how many clients fit under `ulimit -n`.
+    assert_eq!(descriptors_on_port(port), 1 + 50);
+}

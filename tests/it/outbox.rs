@@ -372,21 +372,39 @@ mod producing {
         let pool = PgPool::connect(&url).await.unwrap();
         let again = outbox::migrate(&pool).await.unwrap();
         assert_eq!((again.from, again.to), (v, v));
-        let versions: Vec<i32> = query_scalar("SELECT version FROM dub_outbox_schema")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-        assert_eq!(versions, [v]);
+        let versions: Vec<i32> =
+            query_scalar("SELECT version FROM dub_outbox_schema ORDER BY version")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(versions, (1..=v).collect::<Vec<_>>());
 
         // The shipped file, applied by a team's own tool, leaves nothing for migrate to do.
         let own = pg.fresh_database();
         let own_pool = PgPool::connect(&own).await.unwrap();
-        sqlx_core::raw_sql::raw_sql(outbox::SCHEMA_SQL)
-            .execute(&own_pool)
-            .await
-            .unwrap();
+        for (_, sql) in outbox::MIGRATIONS {
+            sqlx_core::raw_sql::raw_sql(sql)
+                .execute(&own_pool)
+                .await
+                .unwrap();
+        }
         let after_tool = outbox::migrate(&own_pool).await.unwrap();
         assert_eq!((after_tool.from, after_tool.to), (v, v));
+
+        // A database at version 1 (the first release's schema) is upgraded.
+        let old = pg.fresh_database();
+        let old_pool = PgPool::connect(&old).await.unwrap();
+        sqlx_core::raw_sql::raw_sql(outbox::SCHEMA_SQL)
+            .execute(&old_pool)
+            .await
+            .unwrap();
+        let upgraded = outbox::migrate(&old_pool).await.unwrap();
+        assert_eq!((upgraded.from, upgraded.to), (1, v));
+        let budget: Option<String> = query_scalar("SELECT to_regclass('dub_outbox_budget')::text")
+            .fetch_one(&old_pool)
+            .await
+            .unwrap();
+        assert_eq!(budget.as_deref(), Some("dub_outbox_budget"));
 
         // A schema from a newer crate is left alone.
         query("INSERT INTO dub_outbox_schema (version) VALUES ($1)")
@@ -685,7 +703,7 @@ mod relaying {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn rows_of_a_relay_that_died_are_taken_over_by_the_safety_rule() {
+    async fn rows_of_a_relay_that_died_are_taken_over_by_the_safety_rule_and_old_rows_pruned() {
         let Some(pg) = Postgres::shared() else { return };
         let pool = database(&pg).await;
         let mock = MockDub::start().await.unwrap();
@@ -707,10 +725,25 @@ mod relaying {
         .execute(&pool)
         .await
         .unwrap();
+        // And a row delivered long ago, past the retention every relay prunes.
+        query(
+            r#"INSERT INTO dub_outbox (event, state, finished_at) VALUES
+               ('{"type":"sale","customerExternalId":"old","amount":1}', 'delivered',
+                now() - interval '31 days')"#,
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
         let running = start(relay(&pool, &mock));
         drained(&pool).await;
         let report = running.stop().await;
         assert_eq!(report.taken_over, 2);
+        assert_eq!(report.pruned, 1);
+        assert_eq!(
+            outbox::stats(&pool).await.unwrap().delivered,
+            1,
+            "the new one"
+        );
         let (state, _, _, attempts) = row(&pool, a).await;
         assert_eq!((state.as_str(), attempts), ("delivered", 2));
         let (state, error, _, _) = row(&pool, b).await;
@@ -752,5 +785,64 @@ mod relaying {
         assert_eq!(report.delivered, 40);
         assert_eq!(report.unwritten, 0);
         assert_eq!(mock.sales().len(), 40);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_relays_on_one_key_pace_together_from_one_budget() {
+        let Some(pg) = Postgres::shared() else { return };
+        let pool = database(&pg).await;
+        let mock = MockDub::start().await.unwrap();
+        for i in 0..40 {
+            let mut s = sale(&format!("u{i}"), Some(&format!("in_{i}")));
+            s.click_id = Some("cl".into());
+            outbox::enqueue(&pool, s).await.unwrap();
+        }
+        // 1,200 a minute at 97%: a turn every 51.5 ms, for all three together.
+        let per_minute = 1_200;
+        let turn = Duration::from_secs_f64(60.0 / (f64::from(per_minute) * 0.97));
+        let started = tokio::time::Instant::now();
+        let relays: Vec<Running> = (0..3)
+            .map(|_| start(relay(&pool, &mock).shared_rate_limit(per_minute)))
+            .collect();
+        drained(&pool).await;
+        let elapsed = started.elapsed();
+        for r in relays {
+            r.stop().await;
+        }
+        assert_eq!(mock.sales().len(), 40);
+        // The 40th turn is 39 turns after the first, whichever relay took it: alone, each
+        // relay would have needed a third of that. (A lower bound: a slow machine only adds.)
+        assert!(elapsed >= turn * 39, "{elapsed:?} for 40 turns of {turn:?}");
+        // Keyed by a hash of the token, never the token.
+        let keys: Vec<String> =
+            sqlx_core::query_scalar::query_scalar("SELECT key FROM dub_outbox_budget")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].len(), 64);
+        assert!(keys[0].chars().all(|c| c.is_ascii_hexdigit()));
+        assert!(!keys[0].contains(mock.token()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_committed_event_wakes_an_idle_relay_long_before_its_next_poll() {
+        let Some(pg) = Postgres::shared() else { return };
+        let pool = database(&pg).await;
+        let mock = MockDub::start().await.unwrap();
+        let running = start(relay(&pool, &mock).poll_interval(Duration::from_secs(600)));
+        // Idle: it has polled once and listens.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut s = sale("u", Some("in_wake"));
+        s.click_id = Some("cl".into());
+        let mut tx = pool.begin().await.unwrap();
+        outbox::enqueue(&mut *tx, s).await.unwrap();
+        tx.commit().await.unwrap();
+        // Far sooner than the 10-minute poll: only the notification can have woken it.
+        tokio::time::timeout(Duration::from_secs(60), drained(&pool))
+            .await
+            .unwrap();
+        assert_eq!(mock.sales().len(), 1);
+        running.stop().await;
     }
 }
