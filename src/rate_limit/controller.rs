@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use super::RateLimiterState;
+use crate::retry::{Backoff, Jitter};
 
 /// A moment, as the time elapsed since an origin fixed by the controller's owner.
 pub(crate) type Moment = Duration;
@@ -270,13 +271,15 @@ impl Controller {
             self.consecutive.max(1)
         };
         let interval = self.rate(now).map_or(MIN_HOLD, interval);
-        let doubling = 1u32
-            .checked_shl(self.consecutive.saturating_sub(1))
-            .unwrap_or(u32::MAX);
-        let mut hold = interval
-            .max(MIN_HOLD)
-            .saturating_mul(doubling)
-            .min(MAX_HOLD);
+        // One request's spacing, doubling with each refused probe in a row, up to a minute: the
+        // crate's one backoff, not jittered (the hold is the whole client's, not one call's).
+        let mut hold = Backoff {
+            initial: interval.max(MIN_HOLD),
+            max: MAX_HOLD,
+            exponent: 2.0,
+            jitter: Jitter::None,
+        }
+        .base(self.consecutive);
         // Capacity can return no later than just after the window Dub names, so a hold never
         // waits past it.
         if let Some(reset) = reset_in {

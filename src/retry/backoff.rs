@@ -1,6 +1,7 @@
 //! One capped exponential backoff, for every wait that grows with failures: a call's retries
 //! ([`RetryConfig`](super::RetryConfig)), a tracker's resends of an event, its outage pause and
-//! its waits for a store that cannot be written.
+//! its waits for a store that cannot be written, and the rate limiter's hold after refused
+//! probes.
 
 use std::time::Duration;
 
