@@ -3,14 +3,14 @@
 //! read and clear the kept requests. No token is needed (the server listens on loopback only),
 //! and these requests are neither recorded, counted, rate limited nor given faults.
 
-use super::Shared;
+use super::MockState;
 use super::reply::Reply;
 use serde_json::{Value, json};
 
 /// Paths starting with this are the mock's own.
 pub(crate) const PREFIX: &str = "/__mock/";
 
-pub(crate) fn answer(method: &str, path: &str, shared: &Shared) -> Reply {
+pub(crate) fn answer(method: &str, path: &str, shared: &MockState) -> Reply {
     match (method, path.trim_end_matches('/')) {
         ("GET", "/__mock/stats") => Reply::json(200, &shared.lock().stats().to_json()),
         ("GET", "/__mock/requests") => {

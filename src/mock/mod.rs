@@ -127,7 +127,7 @@ pub struct MockDub {
 }
 
 struct Inner {
-    shared: Arc<Shared>,
+    shared: Arc<MockState>,
     url: String,
     stop: watch::Sender<bool>,
     server: Mutex<Option<JoinHandle<()>>>,
@@ -186,7 +186,7 @@ impl MockDub {
             invoice_race: builder.invoice_race,
             history: builder.history,
         };
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(MockState {
             state: Mutex::new(State::new(config)),
         });
         if let Some(faults) = builder.random_faults {
@@ -461,7 +461,7 @@ impl MockDubBuilder {
 }
 
 /// State shared by the handle and the connection tasks.
-pub(crate) struct Shared {
+pub(crate) struct MockState {
     state: Mutex<State>,
 }
 
@@ -522,7 +522,7 @@ impl State {
     }
 }
 
-impl Shared {
+impl MockState {
     /// A test that panicked while holding the lock must not take the other tests' server
     /// down with it; the state is plain data and stays usable.
     fn lock(&self) -> MutexGuard<'_, State> {

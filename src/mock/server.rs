@@ -1,7 +1,7 @@
 //! Connections: accepting on 127.0.0.1, HTTP/1.1 through hyper, and the faults that need the
 //! socket itself (resets, truncated bodies, header text hyper refuses to send).
 
-use super::Shared;
+use super::MockState;
 use super::control;
 use super::fault::Fault;
 use super::records::ReceivedRequest;
@@ -35,7 +35,7 @@ const RAW_IO_LIMIT: Duration = Duration::from_secs(5);
 /// Accepts connections until `shutdown` turns true or its sender is dropped, then closes them.
 pub(crate) async fn run(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    shared: Arc<MockState>,
     shutdown: watch::Receiver<bool>,
     idle_timeout: Duration,
 ) {
@@ -78,14 +78,14 @@ enum Takeover {
     Write(Vec<u8>),
 }
 
-enum Outcome {
+enum Handled {
     Respond(Reply),
     Takeover(Takeover),
 }
 
 async fn connection(
     stream: TcpStream,
-    shared: Arc<Shared>,
+    shared: Arc<MockState>,
     mut shutdown: watch::Receiver<bool>,
     idle_timeout: Duration,
 ) {
@@ -158,7 +158,7 @@ async fn take_over(takeover: Takeover, mut socket: TcpStream) {
 
 async fn respond(
     req: Request<Body>,
-    shared: Arc<Shared>,
+    shared: Arc<MockState>,
     takeover: mpsc::Sender<Takeover>,
     shutdown: watch::Receiver<bool>,
     activity: Arc<Activity>,
@@ -217,16 +217,16 @@ async fn respond(
     });
     let outcome = work
         .await
-        .unwrap_or_else(|_| Outcome::Respond(Reply::status(500)));
+        .unwrap_or_else(|_| Handled::Respond(Reply::status(500)));
     let takeover_now = match outcome {
-        Outcome::Respond(reply) => match to_response(&reply) {
+        Handled::Respond(reply) => match to_response(&reply) {
             Some(response) => {
                 log.answered(index, reply.status, faulted);
                 return Ok(response);
             }
             None => Takeover::Write(raw(&reply, reply.body.len())),
         },
-        Outcome::Takeover(t) => t,
+        Handled::Takeover(t) => t,
     };
     let _ = takeover.send(takeover_now).await;
     // The connection task drops this future together with hyper's connection.
@@ -240,7 +240,7 @@ async fn apply(
     handle: impl FnOnce() -> Reply,
     peek: impl FnOnce() -> super::reply::RateLimit,
     mut shutdown: watch::Receiver<bool>,
-) -> Outcome {
+) -> Handled {
     let mut reply = match fault {
         None => handle(),
         // A 429 is the limiter's answer: it says where the key stands.
@@ -257,13 +257,13 @@ async fn apply(
             tokio::select! {
                 _ = tokio::time::sleep(delay) => handle(),
                 // Shutting down: the request is dropped unprocessed.
-                _ = stopped(&mut shutdown) => return Outcome::Takeover(Takeover::Reset),
+                _ = stopped(&mut shutdown) => return Handled::Takeover(Takeover::Reset),
             }
         }
-        Some(Fault::ResetBeforeRecord) => return Outcome::Takeover(Takeover::Reset),
+        Some(Fault::ResetBeforeRecord) => return Handled::Takeover(Takeover::Reset),
         Some(Fault::ResetAfterRecord) => {
             handle();
-            return Outcome::Takeover(Takeover::Reset);
+            return Handled::Takeover(Takeover::Reset);
         }
         Some(Fault::ErrorAfterRecord(status)) => Reply {
             rate: handle().rate,
@@ -275,7 +275,7 @@ async fn apply(
             // Announce the full length (at least one byte), send half of it.
             let mut bytes = reply.to_http1(reply.body.len().max(1));
             bytes.extend_from_slice(&reply.body[..reply.body.len() / 2]);
-            return Outcome::Takeover(Takeover::Write(bytes));
+            return Handled::Takeover(Takeover::Write(bytes));
         }
         Some(Fault::NonJsonBody) => {
             // Garbles a success only: a request Dub refused (a 429 of the enforced limit, say)
@@ -292,14 +292,14 @@ async fn apply(
             if !exact.delay.is_zero() {
                 tokio::select! {
                     _ = tokio::time::sleep(exact.delay) => {}
-                    _ = stopped(&mut shutdown) => return Outcome::Takeover(Takeover::Reset),
+                    _ = stopped(&mut shutdown) => return Handled::Takeover(Takeover::Reset),
                 }
             }
             Reply::exact(&exact)
         }
     };
     reply.finish();
-    Outcome::Respond(reply)
+    Handled::Respond(reply)
 }
 
 /// The reply as hyper sends it, or `None` for what hyper cannot send: a status outside
