@@ -25,14 +25,7 @@ async fn every_documented_status_maps_to_its_kind() {
             support::error(status, code, "It went wrong.").header("x-ratelimit-remaining", "7")
         ])
         .await;
-        let err = client(&server.url())
-            .retry_config(dub::RetryConfig::none())
-            .build()
-            .unwrap()
-            .track()
-            .lead(lead())
-            .await
-            .unwrap_err();
+        let err = no_retries(&server).track().lead(lead()).await.unwrap_err();
         assert_eq!(err.kind(), kind);
         // The kind's JSON name is Dub's error code for the status.
         assert_eq!(kind.as_str(), code);
@@ -61,15 +54,20 @@ async fn every_documented_status_maps_to_its_kind() {
     }
 }
 
+/// A client of `server` that makes one attempt a call, so each scripted reply is the answer.
+fn no_retries(server: &dub::mock::MockDub) -> Dub {
+    client(&server.url())
+        .retry_config(dub::RetryConfig::none())
+        .build()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn undocumented_502_with_html_keeps_status_and_excerpt() {
     let html = "<html><body><h1>502 Bad Gateway</h1></body></html>";
     let server =
         support::mock_with([support::raw(502, html).header("content-type", "text/html")]).await;
-    let err = client(&server.url())
-        .retry_config(dub::RetryConfig::none())
-        .build()
-        .unwrap()
+    let err = no_retries(&server)
         .track()
         .sale(
             TrackSaleRequest::builder()
@@ -91,14 +89,7 @@ async fn undocumented_502_with_html_keeps_status_and_excerpt() {
 #[tokio::test]
 async fn html_on_a_documented_status_keeps_the_status() {
     let server = support::mock_with([support::raw(500, "<h1>oops</h1>")]).await;
-    let err = client(&server.url())
-        .retry_config(dub::RetryConfig::none())
-        .build()
-        .unwrap()
-        .track()
-        .lead(lead())
-        .await
-        .unwrap_err();
+    let err = no_retries(&server).track().lead(lead()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InternalServerError);
     assert_eq!(err.status().unwrap().as_u16(), 500);
     assert_eq!(err.raw_body(), Some(&b"<h1>oops</h1>"[..]));
@@ -107,14 +98,7 @@ async fn html_on_a_documented_status_keeps_the_status() {
 #[tokio::test]
 async fn empty_500() {
     let server = support::mock_with([support::raw(500, "")]).await;
-    let err = client(&server.url())
-        .retry_config(dub::RetryConfig::none())
-        .build()
-        .unwrap()
-        .track()
-        .lead(lead())
-        .await
-        .unwrap_err();
+    let err = no_retries(&server).track().lead(lead()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InternalServerError);
     assert_eq!(err.raw_body(), Some(&b""[..]));
     assert!(err.to_string().contains("500"), "{err}");
@@ -123,14 +107,7 @@ async fn empty_500() {
 #[tokio::test]
 async fn malformed_200_is_a_decode_error_that_says_it_was_recorded() {
     let server = support::mock_with([support::raw(200, "{\"click\": ")]).await;
-    let err = client(&server.url())
-        .retry_config(dub::RetryConfig::none())
-        .build()
-        .unwrap()
-        .track()
-        .lead(lead())
-        .await
-        .unwrap_err();
+    let err = no_retries(&server).track().lead(lead()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Decode);
     assert_eq!(err.status().unwrap().as_u16(), 200);
     assert_eq!(err.raw_body(), Some(&b"{\"click\": "[..]));
@@ -143,24 +120,14 @@ async fn success_with_unknown_fields() {
     let mut body = support::lead_body();
     body["surprise"] = json!(true);
     let server = support::mock_with([support::json(200, body)]).await;
-    let res = client(&server.url())
-        .retry_config(dub::RetryConfig::none())
-        .build()
-        .unwrap()
-        .track()
-        .lead(lead())
-        .await
-        .unwrap();
+    let res = no_retries(&server).track().lead(lead()).await.unwrap();
     assert_eq!(res.customer.external_id.as_deref(), Some("user_42"));
 }
 
 #[tokio::test]
 async fn validation_fails_before_sending() {
     let server = support::mock_with([]).await;
-    let dub = client(&server.url())
-        .retry_config(dub::RetryConfig::none())
-        .build()
-        .unwrap();
+    let dub = no_retries(&server);
     let long = |n| "x".repeat(n);
     let leads = [
         (
@@ -322,10 +289,7 @@ async fn config_errors_send_nothing() {
         Dub::builder().build().unwrap_err().kind(),
         ErrorKind::Config
     );
-    let dub = client(&server.url())
-        .retry_config(dub::RetryConfig::none())
-        .build()
-        .unwrap();
+    let dub = no_retries(&server);
     let err = dub
         .track()
         .lead(lead())
@@ -373,10 +337,7 @@ async fn per_call_server_url_and_timeout() {
     ])
     .await;
     let other = support::mock_with([]).await;
-    let dub = client(&slow.url())
-        .retry_config(dub::RetryConfig::none())
-        .build()
-        .unwrap();
+    let dub = no_retries(&slow);
     dub.track()
         .lead(lead())
         .server_url(other.url())
@@ -421,10 +382,7 @@ async fn connection_refused_is_connect_and_not_recorded() {
 async fn the_token_never_shows() {
     let server =
         support::mock_with([support::error(401, "unauthorized", "Invalid API key.")]).await;
-    let dub = client(&server.url())
-        .retry_config(dub::RetryConfig::none())
-        .build()
-        .unwrap();
+    let dub = no_retries(&server);
     let builder = Dub::builder().token(TOKEN);
     let mut shown = vec![
         format!("{dub:?}"),
@@ -529,14 +487,7 @@ async fn a_sales_lead_not_found_is_the_lead_race_and_no_other_404_is() {
 async fn an_error_as_json_has_one_shape() {
     let server =
         support::mock_with([support::error(400, "bad_request", "clickId is wrong.")]).await;
-    let err = client(&server.url())
-        .retry_config(dub::RetryConfig::none())
-        .build()
-        .unwrap()
-        .track()
-        .lead(lead())
-        .await
-        .unwrap_err();
+    let err = no_retries(&server).track().lead(lead()).await.unwrap_err();
     assert_eq!(
         err.to_json(),
         json!({"kind": "bad_request", "operation": "track.lead", "status": 400,

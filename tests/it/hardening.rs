@@ -95,7 +95,7 @@ async fn proxied_calls_to_a_local_mock() {
     }
     assert!(std::env::var("HTTP_PROXY").is_ok());
     let mock = MockDub::start().await.unwrap();
-    let dub = support::client(&mock.url()).build().unwrap();
+    let dub = support::dub(&mock);
     dub.track().lead(lead()).await.unwrap();
     // `localhost` is loopback too.
     let url = mock.url().replace("127.0.0.1", "localhost");
@@ -447,7 +447,7 @@ async fn a_users_client_keeps_its_own_timeout() {
 #[tokio::test]
 async fn whitespace_only_ids_and_names_are_refused_locally_by_name() {
     let mock = MockDub::start().await.unwrap();
-    let dub = support::client(&mock.url()).build().unwrap();
+    let dub = support::dub(&mock);
     let blank_id = TrackLeadRequest::builder()
         .click_id("clk")
         .event_name("Sign up")

@@ -41,7 +41,7 @@ fn unsafe_sale(customer: &str) -> Event {
 async fn events_left_at_shutdown_are_delivered_by_the_next_tracker() {
     let mock = MockDub::start().await.unwrap();
     let path = temp_spool("restart.sqlite");
-    let dub = support::client(&mock.url()).build().unwrap();
+    let dub = support::dub(&mock);
     // Dub is down: nothing can be delivered before the deadline.
     mock.random_faults(dub::mock::RandomFaults::new(1, 1.0).kinds([Fault::Status(503)]));
     let tracker = dub.tracker().spool(&path).start().unwrap();
@@ -59,13 +59,7 @@ async fn events_left_at_shutdown_are_delivered_by_the_next_tracker() {
     assert_eq!(report.left_in_spool, 40);
 
     mock.clear_faults();
-    let tracker = support::client(&mock.url())
-        .build()
-        .unwrap()
-        .tracker()
-        .spool(&path)
-        .start()
-        .unwrap();
+    let tracker = support::dub(&mock).tracker().spool(&path).start().unwrap();
     let report = tracker.shutdown(Duration::from_secs(20)).await;
     assert!(report.drained, "{report:?}");
     assert_eq!(report.stats.delivered, 40);
@@ -79,13 +73,7 @@ async fn events_left_at_shutdown_are_delivered_by_the_next_tracker() {
 async fn a_key_handed_over_again_gets_the_stored_outcome_and_is_not_sent_again() {
     let mock = MockDub::start().await.unwrap();
     let path = temp_spool("keys.sqlite");
-    let tracker = support::client(&mock.url())
-        .build()
-        .unwrap()
-        .tracker()
-        .spool(&path)
-        .start()
-        .unwrap();
+    let tracker = support::dub(&mock).tracker().spool(&path).start().unwrap();
     let first = tracker
         .send_with_key("row-1", lead("user_1"))
         .await
@@ -95,13 +83,7 @@ async fn a_key_handed_over_again_gets_the_stored_outcome_and_is_not_sent_again()
     let requests = mock.request_count();
 
     // A rerun after a restart: the key's outcome comes from the file.
-    let tracker = support::client(&mock.url())
-        .build()
-        .unwrap()
-        .tracker()
-        .spool(&path)
-        .start()
-        .unwrap();
+    let tracker = support::dub(&mock).tracker().spool(&path).start().unwrap();
     let again = tracker
         .send_with_key("row-1", lead("user_1"))
         .await
@@ -118,13 +100,7 @@ async fn a_key_handed_over_again_gets_the_stored_outcome_and_is_not_sent_again()
 async fn refused_events_are_stored_failed_with_dubs_error() {
     let mock = MockDub::start().await.unwrap();
     let path = temp_spool("failed.sqlite");
-    let tracker = support::client(&mock.url())
-        .build()
-        .unwrap()
-        .tracker()
-        .spool(&path)
-        .start()
-        .unwrap();
+    let tracker = support::dub(&mock).tracker().spool(&path).start().unwrap();
     mock.push_fault(Fault::Status(403));
     let receipt = tracker.send_with_key("k", lead("user_1")).await.unwrap();
     let Outcome::Failed(e) = receipt.await else {
@@ -132,13 +108,7 @@ async fn refused_events_are_stored_failed_with_dubs_error() {
     };
     assert_eq!(e.status().map(|s| s.as_u16()), Some(403));
     tracker.shutdown(Duration::from_secs(5)).await;
-    let tracker = support::client(&mock.url())
-        .build()
-        .unwrap()
-        .tracker()
-        .spool(&path)
-        .start()
-        .unwrap();
+    let tracker = support::dub(&mock).tracker().spool(&path).start().unwrap();
     let Outcome::Failed(e) = tracker
         .send_with_key("k", lead("user_1"))
         .await
@@ -158,9 +128,7 @@ async fn trackers_sharing_a_spool_deliver_each_event_once() {
     let path = temp_spool("shared.sqlite");
     let trackers: Vec<Tracker> = (0..3)
         .map(|_| {
-            support::client(&mock.url())
-                .build()
-                .unwrap()
+            support::dub(&mock)
                 .tracker()
                 .spool(&path)
                 .max_in_flight(8)
@@ -193,9 +161,7 @@ async fn a_hand_over_completes_only_once_committed_and_refuses_beyond_capacity()
     let mock = MockDub::start().await.unwrap();
     let path = temp_spool("capacity.sqlite");
     mock.random_faults(dub::mock::RandomFaults::new(1, 1.0).kinds([Fault::Status(503)]));
-    let tracker = support::client(&mock.url())
-        .build()
-        .unwrap()
+    let tracker = support::dub(&mock)
         .tracker()
         .spool(&path)
         .capacity(5)

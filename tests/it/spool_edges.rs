@@ -119,9 +119,7 @@ async fn a_full_disk_backs_off_logs_once_and_writes_the_outcomes_once_it_has_roo
     let mock = MockDub::start().await.unwrap();
     // Slow answers: deliveries are in flight when the disk fills up.
     mock.random_faults(RandomFaults::new(3, 1.0).kinds([Fault::Delay(Duration::from_millis(400))]));
-    let tracker = support::client(&mock.url())
-        .build()
-        .unwrap()
+    let tracker = support::dub(&mock)
         .tracker()
         .spool(fs.0.join("spool.sqlite"))
         .max_in_flight(4)
@@ -184,9 +182,7 @@ async fn a_full_disk_backs_off_logs_once_and_writes_the_outcomes_once_it_has_roo
 async fn spool_with_backlog(path: &Path, events: usize) {
     let mock = MockDub::start().await.unwrap();
     mock.random_faults(RandomFaults::new(1, 1.0).kinds([Fault::Status(503)]));
-    let tracker = support::client(&mock.url())
-        .build()
-        .unwrap()
+    let tracker = support::dub(&mock)
         .tracker()
         .spool(path)
         .capacity(events + 1)
@@ -220,12 +216,7 @@ async fn a_damaged_spool_is_refused_at_start_not_taken_for_empty() {
     drop(f);
 
     let mock = MockDub::start().await.unwrap();
-    let started = support::client(&mock.url())
-        .build()
-        .unwrap()
-        .tracker()
-        .spool(&path)
-        .start();
+    let started = support::dub(&mock).tracker().spool(&path).start();
     let Err(e) = started else {
         let tracker = started.unwrap();
         let stats = tracker.stats();
@@ -245,13 +236,7 @@ async fn a_spool_that_cannot_be_read_is_never_reported_drained() {
     let path = dir.join("unreadable.sqlite");
     let mock = MockDub::start().await.unwrap();
     mock.random_faults(RandomFaults::new(1, 1.0).kinds([Fault::Status(503)]));
-    let tracker = support::client(&mock.url())
-        .build()
-        .unwrap()
-        .tracker()
-        .spool(&path)
-        .start()
-        .unwrap();
+    let tracker = support::dub(&mock).tracker().spool(&path).start().unwrap();
     for c in 0..10 {
         drop(tracker.send(lead(&format!("user_{c}"))).await.unwrap());
     }
@@ -274,19 +259,11 @@ async fn a_spool_on_a_read_only_filesystem_says_so_in_one_line() {
     let mock = MockDub::start().await.unwrap();
     // An existing spool, then the filesystem turns read-only.
     let path = fs.0.join("spool.sqlite");
-    let tracker = support::client(&mock.url())
-        .build()
-        .unwrap()
-        .tracker()
-        .spool(&path)
-        .start()
-        .unwrap();
+    let tracker = support::dub(&mock).tracker().spool(&path).start().unwrap();
     tracker.shutdown(Duration::from_millis(100)).await;
     fs.remount("ro");
     for path in [path, fs.0.join("new.sqlite")] {
-        let e = support::client(&mock.url())
-            .build()
-            .unwrap()
+        let e = support::dub(&mock)
             .tracker()
             .spool(&path)
             .start()
@@ -324,9 +301,7 @@ async fn a_file_that_is_not_a_spool_is_named_in_one_line() {
         ),
         (&text, "is not a SQLite database"),
     ] {
-        let e = support::client(&mock.url())
-            .build()
-            .unwrap()
+        let e = support::dub(&mock)
             .tracker()
             .spool(path)
             .start()
@@ -385,13 +360,7 @@ async fn claims_of_a_dead_owner_that_had_our_pid_are_recovered_at_start() {
     let path = dir.join("same-pid.sqlite");
     spool_claimed_by_dead_owner(&path, std::process::id(), None).await;
     let mock = MockDub::start().await.unwrap();
-    let tracker = support::client(&mock.url())
-        .build()
-        .unwrap()
-        .tracker()
-        .spool(&path)
-        .start()
-        .unwrap();
+    let tracker = support::dub(&mock).tracker().spool(&path).start().unwrap();
     let report = tracker.shutdown(Duration::from_secs(3)).await;
     assert!(report.drained, "{report:?}");
     assert_eq!(mock.leads().len(), 1);
@@ -408,13 +377,7 @@ async fn claims_of_a_dead_owner_whose_pid_another_process_took_are_recovered_at_
     let path = dir.join("reused-pid.sqlite");
     spool_claimed_by_dead_owner(&path, other.id(), Some(&process)).await;
     let mock = MockDub::start().await.unwrap();
-    let tracker = support::client(&mock.url())
-        .build()
-        .unwrap()
-        .tracker()
-        .spool(&path)
-        .start()
-        .unwrap();
+    let tracker = support::dub(&mock).tracker().spool(&path).start().unwrap();
     let report = tracker.shutdown(Duration::from_secs(3)).await;
     let _ = other.kill();
     let _ = other.wait();
@@ -431,22 +394,10 @@ async fn claims_of_a_live_owner_in_this_process_are_left_alone() {
     mock.random_faults(
         RandomFaults::new(3, 1.0).kinds([Fault::Delay(Duration::from_millis(1_500))]),
     );
-    let first = support::client(&mock.url())
-        .build()
-        .unwrap()
-        .tracker()
-        .spool(&path)
-        .start()
-        .unwrap();
+    let first = support::dub(&mock).tracker().spool(&path).start().unwrap();
     let receipt = first.send(lead("user_1")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let second = support::client(&mock.url())
-        .build()
-        .unwrap()
-        .tracker()
-        .spool(&path)
-        .start()
-        .unwrap();
+    let second = support::dub(&mock).tracker().spool(&path).start().unwrap();
     let report = second.shutdown(Duration::from_millis(500)).await;
     assert_eq!(report.stats.uncertain + report.stats.delivered, 0);
     assert!(receipt.await.is_delivered());
@@ -460,13 +411,7 @@ async fn a_spool_written_before_the_head_index_is_upgraded_and_drained_in_order(
     let path = dir.join("old.sqlite");
     let mock = MockDub::start().await.unwrap();
     mock.random_faults(RandomFaults::new(1, 1.0).kinds([Fault::Status(503)]));
-    let tracker = support::client(&mock.url())
-        .build()
-        .unwrap()
-        .tracker()
-        .spool(&path)
-        .start()
-        .unwrap();
+    let tracker = support::dub(&mock).tracker().spool(&path).start().unwrap();
     for round in 0..3 {
         for c in 0..3 {
             let customer = format!("user_{c}");
@@ -490,13 +435,7 @@ async fn a_spool_written_before_the_head_index_is_upgraded_and_drained_in_order(
     .unwrap();
     drop(conn);
     mock.clear_faults();
-    let tracker = support::client(&mock.url())
-        .build()
-        .unwrap()
-        .tracker()
-        .spool(&path)
-        .start()
-        .unwrap();
+    let tracker = support::dub(&mock).tracker().spool(&path).start().unwrap();
     let report = tracker.shutdown(Duration::from_secs(10)).await;
     assert!(report.drained, "{report:?}");
     assert_eq!(report.stats.delivered, 9);

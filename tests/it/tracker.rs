@@ -12,9 +12,7 @@ use crate::support;
 #[tokio::test]
 async fn delivers_leads_before_sales_and_reports_receipts() {
     let mock = MockDub::start().await.unwrap();
-    let tracker = support::client(&mock.url())
-        .build()
-        .unwrap()
+    let tracker = support::dub(&mock)
         .tracker()
         .max_in_flight(8)
         .start()
@@ -63,9 +61,7 @@ async fn shutdown_while_dub_is_slow_returns_by_the_deadline_and_reports_everythi
     mock.random_faults(RandomFaults::new(1, 1.0).kinds([Fault::Delay(Duration::from_secs(20))]));
     let outcomes = Arc::new(Mutex::new(Vec::new()));
     let seen = outcomes.clone();
-    let tracker = support::client(&mock.url())
-        .build()
-        .unwrap()
+    let tracker = support::dub(&mock)
         .tracker()
         .max_in_flight(4)
         .on_outcome(move |o| {
@@ -122,12 +118,7 @@ async fn an_outage_costs_a_trickle_of_requests_and_loses_nothing() {
     use dub::mock::{Fault, RandomFaults};
     let mock = MockDub::start().await.unwrap();
     mock.random_faults(RandomFaults::new(1, 1.0).kinds([Fault::Status(503)]));
-    let tracker = support::client(&mock.url())
-        .build()
-        .unwrap()
-        .tracker()
-        .start()
-        .unwrap();
+    let tracker = support::dub(&mock).tracker().start().unwrap();
     let mut receipts = vec![];
     for c in 0..50 {
         let customer = format!("user_{c}");
@@ -163,12 +154,7 @@ async fn the_tracker_resumes_soon_after_a_short_outage_ends() {
     use dub::mock::{Fault, RandomFaults};
     let mock = MockDub::start().await.unwrap();
     mock.random_faults(RandomFaults::new(1, 1.0).kinds([Fault::Status(503)]));
-    let tracker = support::client(&mock.url())
-        .build()
-        .unwrap()
-        .tracker()
-        .start()
-        .unwrap();
+    let tracker = support::dub(&mock).tracker().start().unwrap();
     let mut receipts = vec![];
     for c in 0..100 {
         receipts.push(tracker.lead(lead(&format!("user_{c}"))).await.unwrap());
@@ -196,13 +182,7 @@ async fn hand_over_refuses_at_once_what_it_cannot_take_and_gives_it_back() {
         dub::mock::RandomFaults::new(1, 1.0)
             .kinds([dub::mock::Fault::Delay(Duration::from_secs(30))]),
     );
-    let tracker = support::client(&mock.url())
-        .build()
-        .unwrap()
-        .tracker()
-        .capacity(3)
-        .start()
-        .unwrap();
+    let tracker = support::dub(&mock).tracker().capacity(3).start().unwrap();
     for c in 0..3 {
         let _ = tracker.lead(lead(&format!("u{c}"))).await.unwrap();
     }
@@ -225,12 +205,7 @@ async fn hand_over_refuses_at_once_what_it_cannot_take_and_gives_it_back() {
 async fn uncertain_and_failed_events_are_reported_never_resent() {
     use dub::mock::Fault;
     let mock = MockDub::start().await.unwrap();
-    let tracker = support::client(&mock.url())
-        .build()
-        .unwrap()
-        .tracker()
-        .start()
-        .unwrap();
+    let tracker = support::dub(&mock).tracker().start().unwrap();
     // A sale without invoice id whose response is lost after Dub recorded it: never resent.
     mock.push_fault(Fault::ResetAfterRecord);
     let uncertain = tracker.sale(sale("u1", None)).await.unwrap().await;
@@ -298,9 +273,7 @@ async fn five_thousand_events_through_faults_limits_and_an_outage() {
         .start()
         .await
         .unwrap();
-    let tracker = support::client(&mock.url())
-        .build()
-        .unwrap()
+    let tracker = support::dub(&mock)
         .tracker()
         .capacity(CAPACITY)
         .max_in_flight(32)
@@ -436,22 +409,12 @@ async fn a_tracker_stopped_right_after_it_started_stops() {
     let mock = MockDub::start().await.unwrap();
     for _ in 0..20 {
         // The dispatcher may not have run yet when stop is called: it must still see it.
-        let tracker = support::client(&mock.url())
-            .build()
-            .unwrap()
-            .tracker()
-            .start()
-            .unwrap();
+        let tracker = support::dub(&mock).tracker().start().unwrap();
         let report = tokio::time::timeout(Duration::from_secs(5), tracker.stop())
             .await
             .expect("stop returns");
         assert!(report.drained);
-        let tracker = support::client(&mock.url())
-            .build()
-            .unwrap()
-            .tracker()
-            .start()
-            .unwrap();
+        let tracker = support::dub(&mock).tracker().start().unwrap();
         let report = tokio::time::timeout(
             Duration::from_secs(5),
             tracker.shutdown(Duration::from_secs(1)),

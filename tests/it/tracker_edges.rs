@@ -86,7 +86,7 @@ struct RaceRound {
 fn a_hand_over_racing_shutdown_is_delivered_or_reported() {
     let rt = runtime();
     let mock = rt.block_on(MockDub::start()).unwrap();
-    let dub = support::client(&mock.url()).build().unwrap();
+    let dub = support::dub(&mock);
     let (mut accepted, mut lost) = (0, Vec::new());
     for round in 0..150 {
         let tracker = {
@@ -123,7 +123,7 @@ fn a_hand_over_racing_shutdown_is_delivered_or_reported() {
 fn a_hand_over_racing_shutdown_is_delivered_or_left_in_the_spool() {
     let rt = runtime();
     let mock = rt.block_on(MockDub::start()).unwrap();
-    let dub = support::client(&mock.url()).build().unwrap();
+    let dub = support::dub(&mock);
     let dir = std::env::temp_dir().join(format!(
         "dub-tracker-edges-{}-{}",
         std::process::id(),
@@ -166,7 +166,7 @@ fn a_hand_over_racing_shutdown_is_delivered_or_left_in_the_spool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_outcome_callback_never_puts_a_recorded_sale_in_the_report() {
     let mock = MockDub::start().await.unwrap();
-    let dub = support::client(&mock.url()).build().unwrap();
+    let dub = support::dub(&mock);
     for c in 0..60 {
         dub.track().lead(lead(&format!("u{c}"))).await.unwrap();
     }
@@ -217,7 +217,7 @@ async fn a_slow_outcome_callback_never_puts_a_recorded_sale_in_the_report() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_tracker_mid_delivery_makes_unsafe_sales_uncertain() {
     let mock = MockDub::start().await.unwrap();
-    let dub = support::client(&mock.url()).build().unwrap();
+    let dub = support::dub(&mock);
     for c in 0..32 {
         dub.track().lead(lead(&format!("u{c}"))).await.unwrap();
     }
@@ -254,9 +254,7 @@ fn a_tracker_whose_runtime_is_gone_refuses_and_reports_what_it_holds() {
     let rt = runtime();
     let tracker = {
         let _entered = rt.enter();
-        support::client(&mock.url())
-            .build()
-            .unwrap()
+        support::dub(&mock)
             .tracker()
             .max_in_flight(4)
             .start()
@@ -359,9 +357,7 @@ fn every_receipt_of_a_spool_batch_resolves_delivered() {
     std::fs::create_dir_all(&dir).unwrap();
     let tracker = {
         let _entered = rt.enter();
-        support::client(&mock.url())
-            .build()
-            .unwrap()
+        support::dub(&mock)
             .tracker()
             .spool(dir.join("spool.sqlite"))
             .start()
@@ -409,7 +405,7 @@ fn every_receipt_of_a_spool_batch_resolves_delivered() {
 fn dropping_a_background_tracker_mid_delivery_makes_unsafe_sales_uncertain() {
     let rt = runtime();
     let mock = rt.block_on(MockDub::start()).unwrap();
-    let dub = support::client(&mock.url()).build().unwrap();
+    let dub = support::dub(&mock);
     rt.block_on(async {
         for c in 0..8 {
             dub.track().lead(lead(&format!("u{c}"))).await.unwrap();

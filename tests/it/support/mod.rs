@@ -58,6 +58,13 @@ pub fn client(url: &str) -> dub::DubBuilder {
     dub::Dub::builder().token(TOKEN).server_url(url)
 }
 
+/// A client of `mock` with the crate's defaults.
+pub fn dub(mock: &MockDub) -> dub::Dub {
+    client(&mock.url())
+        .build()
+        .expect("a client of a loopback server builds")
+}
+
 /// A loopback URL nobody listens on.
 pub async fn refused_url() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
