@@ -98,7 +98,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in declaration order.
-    const ALL: [ErrorKind; 16] = [
+    pub(crate) const ALL: [ErrorKind; 16] = [
         ErrorKind::BadRequest,
         ErrorKind::Unauthorized,
         ErrorKind::Forbidden,

@@ -8,24 +8,7 @@ use reqwest::StatusCode;
 
 use super::*;
 
-const KINDS: [ErrorKind; 16] = [
-    ErrorKind::BadRequest,
-    ErrorKind::Unauthorized,
-    ErrorKind::Forbidden,
-    ErrorKind::NotFound,
-    ErrorKind::Conflict,
-    ErrorKind::InviteExpired,
-    ErrorKind::UnprocessableEntity,
-    ErrorKind::RateLimitExceeded,
-    ErrorKind::InternalServerError,
-    ErrorKind::UnexpectedStatus,
-    ErrorKind::Timeout,
-    ErrorKind::Connect,
-    ErrorKind::Transport,
-    ErrorKind::Decode,
-    ErrorKind::Validation,
-    ErrorKind::Config,
-];
+const KINDS: [ErrorKind; 16] = ErrorKind::ALL;
 
 const MAX_AGE: Duration = Duration::from_secs(6 * 3600);
 
