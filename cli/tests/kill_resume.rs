@@ -217,8 +217,21 @@ async fn ctrl_c_stops_after_the_requests_in_flight_and_a_rerun_repeats_none() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_leaves_no_unsafe_record_uncertain() {
+    a_stop_leaves_no_unsafe_record_uncertain(libc::SIGINT, "ctrl-c-unsafe").await;
+}
+
+/// SIGTERM (what systemd, Docker and Kubernetes send) stops a run as Ctrl-C does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_send_as_ctrl_c_does_and_leaves_no_unsafe_record_uncertain() {
+    a_stop_leaves_no_unsafe_record_uncertain(libc::SIGTERM, "sigterm-unsafe").await;
+}
+
+/// Stops a send of sales without invoice ids (one sent twice would be recorded twice) with
+/// `signal` mid-run: it waits for the sales in flight and never sends the rest, so the rerun
+/// sends exactly the rest and calls none of them uncertain.
+async fn a_stop_leaves_no_unsafe_record_uncertain(signal: i32, name: &str) {
     let mock = MockDub::start().await.unwrap();
-    let dir = Scratch::new("ctrl-c-unsafe");
+    let dir = Scratch::new(name);
     let records: Vec<Value> = (0..200)
         .map(|c| {
             json!({"type": "sale", "customerExternalId": format!("cust_{c}"),
@@ -233,7 +246,6 @@ async fn ctrl_c_leaves_no_unsafe_record_uncertain() {
         "4",
         "sales.jsonl",
     ];
-
     slow(&mock, 20);
     let child = command(&mock, &dir.0, &args).spawn().unwrap();
     while mock.request_count() < 40 {
@@ -241,13 +253,15 @@ async fn ctrl_c_leaves_no_unsafe_record_uncertain() {
     }
     let pid = i32::try_from(child.id().unwrap()).unwrap();
     // SAFETY: kill(2) on the child this test started.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
     let first = support::Run::from(child.wait_with_output().await.unwrap(), mock.token());
     assert_eq!(first.code, 130, "{first:?}");
+    assert!(
+        first.stderr.contains("run the same command again"),
+        "{first:?}"
+    );
     assert_eq!(first.count("uncertain"), 0, "{first:?}");
 
-    // Ctrl-C waited for the sales in flight, and the rest were never sent: the rerun sends
-    // exactly the rest, and calls none of them uncertain.
     mock.clear_faults();
     let out = run(&mock, &dir.0, &args).await;
     assert_eq!(out.code, 0, "{out:?}");
@@ -257,6 +271,6 @@ async fn ctrl_c_leaves_no_unsafe_record_uncertain() {
         200,
         "{out:?}"
     );
-    assert_eq!(mock.request_count(), 200);
+    assert_eq!(mock.request_count(), 200, "a sale was sent twice");
     assert_eq!(mock.sales().len(), 200);
 }

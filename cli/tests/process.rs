@@ -145,53 +145,6 @@ async fn mock_with_a_closed_stdout_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_stops_send_as_ctrl_c_does_and_leaves_no_unsafe_record_uncertain() {
-    let mock = MockDub::start().await.unwrap();
-    let dir = Scratch::new("sigterm-send");
-    // Sales without invoice ids: one sent twice would be recorded twice.
-    let records: Vec<_> = (0..200)
-        .map(|c| {
-            json!({"type": "sale", "customerExternalId": format!("cust_{c}"),
-                   "clickId": format!("clk_{c}"), "amount": 1000 + c})
-        })
-        .collect();
-    dir.write("sales.jsonl", &jsonl(&records));
-    let args = [
-        "send",
-        "--allow-unsafe",
-        "--max-in-flight",
-        "4",
-        "sales.jsonl",
-    ];
-    mock.random_faults(RandomFaults::new(1, 1.0).kinds([Fault::Delay(Duration::from_millis(20))]));
-    let child = command(&mock, &dir.0, &args).spawn().unwrap();
-    while mock.request_count() < 40 {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    kill(&child, libc::SIGTERM);
-    let first = Run::from(child.wait_with_output().await.unwrap(), mock.token());
-    assert_eq!(first.code, 130, "{first:?}");
-    assert!(
-        first.stderr.contains("run the same command again"),
-        "{first:?}"
-    );
-    assert_eq!(first.count("uncertain"), 0, "{first:?}");
-
-    // The rerun sends exactly the rest, and calls none of them uncertain.
-    mock.clear_faults();
-    let out = run(&mock, &dir.0, &args).await;
-    assert_eq!(out.code, 0, "{out:?}");
-    assert_eq!(out.count("uncertain"), 0, "{out:?}");
-    assert_eq!(
-        out.count("delivered") + out.count("skipped"),
-        200,
-        "{out:?}"
-    );
-    assert_eq!(mock.request_count(), 200, "a sale was sent twice");
-    assert_eq!(mock.sales().len(), 200);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unwritable_failed_file_is_refused_before_anything_is_sent() {
     let mock = MockDub::start().await.unwrap();
     let dir = Scratch::new("failed-unwritable");
