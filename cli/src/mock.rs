@@ -50,6 +50,11 @@ pub struct MockArgs {
     /// milliseconds, during which a sale for that customer gets 404 "Lead event not found"
     #[arg(long, value_name = "MS")]
     lead_race_ms: Option<u64>,
+    /// Reproduce Dub's invoice read-then-write race: a sale's response is cached for its
+    /// invoiceId only MS milliseconds after it was recorded, so another sale for that invoice
+    /// within them is recorded again (later ones get the first response and record nothing)
+    #[arg(long, value_name = "MS")]
+    invoice_race_ms: Option<u64>,
     /// How many of the latest requests, leads and sales to keep for GET /__mock/requests (older
     /// ones are only counted)
     #[arg(long, value_name = "N", default_value_t = 1000)]
@@ -94,6 +99,9 @@ async fn start(args: &MockArgs) -> std::io::Result<MockDub> {
     }
     if let Some(ms) = args.lead_race_ms {
         builder = builder.lead_race(Duration::from_millis(ms));
+    }
+    if let Some(ms) = args.invoice_race_ms {
+        builder = builder.invoice_race(Duration::from_millis(ms));
     }
     if let (Some(rate), Some(seed)) = (args.faults, args.seed) {
         builder = builder.random_faults(RandomFaults::new(seed, rate));

@@ -342,3 +342,79 @@ async fn mock_keeps_a_bounded_history_served_and_cleared_over_http() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// `--invoice-race-ms`: Dub's invoice check is read-then-write, so a second sale for an
+/// invoice within the window of the first is recorded again; past it, the first response is
+/// returned and nothing is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_invoice_race_records_a_second_sale_only_within_its_window() {
+    const WINDOW: Duration = Duration::from_millis(3000);
+    let port = free_port();
+    let mut server = Command::new(BIN)
+        .args([
+            "mock",
+            "--port",
+            &port.to_string(),
+            "--invoice-race-ms",
+            &WINDOW.as_millis().to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_port(port).await;
+    let sale = |invoice: &'static str| async move {
+        let body = format!(
+            "{{\"customerExternalId\":\"u\",\"clickId\":\"c\",\"amount\":900,\"invoiceId\":\"{invoice}\"}}"
+        );
+        let answer = http(
+            port,
+            &format!(
+                "POST /track/sale HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer dub_mock_token\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .await
+        .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    };
+    let sales = || async {
+        let answer = http(
+            port,
+            "GET /__mock/stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let (_, body) = answer.split_once("\r\n\r\n").expect("a body");
+        let stats: serde_json::Value = serde_json::from_str(body).expect("JSON");
+        stats["sales"].as_u64().expect("a sales count")
+    };
+
+    let first_of_late = Instant::now();
+    sale("in_late").await;
+    // Within the window: recorded again, as on Dub.
+    sale("in_race").await;
+    sale("in_race").await;
+    assert_eq!(sales().await, 3);
+    // Past the window: the first response is cached, the copy records nothing.
+    tokio::time::sleep_until((first_of_late + WINDOW + Duration::from_millis(500)).into()).await;
+    sale("in_late").await;
+    assert_eq!(sales().await, 3);
+    let kept = http(
+        port,
+        "GET /__mock/requests HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(kept.matches("\"status\":200").count(), 4, "{kept}");
+
+    kill(&server, libc::SIGTERM);
+    let status = tokio::time::timeout(Duration::from_secs(10), server.wait())
+        .await
+        .expect("the mock did not stop on SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

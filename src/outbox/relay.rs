@@ -3,8 +3,10 @@
 
 use super::budget::SharedBudget;
 use super::lease::{self, Claimed, Write};
-use super::verdict::{self, Row, Timing, Verdict};
+use super::verdict::{self, Row};
 use super::{CHANNEL, Event};
+use crate::retry::Backoff;
+use crate::tracker::decision::Settings;
 use crate::{Dub, Error, RetryConfig};
 use sqlx_postgres::{PgListener, PgPool};
 use std::future::Future;
@@ -60,7 +62,8 @@ struct Config {
     max_in_flight: usize,
     lease: Duration,
     poll_interval: Duration,
-    timing: Timing,
+    /// The tracker's decision's settings, with the relay's settle window and `Retry-After`.
+    settings: Settings,
     budget: Option<SharedBudget>,
     retention: Option<Duration>,
 }
@@ -104,11 +107,11 @@ impl Relay {
                 max_in_flight: 16,
                 lease: Duration::from_secs(60),
                 poll_interval: Duration::from_secs(1),
-                timing: Timing {
-                    initial_backoff: Duration::from_secs(1),
-                    max_backoff: Duration::from_secs(300),
+                settings: Settings {
                     max_age: Duration::from_secs(6 * 3600),
+                    backoff: Backoff::doubling(Duration::from_secs(1), Duration::from_secs(300)),
                     settle: crate::DEFAULT_ATTEMPT_TIMEOUT,
+                    honour_retry_after: true,
                 },
                 budget: None,
                 retention: Some(super::DEFAULT_RETENTION),
@@ -141,15 +144,14 @@ impl RelayBuilder {
 
     /// The first and the longest wait before an event is retried (1 s and 5 min by default).
     pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
-        self.config.timing.initial_backoff = initial;
-        self.config.timing.max_backoff = max.max(initial);
+        self.config.settings.backoff = Backoff::doubling(initial, max.max(initial));
         self
     }
 
     /// How long an event is retried before it is given up (6 hours by default): then it ends
     /// `failed`, or `uncertain` if an attempt may have reached Dub.
     pub fn max_age(mut self, age: Duration) -> Self {
-        self.config.timing.max_age = age;
+        self.config.settings.max_age = age;
         self
     }
 
@@ -159,7 +161,7 @@ impl RelayBuilder {
     /// so two overlapping attempts of one invoice would both be recorded. Make it at least
     /// your client's attempt timeout.
     pub fn settle(mut self, wait: Duration) -> Self {
-        self.config.timing.settle = wait;
+        self.config.settings.settle = wait;
         self
     }
 
@@ -359,7 +361,7 @@ impl Relay {
             let now = Instant::now();
             if stopping_since.is_none() && db.ready(now) {
                 if now >= next_take_over {
-                    match lease::take_over_expired(&pool, config.timing.settle).await {
+                    match lease::take_over_expired(&pool, config.settings.settle).await {
                         Ok(n) => {
                             db.worked();
                             report.taken_over += n;
@@ -499,7 +501,7 @@ async fn attempt(dub: Dub, pool: PgPool, row: Claimed, config: Config) -> Attemp
         return Attempted {
             id,
             write: Write::Retry {
-                after: config.timing.initial_backoff,
+                after: config.settings.backoff.initial,
                 maybe_sent: false,
                 error,
             },
@@ -509,7 +511,6 @@ async fn attempt(dub: Dub, pool: PgPool, row: Claimed, config: Config) -> Attemp
     // One request per attempt; the client's limiter may hold it back, but not past the cut.
     let policy = RetryConfig::none()
         .with_max_elapsed_time(cut_at.saturating_duration_since(Instant::now()) * 2 / 3);
-    let is_sale = matches!(event, Event::Sale(_));
     let dedup = event.is_deduplicated();
     let call = async {
         match event {
@@ -554,36 +555,18 @@ async fn attempt(dub: Dub, pool: PgPool, row: Claimed, config: Config) -> Attemp
             tracing::warn!(error = %e, "dub relay: cannot hold the shared budget back after a 429");
         }
     }
-    let verdict = verdict::judge(
+    let (write, outage) = verdict::judge(
         Row {
             // Both the database's key and the crate's rule must agree: when unsure, never resend.
             dedup: row.dedup && dedup,
-            is_sale,
             maybe_sent: row.maybe_sent,
             attempts: row.attempts,
             age: row.age,
         },
-        &error,
-        &config.timing,
+        error,
+        &config.settings,
+        fastrand::f64(),
     );
-    let (write, outage) = match verdict {
-        Verdict::Delivered(body) => (Write::Delivered(body), Some(false)),
-        Verdict::Failed(text) => (Write::Failed(text), Some(false)),
-        Verdict::Uncertain(text) => (Write::Uncertain(text), None),
-        Verdict::Retry {
-            after,
-            maybe_sent,
-            error,
-            outage,
-        } => (
-            Write::Retry {
-                after,
-                maybe_sent,
-                error,
-            },
-            Some(outage),
-        ),
-    };
     Attempted { id, write, outage }
 }
 

@@ -1,175 +1,94 @@
-//! What one delivery attempt's failure means for an outbox row: a pure function of the event,
-//! the error and the row's history, with no database and no clock, so that every rule is
-//! tested on its own.
-//!
-//! The rules are the tracker's (its dispatcher judges a finished attempt the same way); they are
-//! written here as data until the tracker's own judgement is a pure function both can share.
+//! What one delivery attempt's failure means for an outbox row. The rules are the tracker's
+//! ([`decide`]): delivered, retried when, given up failed or uncertain, the outage flag, the
+//! lead race. This module only maps the tracker's verdict onto what the relay writes to the
+//! row, so that a relay and a tracker can never judge one failure two ways.
 
-use crate::{Error, ErrorKind};
-use std::time::Duration;
-
-/// How long a sale may keep meeting Dub's "Lead event not found" before it is given up: the
-/// race lasts seconds; beyond this the customer has no lead.
-pub(crate) const LEAD_RACE_WINDOW: Duration = Duration::from_secs(600);
-
-/// What the relay does with the row after a failed attempt.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Verdict {
-    /// Dub answered 2xx with a body this crate could not read: recorded all the same.
-    Delivered(serde_json::Value),
-    /// Dub refused it, and no earlier attempt may have counted: not recorded.
-    Failed(String),
-    /// It may have been recorded, and sending it again could record it twice.
-    Uncertain(String),
-    /// Try again, no sooner than `after` from now.
-    Retry {
-        after: Duration,
-        /// This attempt may have reached Dub.
-        maybe_sent: bool,
-        error: String,
-        /// Dub or the network is failing, not this event.
-        outage: bool,
-    },
-}
+use super::lease::Write;
+use crate::Error;
+use crate::tracker::Response;
+use crate::tracker::decision::{Ended, Facts, Settings, Verdict, decide};
 
 /// The row as the verdict needs it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Row {
     /// Dub deduplicates the event (a sale with an invoice, a lead not `deferred`).
     pub dedup: bool,
-    pub is_sale: bool,
     /// An earlier attempt may have reached Dub.
     pub maybe_sent: bool,
     /// Attempts so far, this one included.
     pub attempts: u32,
     /// Since the row was inserted.
-    pub age: Duration,
+    pub age: std::time::Duration,
 }
 
-/// The relay's timing rules.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Timing {
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
-    /// Retried for this long, then given up.
-    pub max_age: Duration,
-    /// After an attempt whose outcome is unknown, the next waits this long: the earlier one may
-    /// still be running at Dub, and Dub's invoice check is read-then-write, so two overlapping
-    /// attempts of one invoice would both be recorded.
-    pub settle: Duration,
-}
-
-pub(crate) fn judge(row: Row, e: &Error, timing: &Timing) -> Verdict {
-    let text = e.to_string();
-    let lead_race = row.is_sale
-        && e.kind() == ErrorKind::NotFound
-        && e.message()
-            .is_some_and(|m| m.starts_with("Lead event not found"));
-    if e.kind() == ErrorKind::Decode && e.status().is_some_and(|s| s.is_success()) {
-        let body = e
-            .raw_body()
-            .and_then(|b| serde_json::from_slice(b).ok())
-            .unwrap_or(serde_json::Value::Null);
-        return Verdict::Delivered(body);
-    }
-    let refused = match e.kind() {
-        ErrorKind::NotFound => !lead_race || row.age >= LEAD_RACE_WINDOW,
-        ErrorKind::RateLimitExceeded => false,
-        ErrorKind::UnexpectedStatus => e.status().is_some_and(|s| s.is_client_error()),
-        ErrorKind::BadRequest
-        | ErrorKind::Unauthorized
-        | ErrorKind::Forbidden
-        | ErrorKind::Conflict
-        | ErrorKind::InviteExpired
-        | ErrorKind::UnprocessableEntity
-        | ErrorKind::Validation
-        | ErrorKind::Config
-        | ErrorKind::Decode => true,
-        _ => false,
+/// What the relay writes to the row after the attempt failed with `e`, and what the failure
+/// says of an outage (`Some(true)`: Dub looks down, `Some(false)`: Dub answered, `None`:
+/// nothing is learnt). `jitter`, in `[0, 1)`, spreads retries of events that failed together.
+pub(crate) fn judge(row: Row, e: Error, settings: &Settings, jitter: f64) -> (Write, Option<bool>) {
+    let facts = Facts {
+        deduplicated: row.dedup,
+        maybe_sent: row.maybe_sent,
+        deliveries: row.attempts,
+        age: row.age,
     };
-    if refused {
-        // Refused now; but an earlier attempt may have been the one that counted.
-        return if row.maybe_sent {
-            Verdict::Uncertain(format!(
-                "{text} (an earlier attempt may have been recorded)"
-            ))
-        } else {
-            Verdict::Failed(text)
-        };
-    }
-    let maybe_sent = e.may_have_been_recorded();
-    if maybe_sent && !row.dedup {
-        return Verdict::Uncertain(text);
-    }
-    if row.age >= timing.max_age {
-        let text = format!(
-            "{text} (given up after {} s undelivered)",
-            row.age.as_secs()
-        );
-        return if row.maybe_sent || maybe_sent {
-            Verdict::Uncertain(text)
-        } else {
-            Verdict::Failed(text)
-        };
-    }
-    let outage = matches!(
-        e.kind(),
-        ErrorKind::Connect
-            | ErrorKind::Timeout
-            | ErrorKind::Transport
-            | ErrorKind::InternalServerError
-            | ErrorKind::UnexpectedStatus
-    );
-    let mut after = if lead_race {
-        timing.initial_backoff
-    } else {
-        backoff(timing, row.attempts)
+    let verdict = decide(Ended::Failed(e), &facts, settings, jitter);
+    let outage = verdict.dub_down();
+    let write = match verdict {
+        Verdict::Delivered(response) => Write::Delivered(json(response)),
+        Verdict::Failed(e) => Write::Failed(e.to_string()),
+        Verdict::Uncertain(e) => Write::Uncertain(e.to_string()),
+        Verdict::Retry {
+            after,
+            maybe_sent,
+            error,
+            ..
+        } => Write::Retry {
+            after,
+            maybe_sent,
+            error: error.to_string(),
+        },
+        // Only a delivery cut off at a tracker's shutdown is queued again as it was, and the
+        // relay's attempts end in an error instead; were it ever given, the row goes back to
+        // pending as possibly sent, which only an event Dub deduplicates is.
+        Verdict::Requeue => Write::Retry {
+            after: settings.settle,
+            maybe_sent: true,
+            error: Error::cut_off().to_string(),
+        },
     };
-    if maybe_sent {
-        after = after.max(timing.settle);
-    }
-    if let Some(wait) = e.retry_after() {
-        after = after.max(wait);
-    }
-    Verdict::Retry {
-        after,
-        maybe_sent,
-        error: text,
-        outage,
-    }
+    (write, outage)
 }
 
-/// Capped exponential backoff with equal jitter, so that events that failed together spread.
-pub(crate) fn backoff(timing: &Timing, attempts: u32) -> Duration {
-    let doubling = 1u32
-        .checked_shl(attempts.saturating_sub(1))
-        .unwrap_or(u32::MAX);
-    let d = timing
-        .initial_backoff
-        .saturating_mul(doubling)
-        .min(timing.max_backoff);
-    let half = d / 2;
-    half.saturating_add(
-        Duration::try_from_secs_f64(half.as_secs_f64() * fastrand::f64()).unwrap_or(half),
-    )
+fn json(response: Response) -> serde_json::Value {
+    match response {
+        Response::Raw(body) => body,
+        Response::Lead(r) => serde_json::to_value(r).unwrap_or_default(),
+        Response::Sale(r) => serde_json::to_value(r).unwrap_or_default(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ErrorKind;
+    use crate::retry::Backoff;
     use http::StatusCode;
+    use std::time::Duration;
 
-    const TIMING: Timing = Timing {
-        initial_backoff: Duration::from_secs(1),
-        max_backoff: Duration::from_secs(300),
-        max_age: Duration::from_secs(6 * 3600),
-        settle: Duration::from_secs(10),
-    };
+    const SETTLE: Duration = Duration::from_secs(10);
 
-    fn row(dedup: bool, is_sale: bool, maybe_sent: bool) -> Row {
+    fn settings() -> Settings {
+        Settings {
+            max_age: Duration::from_secs(6 * 3600),
+            backoff: Backoff::doubling(Duration::from_secs(1), Duration::from_secs(300)),
+            settle: SETTLE,
+            honour_retry_after: true,
+        }
+    }
+
+    fn row(dedup: bool, maybe_sent: bool) -> Row {
         Row {
             dedup,
-            is_sale,
             maybe_sent,
             attempts: 1,
             age: Duration::from_secs(1),
@@ -178,7 +97,7 @@ mod tests {
 
     fn status(code: u16, message: &str, recorded: bool) -> Error {
         let status = StatusCode::from_u16(code).unwrap();
-        let mut e = Error::new(crate::ErrorKind::from_status(status));
+        let mut e = Error::new(ErrorKind::from_status(status));
         let inner = e.inner_mut();
         inner.status = Some(status);
         inner.message = Some(message.to_owned());
@@ -186,120 +105,165 @@ mod tests {
         e
     }
 
-    fn kind(verdict: &Verdict) -> &'static str {
-        match verdict {
-            Verdict::Delivered(_) => "delivered",
-            Verdict::Failed(_) => "failed",
-            Verdict::Uncertain(_) => "uncertain",
-            Verdict::Retry { .. } => "retry",
+    /// The transport's verdict on a sale's 404 "Lead event not found".
+    fn lead_race() -> Error {
+        let mut e = status(404, "Lead event not found for externalId: u", false);
+        e.inner_mut().lead_race = true;
+        e
+    }
+
+    fn judged(row: Row, e: Error) -> (Write, Option<bool>) {
+        judge(row, e, &settings(), 0.5)
+    }
+
+    fn state(write: &Write) -> &'static str {
+        match write {
+            Write::Delivered(_) => "delivered",
+            Write::Failed(_) => "failed",
+            Write::Uncertain(_) => "uncertain",
+            Write::Retry { .. } => "pending",
         }
     }
 
-    /// One rule a line: (row, error, what becomes of the row).
+    /// One rule a line: (row, error, the row's state after it, the outage flag).
     #[test]
-    fn each_rule_of_the_safety_rule() {
-        let race = "Lead event not found for externalId: u and leadEventName: null";
-        let cases: Vec<(&str, Row, Error, &str)> = vec![
+    fn each_verdict_lands_on_its_row_state() {
+        let cases: Vec<(&str, Row, Error, &str, Option<bool>)> = vec![
             (
                 "a refusal fails",
-                row(true, true, false),
+                row(true, false),
                 status(422, "bad", false),
                 "failed",
+                Some(false),
             ),
             (
                 "a refusal after an attempt that may have counted is uncertain",
-                row(true, true, true),
+                row(true, true),
                 status(422, "bad", false),
                 "uncertain",
+                None,
             ),
             (
                 "a 404 that is not the race fails",
-                row(true, true, false),
+                row(true, false),
                 status(404, "nope", false),
                 "failed",
+                Some(false),
             ),
             (
                 "the lead race is retried",
-                row(true, true, false),
-                status(404, race, false),
-                "retry",
-            ),
-            (
-                "the lead race is not a lead's",
-                row(true, false, false),
-                status(404, race, false),
-                "failed",
+                row(true, false),
+                lead_race(),
+                "pending",
+                Some(false),
             ),
             (
                 "a 5xx that may have been recorded: resent when Dub deduplicates",
-                row(true, true, false),
+                row(true, false),
                 status(503, "down", true),
-                "retry",
+                "pending",
+                Some(true),
             ),
             (
                 "a 5xx that may have been recorded: uncertain when Dub does not",
-                row(false, true, false),
+                row(false, false),
                 status(503, "down", true),
                 "uncertain",
+                None,
             ),
             (
                 "a 5xx before anything was recorded is retried even without dedup",
-                row(false, true, false),
+                row(false, false),
                 status(503, "down", false),
-                "retry",
+                "pending",
+                Some(true),
             ),
             (
                 "a 429 is retried",
-                row(false, true, false),
+                row(false, false),
                 status(429, "slow", false),
-                "retry",
+                "pending",
+                Some(false),
             ),
         ];
-        for (rule, row, error, expected) in cases {
-            let verdict = judge(row, &error, &TIMING);
-            assert_eq!(kind(&verdict), expected, "{rule}: {verdict:?}");
+        for (rule, row, error, expected, outage) in cases {
+            let (write, down) = judged(row, error);
+            assert_eq!(state(&write), expected, "{rule}: {write:?}");
+            assert_eq!(down, outage, "{rule}: {write:?}");
+        }
+    }
+
+    #[test]
+    fn the_error_is_written_as_dub_track_prints_it() {
+        let e = status(422, "amount: must be positive", false);
+        let printed = e.to_string();
+        let (write, _) = judged(row(true, false), e);
+        assert_eq!(write, Write::Failed(printed));
+        let (write, _) = judged(row(true, true), status(422, "bad", false));
+        let Write::Uncertain(text) = write else {
+            panic!("{write:?}")
+        };
+        assert!(
+            text.contains("an earlier delivery may have been recorded"),
+            "{text}"
+        );
+        let (write, _) = judged(row(true, false), status(503, "down", true));
+        let Write::Retry { error, .. } = write else {
+            panic!("{write:?}")
+        };
+        assert!(error.contains("503"), "{error}");
+    }
+
+    #[test]
+    fn a_2xx_dub_answered_with_an_unreadable_body_is_delivered_with_that_body() {
+        let mut e = Error::new(ErrorKind::Decode);
+        e.inner_mut().status = Some(StatusCode::OK);
+        e.inner_mut().raw_body = Some(bytes::Bytes::from_static(b"{\"odd\":1}"));
+        let (write, down) = judged(row(false, false), e);
+        assert_eq!(write, Write::Delivered(serde_json::json!({"odd": 1})));
+        assert_eq!(down, Some(false));
+    }
+
+    /// A retry's wait and whether it says the attempt may have reached Dub.
+    fn retry(write: Write) -> (Duration, bool) {
+        match write {
+            Write::Retry {
+                after, maybe_sent, ..
+            } => (after, maybe_sent),
+            other => panic!("{other:?}"),
         }
     }
 
     #[test]
     fn after_an_unknown_outcome_the_next_attempt_waits_out_the_earlier_one() {
-        let verdict = judge(row(true, true, false), &status(503, "down", true), &TIMING);
-        let Verdict::Retry {
-            after,
-            maybe_sent,
-            outage,
-            ..
-        } = verdict
-        else {
-            panic!("{verdict:?}")
-        };
-        assert!(after >= TIMING.settle, "{after:?}");
-        assert!(maybe_sent && outage);
+        let (write, _) = judged(row(true, false), status(503, "down", true));
+        let (after, maybe_sent) = retry(write);
+        assert!(after >= SETTLE && maybe_sent, "{after:?}");
         // Nothing recorded: the usual backoff, no longer than the first step.
-        let verdict = judge(row(true, true, false), &status(503, "down", false), &TIMING);
-        let Verdict::Retry { after, .. } = verdict else {
-            panic!("{verdict:?}")
-        };
-        assert!(after <= TIMING.initial_backoff, "{after:?}");
+        let (write, _) = judged(row(true, false), status(503, "down", false));
+        let (after, maybe_sent) = retry(write);
+        assert!(after <= Duration::from_secs(1) && !maybe_sent, "{after:?}");
+    }
+
+    #[test]
+    fn a_retry_waits_at_least_what_dub_asked_for() {
+        let mut e = status(429, "slow", false);
+        e.inner_mut().retry_after = Some(Duration::from_secs(42));
+        let (write, _) = judged(row(true, false), e);
+        assert_eq!(retry(write).0, Duration::from_secs(42));
     }
 
     #[test]
     fn past_max_age_an_event_is_given_up_honestly() {
-        let mut old = row(true, true, false);
-        old.age = TIMING.max_age;
-        let verdict = judge(old, &status(503, "down", false), &TIMING);
-        assert_eq!(kind(&verdict), "failed", "{verdict:?}");
+        let mut old = row(true, false);
+        old.age = settings().max_age;
+        let (write, _) = judged(old, status(503, "down", false));
+        assert_eq!(state(&write), "failed", "{write:?}");
         old.maybe_sent = true;
-        let verdict = judge(old, &status(503, "down", false), &TIMING);
-        assert_eq!(kind(&verdict), "uncertain", "{verdict:?}");
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped_at_any_attempt_count() {
-        for attempts in [0, 1, 2, 10, 31, 32, 1_000, u32::MAX] {
-            let wait = backoff(&TIMING, attempts);
-            assert!(wait <= TIMING.max_backoff, "{attempts}: {wait:?}");
-        }
-        assert!(backoff(&TIMING, 20) >= TIMING.max_backoff / 2);
+        let (write, _) = judged(old, status(503, "down", false));
+        let Write::Uncertain(text) = write else {
+            panic!("{write:?}")
+        };
+        assert!(text.contains("given up after"), "{text}");
     }
 }

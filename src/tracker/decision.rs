@@ -4,6 +4,9 @@
 //! tracker does with a finished delivery" states the rules; `tests` checks the two agree, and
 //! checks the tracker's promise over every combination: an event Dub does not deduplicate is
 //! never sent again once a request for it may have reached Dub.
+//!
+//! The outbox's relay takes its verdicts from here too (with its own [`Settings`]), so that a
+//! tracker and a fleet of relays follow one set of rules.
 
 use std::time::Duration;
 
@@ -15,13 +18,23 @@ use crate::{Error, ErrorKind};
 /// race lasts seconds; beyond this the customer has no lead.
 pub(crate) const LEAD_RACE_WINDOW: Duration = Duration::from_secs(600);
 
-/// The tracker's settings the decision reads.
+/// The settings the decision reads: the tracker's, or the outbox relay's.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Settings {
     /// Given up after this long undelivered.
     pub max_age: Duration,
     /// The wait before an event is sent again (its first wait also after the lead race).
     pub backoff: Backoff,
+    /// After a delivery whose outcome is unknown, the next waits at least this long: the
+    /// earlier request may still be running at Dub, and Dub's invoice check is read-then-write,
+    /// so two overlapping requests of one invoice would both be recorded. The relay sets it to
+    /// at least its client's attempt timeout; the tracker sets zero, its backoff alone spacing
+    /// its deliveries as before.
+    pub settle: Duration,
+    /// A retry waits at least the `Retry-After` Dub asked for. The relay sends one request per
+    /// delivery, so the wait is the decision's; the tracker's client already honoured it
+    /// within the call (and its rate limiter holds the next one back), so it does not.
+    pub honour_retry_after: bool,
 }
 
 /// What one delivery of an event ended with.
@@ -66,11 +79,12 @@ pub(crate) enum Verdict {
     Uncertain(Error),
     /// Sent again after `after`. `outage`: the failure says Dub (or the way to it) is down.
     /// `maybe_sent`: this delivery may have reached Dub (only ever for an event Dub
-    /// deduplicates).
+    /// deduplicates). `error`: what this delivery failed with.
     Retry {
         after: Duration,
         outage: bool,
         maybe_sent: bool,
+        error: Error,
     },
     /// Cut off at shutdown; back to the queue as it was, to be sent first next time (only ever
     /// for an event Dub deduplicates).
@@ -125,7 +139,11 @@ pub(crate) fn decide(ended: Ended, facts: &Facts, settings: &Settings, jitter: f
     };
     if refused {
         // Refused now; but an earlier delivery (or attempt) may have been the one that counted.
-        return if maybe_sent {
+        return if facts.maybe_sent {
+            Verdict::Uncertain(
+                e.with_context("an earlier delivery may have been recorded".to_owned()),
+            )
+        } else if maybe_sent {
             Verdict::Uncertain(e)
         } else {
             Verdict::Failed(e)
@@ -136,7 +154,7 @@ pub(crate) fn decide(ended: Ended, facts: &Facts, settings: &Settings, jitter: f
     }
     if facts.age >= settings.max_age {
         let e = e.with_context(format!(
-            "given up after {} s undelivered (the tracker's max_age)",
+            "given up after {} s undelivered (max_age)",
             facts.age.as_secs()
         ));
         return if maybe_sent {
@@ -153,16 +171,25 @@ pub(crate) fn decide(ended: Ended, facts: &Facts, settings: &Settings, jitter: f
             | ErrorKind::InternalServerError
             | ErrorKind::UnexpectedStatus
     );
-    let after = if lead_race {
+    let mut after = if lead_race {
         // The lead is being written: soon, not later and later.
         settings.backoff.initial
     } else {
         settings.backoff.delay(facts.deliveries, jitter)
     };
+    if e.may_have_been_recorded() {
+        after = after.max(settings.settle);
+    }
+    if settings.honour_retry_after
+        && let Some(asked) = e.retry_after()
+    {
+        after = after.max(asked);
+    }
     Verdict::Retry {
         after,
         outage,
         maybe_sent: e.may_have_been_recorded(),
+        error: e,
     }
 }
 

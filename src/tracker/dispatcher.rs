@@ -512,6 +512,8 @@ async fn settle(core: &Arc<Core>, outage: &mut Outage, trouble: &mut StoreTroubl
     let settings = Settings {
         max_age: core.config.max_age,
         backoff: core.config.backoff,
+        settle: Duration::ZERO,
+        honour_retry_after: false,
     };
     let verdict = decision::decide(ended, &facts, &settings, fastrand::f64());
     match verdict.dub_down() {
@@ -540,11 +542,14 @@ async fn settle(core: &Arc<Core>, outage: &mut Outage, trouble: &mut StoreTroubl
             return;
         }
         Verdict::Retry {
-            after, maybe_sent, ..
+            after,
+            maybe_sent,
+            error,
+            ..
         } => {
             let due = now_ms.saturating_add(u64::try_from(after.as_millis()).unwrap_or(u64::MAX));
             core.counters.retried.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(id = %d.claimed.id, wait_ms = after.as_millis() as u64, "dub tracker: will retry");
+            tracing::debug!(id = %d.claimed.id, wait_ms = after.as_millis() as u64, error = %error, "dub tracker: will retry");
             let w = Unwritten::Reschedule {
                 id: d.claimed.id,
                 due_ms: due,

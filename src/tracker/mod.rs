@@ -61,7 +61,7 @@
 //!   were not delivered (receipts of those in flight resolve the same way). A tracker whose
 //!   runtime was shut down refuses hand-overs with the event, and its report lists what it holds.
 
-mod decision;
+pub(crate) mod decision;
 mod dispatcher;
 mod event;
 mod in_flight;

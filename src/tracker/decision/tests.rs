@@ -16,6 +16,8 @@ fn settings() -> Settings {
     Settings {
         max_age: MAX_AGE,
         backoff: Backoff::doubling(Duration::from_secs(1), Duration::from_secs(300)),
+        settle: Duration::ZERO,
+        honour_retry_after: false,
     }
 }
 
@@ -334,4 +336,37 @@ fn check(v: &Verdict, dedup: bool, may_be_recorded: bool, s: &Settings, f: &Fact
         assert!(*after <= s.backoff.max, "{after:?}");
         assert!(dedup || !maybe_sent, "{v:?}");
     }
+}
+
+/// The relay's two settings: after a delivery that may have reached Dub the retry waits out
+/// the settle window, and it waits at least the `Retry-After` Dub asked for; with the tracker's
+/// settings (zero, off) the backoff alone decides.
+#[test]
+fn settle_and_retry_after_lengthen_a_retry_only_when_set() {
+    let relay = Settings {
+        settle: Duration::from_secs(10),
+        honour_retry_after: true,
+        ..settings()
+    };
+    let after = |e: Error, s: &Settings| match decide(
+        Ended::Failed(e),
+        &facts(true, false, Duration::ZERO),
+        s,
+        0.5,
+    ) {
+        Verdict::Retry { after, .. } => after,
+        v => panic!("{v:?}"),
+    };
+    let unknown = || error(ErrorKind::UnexpectedStatus, Some(503), true, false);
+    let refused_before_sending = || error(ErrorKind::Connect, None, false, false);
+    assert_eq!(after(unknown(), &relay), Duration::from_secs(10));
+    assert!(after(refused_before_sending(), &relay) < Duration::from_secs(10));
+    assert!(after(unknown(), &settings()) < Duration::from_secs(10));
+    let asked = || {
+        let mut e = error(ErrorKind::RateLimitExceeded, Some(429), false, false);
+        e.inner_mut().retry_after = Some(Duration::from_secs(42));
+        e
+    };
+    assert_eq!(after(asked(), &relay), Duration::from_secs(42));
+    assert!(after(asked(), &settings()) < Duration::from_secs(42));
 }
