@@ -161,7 +161,10 @@ async fn the_tracker_resumes_soon_after_a_short_outage_ends() {
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     // Nothing gets through, and the counts say nothing: the stats say why.
-    let why = tracker.stats().last_failure.expect("a failure while retrying");
+    let why = tracker
+        .stats()
+        .last_failure
+        .expect("a failure while retrying");
     assert!(why.contains("503"), "{why}");
     mock.clear_faults();
     let ended = tokio::time::Instant::now();
