@@ -29,7 +29,8 @@ pub struct RelayArgs {
     connection: Connection,
     /// The API key's rate limit, requests a minute: every relay on the key paces together to
     /// it, from one budget in the database (N relays send N a minute together, not N times
-    /// that). Without it each relay learns the limit from Dub's answers on its own
+    /// that). Without it the relays learn it together: the first 429 naming the limit sets it
+    /// for all of them
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     rate_limit: Option<u32>,
     /// At most N deliveries at once

@@ -1,5 +1,11 @@
 //! One rate-limit budget shared by every relay on an API key, kept in the database: GCRA in one
 //! row, so that N relays pace together at the key's limit instead of N times it.
+//!
+//! The row also holds the key's limit once any relay knows it: a relay given the limit writes
+//! it there, and a relay that was not reads it, or learns it from the `X-RateLimit-Limit` of a
+//! 429 and writes it for the others. Dub sends that header only with errors, so until the
+//! first 429 nobody knows the limit and the relays send unpaced (each client's adaptive limiter
+//! still reacts to its own 429s); from it on, every relay on the key paces by the one budget.
 
 use crate::Dub;
 use sha2::{Digest, Sha256};
@@ -10,53 +16,105 @@ use std::time::Duration;
 /// the key (link API calls, another app) are invisible to the shared row.
 const PACE: f64 = 0.97;
 
-/// A key's shared budget: the row's key and the spacing of turns.
+/// The longest a 429 holds every relay back.
+const MAX_HOLD: Duration = Duration::from_secs(120);
+
+/// A key's shared budget.
 #[derive(Debug, Clone)]
 pub(crate) struct SharedBudget {
+    /// The row's key: a SHA-256 of the request's authorization header.
     key: String,
-    interval: Duration,
+    /// The limit this relay was given (requests a minute); `None`: it paces by the limit the
+    /// row holds, if any relay knows it.
+    given: Option<u32>,
 }
 
 impl SharedBudget {
-    /// The budget of `dub`'s API key at `per_minute` requests a minute; `None` for a client
-    /// without a usable key.
-    pub fn new(dub: &Dub, per_minute: u32) -> Option<SharedBudget> {
+    /// The budget of `dub`'s API key, at `given` requests a minute or at the limit learned on
+    /// the key; `None` for a client without a usable key.
+    pub fn new(dub: &Dub, given: Option<u32>) -> Option<SharedBudget> {
         let auth = dub.authorization()?;
         let digest = Sha256::digest(auth.as_bytes());
         let key = digest.iter().map(|b| format!("{b:02x}")).collect();
-        let per_second = f64::from(per_minute.max(1)) * PACE / 60.0;
         Some(SharedBudget {
             key,
-            interval: Duration::from_secs_f64(1.0 / per_second),
+            given: given.map(|n| n.max(1)),
         })
     }
 
-    /// Reserves the next turn and returns how long to wait for it. One statement: the row
-    /// lock orders concurrent relays, and each turn is `interval` after the one before.
+    /// Reserves the next turn and returns how long to wait for it. One statement: the row lock
+    /// orders concurrent relays, and each turn is one interval (at 97% of the limit) after the
+    /// one before. While no relay knows the limit there are no turns, and nothing is written:
+    /// only a hold after a 429 is waited out.
     pub async fn turn(&self, pool: &PgPool) -> Result<Duration, sqlx_core::Error> {
-        let wait: f64 = sqlx_core::query_scalar::query_scalar(
-            "INSERT INTO dub_outbox_budget AS b (key, tat)
-             VALUES ($1, now() + make_interval(secs => $2))
-             ON CONFLICT (key) DO UPDATE
-                 SET tat = greatest(b.tat, now()) + make_interval(secs => $2)
-             RETURNING extract(epoch FROM b.tat - make_interval(secs => $2) - now())::double precision",
-        )
-        .bind(&self.key)
-        .bind(self.interval.as_secs_f64())
-        .fetch_one(pool)
-        .await?;
-        Ok(Duration::try_from_secs_f64(wait).unwrap_or(Duration::ZERO))
+        let wait: Option<f64> = match self.given {
+            // The given limit is written for relays on the key that were not given it.
+            Some(limit) => Some(
+                sqlx_core::query_scalar::query_scalar(
+                    "INSERT INTO dub_outbox_budget AS b (key, tat, limit_per_minute)
+                     VALUES ($1, now() + make_interval(secs => 60.0 / ($2 * $3)), $2)
+                     ON CONFLICT (key) DO UPDATE
+                         SET tat = greatest(b.tat, now())
+                                   + make_interval(secs => 60.0 / ($2 * $3)),
+                             limit_per_minute = $2
+                     RETURNING extract(epoch FROM b.tat - now())::double precision
+                               - 60.0 / ($2 * $3)",
+                )
+                .bind(&self.key)
+                .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+                .bind(PACE)
+                .fetch_one(pool)
+                .await?,
+            ),
+            None => {
+                sqlx_core::query_scalar::query_scalar(
+                    "WITH paced AS (
+                         UPDATE dub_outbox_budget
+                         SET tat = greatest(tat, now())
+                                   + make_interval(secs => 60.0 / (limit_per_minute * $2))
+                         WHERE key = $1 AND limit_per_minute IS NOT NULL
+                         RETURNING extract(epoch FROM tat - now())::double precision
+                                   - 60.0 / (limit_per_minute * $2) AS wait
+                     )
+                     SELECT wait FROM paced
+                     UNION ALL
+                     SELECT extract(epoch FROM tat - now())::double precision
+                     FROM dub_outbox_budget WHERE key = $1 AND limit_per_minute IS NULL",
+                )
+                .bind(&self.key)
+                .bind(PACE)
+                .fetch_optional(pool)
+                .await?
+            }
+        };
+        Ok(wait
+            .and_then(|w| Duration::try_from_secs_f64(w).ok())
+            .unwrap_or(Duration::ZERO))
     }
 
-    /// Dub refused a request for the rate limit: no relay on the key gets a turn for `wait`.
-    pub async fn hold(&self, pool: &PgPool, wait: Duration) -> Result<(), sqlx_core::Error> {
-        let wait = wait.min(Duration::from_secs(120));
+    /// Dub refused a request for the rate limit: no relay on the key gets a turn for `wait`
+    /// (at most two minutes). `limit` is the key's limit the 429 named; a relay that was not
+    /// given one writes it, so that every relay on the key paces by it from now on.
+    pub async fn refused(
+        &self,
+        pool: &PgPool,
+        wait: Duration,
+        limit: Option<u64>,
+    ) -> Result<(), sqlx_core::Error> {
+        let learned = match self.given {
+            Some(_) => None,
+            None => limit.and_then(|l| i32::try_from(l).ok()).filter(|&l| l > 0),
+        };
         sqlx_core::query::query::<Postgres>(
-            "UPDATE dub_outbox_budget SET tat = greatest(tat, now() + make_interval(secs => $2))
-             WHERE key = $1",
+            "INSERT INTO dub_outbox_budget AS b (key, tat, limit_per_minute)
+             VALUES ($1, now() + make_interval(secs => $2), $3)
+             ON CONFLICT (key) DO UPDATE
+                 SET tat = greatest(b.tat, now() + make_interval(secs => $2)),
+                     limit_per_minute = coalesce($3, b.limit_per_minute)",
         )
         .bind(&self.key)
-        .bind(wait.as_secs_f64())
+        .bind(wait.min(MAX_HOLD).as_secs_f64())
+        .bind(learned)
         .execute(pool)
         .await?;
         Ok(())

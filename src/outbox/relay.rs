@@ -184,6 +184,12 @@ impl RelayBuilder {
     /// then send `per_minute` a minute together, not N times that, and a 429 seen by one holds
     /// them all back. The row is keyed by a SHA-256 of the API key; the key never enters the
     /// database. The client's own rate limiter stays the safety net for other users of the key.
+    ///
+    /// Without it the relays learn the limit together: they send unpaced until Dub refuses one
+    /// of them with a 429 naming the limit (`X-RateLimit-Limit`; Dub sends it only with
+    /// errors), which that relay writes into the row, and from then on every relay on the key
+    /// paces by it as if it had been given. A relay given the limit writes it there too, so
+    /// relays started without it follow. Give every relay on a key the same limit.
     pub fn shared_rate_limit(mut self, per_minute: u32) -> Self {
         self.shared_rate_limit = Some(per_minute);
         self
@@ -192,9 +198,7 @@ impl RelayBuilder {
     /// The relay, ready to run.
     pub fn build(self) -> Relay {
         let mut config = self.config;
-        config.budget = self
-            .shared_rate_limit
-            .and_then(|n| SharedBudget::new(&self.dub, n));
+        config.budget = SharedBudget::new(&self.dub, self.shared_rate_limit);
         Relay {
             pool: self.pool,
             dub: self.dub,
@@ -551,7 +555,8 @@ async fn attempt(dub: Dub, pool: PgPool, row: Claimed, config: Config) -> Attemp
         && error.status().is_some_and(|s| s.as_u16() == 429)
     {
         let wait = error.retry_after().unwrap_or(Duration::from_secs(1));
-        if let Err(e) = budget.hold(&pool, wait).await {
+        let limit = error.headers().and_then(crate::rate_limit::limit);
+        if let Err(e) = budget.refused(&pool, wait, limit).await {
             tracing::warn!(error = %e, "dub relay: cannot hold the shared budget back after a 429");
         }
     }

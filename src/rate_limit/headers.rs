@@ -42,9 +42,15 @@ pub(crate) fn answer(status: u16, headers: &HeaderMap, now: SystemTime) -> Answe
         return Answer::Accepted;
     }
     Answer::Refused {
-        limit: number(headers, "x-ratelimit-limit").filter(|&l| l > 0),
+        limit: limit(headers),
         reset_in: reset_in(headers, now),
     }
+}
+
+/// The key's limit a minute that `X-RateLimit-Limit` names; `None` when absent or `0` (Dub's
+/// "unknown", sent when its limiter is slow).
+pub(crate) fn limit(headers: &HeaderMap) -> Option<u64> {
+    number(headers, "x-ratelimit-limit").filter(|&l| l > 0)
 }
 
 /// How far away the window boundary Dub named is: `Retry-After` in any form, else

@@ -36,6 +36,8 @@ mod headers;
 
 pub(crate) use controller::Permit;
 pub(crate) use gate::Limiter;
+#[cfg(feature = "postgres")]
+pub(crate) use headers::limit;
 pub(crate) use headers::retry_after;
 
 use std::time::Duration;

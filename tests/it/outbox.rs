@@ -825,6 +825,61 @@ mod relaying {
         assert!(!keys[0].contains(mock.token()));
     }
 
+    /// Not given the limit, the relays learn it together: one 429 naming the key's limit, seen
+    /// by one relay, paces the others too, which never saw a refusal themselves.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn relays_not_given_the_limit_learn_it_together_from_one_429() {
+        use dub::mock::RetryAfter;
+        let Some(pg) = Postgres::shared() else { return };
+        let pool = database(&pg).await;
+        let per_minute = 1_200;
+        // Limits like Dub (far above what the test sends) so that its 429 names the limit.
+        let mock = MockDub::builder()
+            .rate_limit(per_minute)
+            .start()
+            .await
+            .unwrap();
+        mock.push_fault(Fault::RateLimited(RetryAfter::Seconds(1)));
+        let mut first = sale("first", Some("in_first"));
+        first.click_id = Some("cl".into());
+        outbox::enqueue(&pool, first).await.unwrap();
+        let learner = start(relay(&pool, &mock));
+        drained(&pool).await;
+        let learned: Option<i32> =
+            sqlx_core::query_scalar::query_scalar("SELECT limit_per_minute FROM dub_outbox_budget")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(learned, Some(1_200));
+
+        // Two relays that never saw the 429, and the one that did (which may start on the
+        // events as soon as each commits).
+        let turn = Duration::from_secs_f64(60.0 / (f64::from(per_minute as u32) * 0.97));
+        let started = tokio::time::Instant::now();
+        let others: Vec<Running> = (0..2).map(|_| start(relay(&pool, &mock))).collect();
+        for i in 0..40 {
+            let mut s = sale(&format!("u{i}"), Some(&format!("in_{i}")));
+            s.click_id = Some("cl".into());
+            outbox::enqueue(&pool, s).await.unwrap();
+        }
+        drained(&pool).await;
+        let elapsed = started.elapsed();
+        let mut reports = vec![learner.stop().await];
+        for r in others {
+            reports.push(r.stop().await);
+        }
+        assert_eq!(mock.sales().len(), 41);
+        // No window refusal: the one 429 was the fault's.
+        assert_eq!(mock.rate_limited_count(), 0);
+        // The others delivered their share at the shared pace: 40 turns apart by one budget.
+        // Unpaced, they would have taken the 40 in a fraction of one turn each.
+        assert!(
+            reports[1].delivered + reports[2].delivered > 0,
+            "{reports:?}"
+        );
+        assert!(elapsed >= turn * 39, "{elapsed:?} for 40 turns of {turn:?}");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_committed_event_wakes_an_idle_relay_long_before_its_next_poll() {
         let Some(pg) = Postgres::shared() else { return };
