@@ -45,12 +45,20 @@ total=$(wc -l < "$work/all.jsonl")
 minimum=$(awk -v n="$total" -v l="$LIMIT" 'BEGIN { printf "%.1f", n * 60 / l }')
 
 start_mock() {
+    # Emptied here, not only by the redirection below: that one happens in the background
+    # child, possibly after the loop has read the previous case's file and taken its (dead)
+    # server's URL, which left every request of a case refused and the run stuck retrying.
+    : > "$work/mock.env"
     "$BIN" mock --rate-limit "$LIMIT" > "$work/mock.env" 2> /dev/null &
     mock_pid=$!
     for _ in $(seq 100); do
         [ "$(wc -l < "$work/mock.env")" -ge 2 ] && break
         sleep 0.1
     done
+    if [ "$(wc -l < "$work/mock.env")" -lt 2 ]; then
+        echo "the mock did not start within 10 s" >&2
+        exit 1
+    fi
     # shellcheck disable=SC1091
     set -a; . "$work/mock.env"; set +a
 }

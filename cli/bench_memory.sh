@@ -55,6 +55,9 @@ for n in $SIZES; do
         peak sh -c '"$0" send --state "$1" - < "$2"' "$BIN" "$work/state" "$bad")
     echo "records=$n file_mb=$mb case=validate-stdin peak_rss_mb=$rss exit=$code"
     if [ "${SEND:-0}" = 1 ]; then
+        # Emptied first: the redirection below happens in the background child, maybe after
+        # the loop has read the previous size's file (and its stopped server's URL).
+        : > "$work/mock.env"
         "$BIN" mock > "$work/mock.env" 2> /dev/null &
         mock_pid=$!
         for _ in $(seq 100); do grep -q DUB_API_KEY "$work/mock.env" 2> /dev/null && break; sleep 0.1; done

@@ -28,6 +28,7 @@ mod error_json;
 mod exit;
 mod failed_file;
 mod input;
+mod logging;
 mod mock;
 mod oneshot;
 mod outbox;
@@ -117,6 +118,7 @@ fn main() -> ExitCode {
 
 /// Runs the command; every exit code comes from [`exit`].
 fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    logging::init().map_err(exit::usage)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -63,11 +63,22 @@ pub async fn show(
         let delivered = counts.delivered.load(Ordering::Relaxed);
         let failed = counts.failed.load(Ordering::Relaxed);
         let uncertain = counts.uncertain.load(Ordering::Relaxed);
-        let limited = tracker.stats().rate_limited;
+        let stats = tracker.stats();
+        let limited = stats.rate_limited;
         let done = delivered + failed + uncertain;
         let per_sec = rate.observe(Instant::now(), done);
         let left = total.saturating_sub(done);
-        let eta = eta_text(eta(left, per_sec, dub.rate_limiter().as_ref()));
+        // Deliveries failing and being retried (Dub unreachable, a wrong --base-url): say why,
+        // since the counts stand still, and promise no end.
+        let retrying = stats
+            .last_failure
+            .map(|e| format!(", retrying: {e}"))
+            .unwrap_or_default();
+        let eta = if retrying.is_empty() {
+            eta_text(eta(left, per_sec, dub.rate_limiter().as_ref()))
+        } else {
+            "unknown".to_owned()
+        };
         let per_sec = rate_text(per_sec);
         match &bar {
             Some(bar) => {
@@ -80,12 +91,12 @@ pub async fn show(
                 if stopping.load(Ordering::Relaxed) {
                     msg.push_str(", stopping");
                 }
-                msg.push_str(&format!(", ETA {eta}"));
+                msg.push_str(&format!(", ETA {eta}{retrying}"));
                 bar.set_message(msg);
             }
             None => eprintln!(
                 "dub-track: {delivered}/{total} delivered, {failed} failed, {uncertain} \
-                 uncertain, {per_sec}, 429s {limited}, eta {eta}"
+                 uncertain, {per_sec}, 429s {limited}, eta {eta}{retrying}"
             ),
         }
     }

@@ -98,6 +98,77 @@ async fn send_with_a_closed_stdout_delivers_and_exits_by_what_happened() {
     );
 }
 
+/// A run that cannot reach its server (a wrong --base-url, Dub unreachable, a stale address)
+/// makes no progress: it says why on standard error instead of counting nothing towards an
+/// end in sight, and SIGTERM still stops it with every record kept for the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_that_cannot_reach_its_server_says_why_and_keeps_every_record() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mock = MockDub::start().await.unwrap();
+    let dir = Scratch::new("unreachable-send");
+    let records: Vec<_> = (0..8)
+        .map(|c| {
+            json!({"type": "sale", "customerExternalId": format!("u{c}"), "amount": 100,
+                   "invoiceId": format!("in_{c}")})
+        })
+        .collect();
+    dir.write("sales.jsonl", &jsonl(&records));
+    // Nothing listens there any more: every connection is refused.
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let mut cmd = command(
+        &mock,
+        &dir.0,
+        &["send", "--state", "s.state", "sales.jsonl"],
+    );
+    cmd.env("DUB_BASE_URL", &nowhere);
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    let said_why = |seen: &str| {
+        seen.contains("deliveries are failing")
+            && seen
+                .lines()
+                .any(|l| l.contains("eta unknown, retrying: ") && l.contains("could not connect"))
+    };
+    let waited = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push_str(&line);
+            seen.push('\n');
+            if said_why(&seen) {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(waited.is_ok() && said_why(&seen), "{seen}");
+    assert!(mock.requests().is_empty());
+
+    kill(&child, libc::SIGTERM);
+    let rest = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut rest = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        (rest, child.wait().await.unwrap())
+    })
+    .await;
+    let (rest, status) = rest.expect("send did not stop on SIGTERM");
+    assert_eq!(status.code(), Some(130), "{seen}{rest}");
+    assert!(rest.contains("not sent"), "{rest}");
+
+    // Pointed at the server, the same command sends them all, once.
+    let again = run(
+        &mock,
+        &dir.0,
+        &["send", "--state", "s.state", "sales.jsonl"],
+    )
+    .await;
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(again.stdout.contains("delivered=8 "), "{}", again.stdout);
+    assert_eq!(mock.requests().len(), 8);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mock_with_a_closed_stdout_keeps_serving() {
     let port = free_port();

@@ -61,7 +61,7 @@ struct Outage {
 const OUTAGE_AFTER: u32 = 5;
 
 impl Outage {
-    fn failed(&mut self, now: Instant, probe: bool) {
+    fn failed(&mut self, now: Instant, probe: bool, error: &str) {
         self.consecutive = self.consecutive.saturating_add(1);
         if probe {
             self.probes_failed = self.probes_failed.saturating_add(1);
@@ -71,7 +71,10 @@ impl Outage {
         }
         let pause = OUTAGE_PAUSE.base(self.probes_failed.saturating_add(1));
         if self.until.is_none() {
-            tracing::warn!("dub tracker: deliveries are failing; pausing and probing");
+            tracing::warn!(
+                error,
+                "dub tracker: deliveries are failing; pausing and probing"
+            );
         }
         self.until = now.checked_add(pause);
     }
@@ -496,6 +499,10 @@ async fn settle(core: &Arc<Core>, outage: &mut Outage, trouble: &mut StoreTroubl
         Some(Ok(response)) => Ended::Answered(response),
         Some(Err(e)) => Ended::Failed(e),
     };
+    let failure = match &ended {
+        Ended::Failed(e) => Some(e.to_string()),
+        _ => None,
+    };
     let facts = Facts {
         deduplicated: d.claimed.event.is_deduplicated(),
         maybe_sent: d.claimed.maybe_sent,
@@ -510,9 +517,15 @@ async fn settle(core: &Arc<Core>, outage: &mut Outage, trouble: &mut StoreTroubl
     };
     let verdict = decision::decide(ended, &facts, &settings, fastrand::f64());
     match verdict.dub_down() {
-        Some(true) => outage.failed(Instant::now(), d.probe),
+        Some(true) => outage.failed(Instant::now(), d.probe, failure.as_deref().unwrap_or("")),
         Some(false) => outage.cleared(),
         None => {}
+    }
+    // A delivery to be retried says why; one that Dub answered clears it.
+    match (&verdict, verdict.dub_down()) {
+        (Verdict::Retry { .. }, _) => core.counters.set_last_failure(failure),
+        (_, Some(false)) => core.counters.set_last_failure(None),
+        _ => {}
     }
     let outcome = match verdict {
         Verdict::Requeue => {

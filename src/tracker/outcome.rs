@@ -371,6 +371,11 @@ pub struct Stats {
     pub rate_limited: u64,
     /// How long the oldest undelivered event has waited.
     pub oldest_age: Option<Duration>,
+    /// Why the latest delivery that will be tried again failed (its error, as displayed),
+    /// until a delivery gets an answer from Dub. While nothing gets through (Dub unreachable,
+    /// a wrong base URL, a proxy refusing) the counts stand still; this says why, for a
+    /// progress display or a health check.
+    pub last_failure: Option<String>,
     /// Why the spool could not be read when these counts were taken (a damaged or vanished
     /// file): `queued`, `in_flight` and `oldest_age` are then unknown, not zero.
     pub store_error: Option<String>,

@@ -79,6 +79,24 @@ pub(crate) struct Counters {
     pub failed: AtomicU64,
     pub uncertain: AtomicU64,
     pub retried: AtomicU64,
+    /// [`Stats::last_failure`].
+    pub last_failure: std::sync::Mutex<Option<String>>,
+}
+
+impl Counters {
+    pub fn set_last_failure(&self, failure: Option<String>) {
+        *self
+            .last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = failure;
+    }
+
+    fn last_failure(&self) -> Option<String> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl Core {
@@ -106,6 +124,7 @@ impl Core {
             retried: self.counters.retried.load(Ordering::Relaxed),
             rate_limited: self.dub.rate_limiter().map_or(0, |state| state.throttled),
             oldest_age: oldest.map(|created| Duration::from_millis(now.saturating_sub(created))),
+            last_failure: self.counters.last_failure(),
         }
     }
 }

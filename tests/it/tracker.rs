@@ -160,11 +160,18 @@ async fn the_tracker_resumes_soon_after_a_short_outage_ends() {
         receipts.push(tracker.lead(lead(&format!("user_{c}"))).await.unwrap());
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
+    // Nothing gets through, and the counts say nothing: the stats say why.
+    let why = tracker
+        .stats()
+        .last_failure
+        .expect("a failure while retrying");
+    assert!(why.contains("503"), "{why}");
     mock.clear_faults();
     let ended = tokio::time::Instant::now();
     for r in receipts {
         assert!(r.await.is_delivered());
     }
+    assert_eq!(tracker.stats().last_failure, None);
     // The first wave (32 deliveries failing together) is one failure, so the pauses go 1 s,
     // 2 s, ...; counted one each they doubled to the 60 s maximum at once.
     let took = ended.elapsed();
