@@ -352,3 +352,55 @@ async fn outbox_retry_puts_failed_events_back_and_stats_counts_them() {
         .unwrap();
     assert_eq!(unset.status.code(), Some(2));
 }
+
+/// `relay` and `outbox` reach a PostgreSQL over TLS (managed databases require it), verifying
+/// its certificate against the CA `sslrootcert` names: a server certificate from elsewhere is
+/// refused, not trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_commands_speak_tls_to_postgres_and_verify_its_certificate() {
+    let Some(pg) = Postgres::start() else { return };
+    let Some(ca) = pg.enable_tls() else { return };
+    let mock = MockDub::start().await.unwrap();
+    let dir = Scratch::new("outbox-tls");
+    let url = |mode: &str, root: &std::path::Path| {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode={mode}&sslrootcert={}",
+            pg.port(),
+            root.display()
+        )
+    };
+    // The server takes the TLS settings on a reload, which is asynchronous: a few tries.
+    let verified = url("verify-full", &ca);
+    let started = Instant::now();
+    let migrated = loop {
+        let out = outbox(&mock, &dir, &verified, &["outbox", "migrate"])
+            .output()
+            .await
+            .unwrap();
+        if out.status.success() || started.elapsed() > Duration::from_secs(10) {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    let stats = outbox(&mock, &dir, &verified, &["outbox", "stats"])
+        .output()
+        .await
+        .unwrap();
+    assert!(stats.status.success());
+    assert!(String::from_utf8_lossy(&stats.stdout).starts_with("pending=0 in_flight=0"));
+
+    // The server's own certificate is no CA: with it as the root, the server is not trusted.
+    let wrong = url("verify-full", &ca.with_file_name("server.crt"));
+    let refused = outbox(&mock, &dir, &wrong, &["outbox", "stats"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+}

@@ -148,6 +148,114 @@ impl Postgres {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// Turns TLS on, with a server certificate for 127.0.0.1 signed by a throwaway CA, and
+    /// returns the CA's certificate (for `sslrootcert`); `None` outside CI when `openssl` is
+    /// missing (after saying so). Plain connections are still accepted.
+    #[allow(dead_code)]
+    pub fn enable_tls(&self) -> Option<PathBuf> {
+        if Command::new("openssl").arg("version").output().is_err() {
+            let why = "openssl not found: the TLS test cannot make its certificates";
+            assert!(std::env::var_os("CI").is_none(), "{why}");
+            eprintln!("!!! SKIPPED: {why}");
+            return None;
+        }
+        let dir = self.base.join("tls");
+        std::fs::create_dir_all(&dir).expect("create the certificates' directory");
+        let at = |name: &str| dir.join(name).display().to_string();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let (ca_key, ca) = (at("ca.key"), at("ca.crt"));
+        let (key, csr, cert, ext) = (
+            at("server.key"),
+            at("server.csr"),
+            at("server.crt"),
+            at("ext"),
+        );
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &ca_key,
+                    "-out",
+                    &ca,
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=dub test CA",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &["-keyout", &key, "-out", &csr, "-subj", "/CN=127.0.0.1"],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write the extensions");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &cert,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+        // The server reads its key only when it is its own and private.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod the key");
+        if self.as_postgres {
+            chown_to_postgres(&dir);
+            chown_to_postgres(Path::new(&key));
+            chown_to_postgres(Path::new(&cert));
+        }
+        self.psql(
+            "postgres",
+            &format!("ALTER SYSTEM SET ssl_cert_file = '{cert}'"),
+        );
+        self.psql(
+            "postgres",
+            &format!("ALTER SYSTEM SET ssl_key_file = '{key}'"),
+        );
+        self.psql("postgres", "ALTER SYSTEM SET ssl = on");
+        self.psql("postgres", "SELECT pg_reload_conf()");
+        Some(PathBuf::from(ca))
+    }
+
     /// Kills the server as a crash would (`pg_ctl -m immediate stop`): no checkpoint, clients
     /// cut off; the next start recovers from the WAL.
     pub fn stop_immediate(&self) {
