@@ -37,8 +37,12 @@ pub struct RelayArgs {
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     max_in_flight: u32,
     /// How long a claimed row stays this relay's before others may take it over, in seconds
-    #[arg(long, value_name = "S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(2..))]
+    #[arg(long, value_name = "S", default_value_t = 50, value_parser = clap::value_parser!(u64).range(2..))]
     lease_secs: u64,
+    /// Delete delivered rows this many days after their delivery (every relay prunes at start
+    /// and hourly); failed and uncertain rows are kept until you delete them
+    #[arg(long, value_name = "DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    retention_days: u32,
 }
 
 /// Runs `dub-track relay` until Ctrl-C (or SIGTERM).
@@ -51,7 +55,10 @@ pub async fn run(args: RelayArgs) -> Result<Status, CliError> {
     let dub = builder.build().map_err(|e| exit::usage(config_error(&e)))?;
     let mut relay = Relay::builder(pool, dub)
         .max_in_flight(args.max_in_flight as usize)
-        .lease(Duration::from_secs(args.lease_secs));
+        .lease(Duration::from_secs(args.lease_secs))
+        .retention(Some(Duration::from_secs(
+            u64::from(args.retention_days) * 86_400,
+        )));
     if let Some(n) = args.rate_limit {
         relay = relay.shared_rate_limit(n);
     }

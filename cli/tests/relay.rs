@@ -404,3 +404,58 @@ async fn outbox_commands_speak_tls_to_postgres_and_verify_its_certificate() {
     assert!(!refused.status.success(), "{stderr}");
     assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
 }
+
+/// `--retention-days` is the period after which delivered rows are pruned (at start, then
+/// hourly); failed and uncertain rows stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_prunes_delivered_rows_older_than_its_retention_days() {
+    let Some(pg) = Postgres::shared() else { return };
+    let url = pg.fresh_database();
+    let mock = MockDub::start().await.unwrap();
+    let dir = Scratch::new("relay-retention");
+    let migrated = run(
+        &mock,
+        &dir.0,
+        &["outbox", "migrate", "--database-url", &url],
+    )
+    .await;
+    assert_eq!(migrated.code, 0, "{}", migrated.stderr);
+    let database = url.rsplit('/').next().unwrap();
+    let row = |n: u32, state: &str, days: u32| {
+        format!(
+            "INSERT INTO dub_outbox (event, state, finished_at) VALUES \
+             ('{{\"type\":\"sale\",\"customerExternalId\":\"u{n}\",\"amount\":1,\"invoiceId\":\"in_{n}\"}}', \
+             '{state}', now() - interval '{days} days')"
+        )
+    };
+    for (n, state, days) in [
+        (1, "delivered", 3),
+        (2, "delivered", 1),
+        (3, "failed", 3),
+        (4, "uncertain", 3),
+    ] {
+        pg.psql(database, &row(n, state, days));
+    }
+    let log = std::fs::File::create(dir.0.join("relay.log")).unwrap();
+    let child = outbox(&mock, &dir, &url, &["relay", "--retention-days", "2"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while pg.psql(database, "SELECT count(*) FROM dub_outbox").trim() != "3" {
+        assert!(started.elapsed() < Duration::from_secs(30), "not pruned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sigterm(child).await, 0);
+    let left = pg.psql(
+        database,
+        "SELECT event->>'invoiceId' FROM dub_outbox ORDER BY id",
+    );
+    assert_eq!(
+        left.split_whitespace().collect::<Vec<_>>(),
+        ["in_2", "in_3", "in_4"]
+    );
+    let log = std::fs::read_to_string(dir.0.join("relay.log")).unwrap();
+    assert!(log.contains("pruned=1"), "{log}");
+}

@@ -85,6 +85,10 @@ const OUTAGE_AFTER: u32 = 5;
 const MAX_OUTAGE_PAUSE: Duration = Duration::from_secs(60);
 /// How often rows of relays that are gone are looked for.
 const TAKE_OVER_EVERY: Duration = Duration::from_secs(5);
+/// How long a claimed row stays its relay's by default: with a look for rows of relays that are
+/// gone every [`TAKE_OVER_EVERY`], a killed relay's rows are taken over within a minute of its
+/// claim (50 + 5 s), so within a minute of its death.
+const DEFAULT_LEASE: Duration = Duration::from_secs(50);
 /// How often delivered rows past their retention are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -105,7 +109,7 @@ impl Relay {
             config: Config {
                 name,
                 max_in_flight: 16,
-                lease: Duration::from_secs(60),
+                lease: DEFAULT_LEASE,
                 poll_interval: Duration::from_secs(1),
                 settings: Settings {
                     max_age: Duration::from_secs(6 * 3600),
@@ -128,8 +132,9 @@ impl RelayBuilder {
         self
     }
 
-    /// How long a claimed row stays this relay's (60 s by default, at least 2 s): if the relay
-    /// dies, the others take its rows over once this has passed. Every attempt is cut off at
+    /// How long a claimed row stays this relay's (50 s by default, at least 2 s): if the relay
+    /// dies, the others take its rows over once this has passed (they look every 5 s, so
+    /// within a minute by default). Every attempt is cut off at
     /// half of it, so that it is over before anyone else may start one.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.config.lease = lease.max(Duration::from_secs(2));
