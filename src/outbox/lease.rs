@@ -29,6 +29,16 @@ pub(crate) enum Write {
     },
 }
 
+impl Write {
+    /// The error written with it ("" when delivered).
+    pub fn error(&self) -> &str {
+        match self {
+            Write::Delivered(_) => "",
+            Write::Failed(e) | Write::Uncertain(e) | Write::Retry { error: e, .. } => e,
+        }
+    }
+}
+
 /// Milliseconds for SQL, capped at a year so that no interval overflows.
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis())

@@ -5,7 +5,7 @@ use super::budget::SharedBudget;
 use super::lease::{self, Claimed, Write};
 use super::verdict::{self, Row};
 use super::{CHANNEL, Event};
-use crate::retry::Backoff;
+use crate::retry::{Backoff, Outage};
 use crate::tracker::decision::Settings;
 use crate::{Dub, Error, RetryConfig};
 use sqlx_postgres::{PgListener, PgPool};
@@ -80,9 +80,6 @@ pub struct RelayBuilder {
 
 /// The longest wait between attempts to reach PostgreSQL while it is away.
 const MAX_DATABASE_BACKOFF: Duration = Duration::from_secs(30);
-/// Outage failures in a row after which deliveries pause.
-const OUTAGE_AFTER: u32 = 5;
-const MAX_OUTAGE_PAUSE: Duration = Duration::from_secs(60);
 /// How often rows of relays that are gone are looked for.
 const TAKE_OVER_EVERY: Duration = Duration::from_secs(5);
 /// How long a claimed row stays its relay's by default: with a look for rows of relays that are
@@ -266,37 +263,6 @@ impl Database {
     }
 }
 
-/// Deliveries failing with outage errors pause claiming; one probe at a time then tests the
-/// water, as the tracker does.
-#[derive(Debug, Default)]
-struct Outage {
-    consecutive: u32,
-    until: Option<Instant>,
-}
-
-impl Outage {
-    fn failed(&mut self, now: Instant) {
-        self.consecutive = self.consecutive.saturating_add(1);
-        if self.consecutive >= OUTAGE_AFTER {
-            let doubling = 1u32
-                .checked_shl(self.consecutive - OUTAGE_AFTER)
-                .unwrap_or(u32::MAX);
-            let pause = Duration::from_secs(1)
-                .saturating_mul(doubling)
-                .min(MAX_OUTAGE_PAUSE);
-            self.until = Some(now + pause);
-        }
-    }
-
-    fn allowed(&self, now: Instant, free: usize, in_flight: usize) -> usize {
-        match self.until {
-            None => free,
-            Some(until) if now < until => 0,
-            Some(_) => usize::from(in_flight == 0 && free > 0),
-        }
-    }
-}
-
 /// One finished attempt.
 struct Attempted {
     id: i64,
@@ -312,10 +278,11 @@ impl Relay {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> RelayReport {
         let Relay { pool, dub, config } = self;
         let mut report = RelayReport::default();
-        let mut deliveries: JoinSet<Attempted> = JoinSet::new();
+        // Each attempt with whether it was started as a probe of an outage.
+        let mut deliveries: JoinSet<(bool, Attempted)> = JoinSet::new();
         let mut unwritten: Vec<(i64, Write, Option<bool>)> = Vec::new();
         let mut db = Database::default();
-        let mut outage = Outage::default();
+        let mut outage = Outage::new("dub relay");
         let mut listener: Option<PgListener> = None;
         let mut next_take_over = Instant::now();
         let mut next_prune = Instant::now();
@@ -412,12 +379,10 @@ impl Relay {
                             db.worked();
                             claimed_full = rows.len() == n;
                             for row in rows {
-                                deliveries.spawn(attempt(
-                                    dub.clone(),
-                                    pool.clone(),
-                                    row,
-                                    config.clone(),
-                                ));
+                                let probe = outage.probing();
+                                let attempt =
+                                    attempt(dub.clone(), pool.clone(), row, config.clone());
+                                deliveries.spawn(async move { (probe, attempt.await) });
                             }
                         }
                         Err(e) => db.failed("claim events", &e),
@@ -433,16 +398,16 @@ impl Relay {
                 Some(at) => at.max(Instant::now() + Duration::from_millis(10)),
                 None => Instant::now() + config.poll_interval,
             };
-            let wake_at = match outage.until {
+            let wake_at = match outage.paused_until() {
                 Some(until) if until > Instant::now() => wake_at.min(until),
                 _ => wake_at,
             };
             tokio::select! {
                 Some(done) = deliveries.join_next(), if !deliveries.is_empty() => {
-                    let Ok(done) = done else { continue };
+                    let Ok((probe, done)) = done else { continue };
                     match done.outage {
-                        Some(true) => outage.failed(Instant::now()),
-                        Some(false) => outage = Outage::default(),
+                        Some(true) => outage.failed(Instant::now(), probe, done.write.error()),
+                        Some(false) => outage.cleared(),
                         None => {}
                     }
                     unwritten.push((done.id, done.write, done.outage));

@@ -44,9 +44,11 @@
 
 mod backoff;
 mod decision;
+mod outage;
 
 pub(crate) use backoff::Backoff;
 pub use decision::{Attempt, Decision, Reason, Seen, Stop};
+pub(crate) use outage::Outage;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -15,16 +15,8 @@ use super::outcome::{EventOutcome, Outcome, Response, ShutdownReport};
 use super::state::{Core, Stopping};
 use super::store::{Claimed, Store, StoreError, Terminal};
 use crate::Error;
-use crate::retry::Backoff;
+use crate::retry::{Backoff, Outage};
 
-/// The pause after deliveries fail with outage errors: 1 s, doubling with each failed probe up
-/// to a minute, not jittered (one probe at a time).
-const OUTAGE_PAUSE: Backoff = Backoff {
-    initial: Duration::from_secs(1),
-    max: Duration::from_secs(60),
-    exponent: 2.0,
-    jitter: crate::retry::Jitter::None,
-};
 /// How often a spool is checked for events left in flight by processes that died.
 const RECOVER_EVERY: Duration = Duration::from_secs(10);
 /// How often receipts waiting on a shared spool's rows are checked for rows another process
@@ -42,67 +34,6 @@ struct Delivery {
     result: Option<Result<Response, Error>>,
     /// Started as a probe of an outage.
     probe: bool,
-}
-
-/// Deliveries failing with outage errors pause everyone; one probe at a time then tests the
-/// water, so an outage costs a trickle of requests instead of every queued event's retries.
-///
-/// An outage is declared after `OUTAGE_AFTER` outage failures in a row without a success, so
-/// that a few scattered 5xx (or the deliveries that were in flight together when Dub went
-/// down) do not count as a long outage; only failed probes make the pause longer.
-#[derive(Debug, Default)]
-struct Outage {
-    consecutive: u32,
-    probes_failed: u32,
-    until: Option<Instant>,
-}
-
-/// Outage failures in a row that make an outage.
-const OUTAGE_AFTER: u32 = 5;
-
-impl Outage {
-    fn failed(&mut self, now: Instant, probe: bool, error: &str) {
-        self.consecutive = self.consecutive.saturating_add(1);
-        if probe {
-            self.probes_failed = self.probes_failed.saturating_add(1);
-        }
-        if self.consecutive < OUTAGE_AFTER {
-            return;
-        }
-        let pause = OUTAGE_PAUSE.base(self.probes_failed.saturating_add(1));
-        if self.until.is_none() {
-            tracing::warn!(
-                error,
-                "dub tracker: deliveries are failing; pausing and probing"
-            );
-        }
-        self.until = now.checked_add(pause);
-    }
-
-    fn cleared(&mut self) {
-        if self.until.is_some() {
-            tracing::info!(
-                failures = self.consecutive,
-                "dub tracker: deliveries resumed"
-            );
-        }
-        *self = Outage::default();
-    }
-
-    /// Whether a delivery started now is a probe of an outage.
-    fn probing(&self) -> bool {
-        self.until.is_some()
-    }
-
-    /// How many deliveries may start now, out of `free` slots with `in_flight` running.
-    fn allowed(&self, now: Instant, free: usize, in_flight: usize) -> usize {
-        match self.until {
-            None => free,
-            Some(until) if now < until => 0,
-            // The pause is over: one probe, alone.
-            Some(_) => usize::from(in_flight == 0 && free > 0),
-        }
-    }
 }
 
 /// Marks the dispatcher gone when its task ends or is dropped (its runtime shut down): the
@@ -247,7 +178,7 @@ async fn write_all(
 pub(super) async fn run(core: Arc<Core>) {
     let _running = Running(core.clone());
     let mut tasks: JoinSet<Delivery> = JoinSet::new();
-    let mut outage = Outage::default();
+    let mut outage = Outage::new("dub tracker");
     let mut trouble = StoreTrouble::default();
     let mut shutdown = core.shutdown.subscribe();
     let mut traced = Instant::now();
@@ -372,7 +303,7 @@ fn next_wake(
         let wait = due.saturating_sub(crate::clock::now_ms());
         at = at.min(now + Duration::from_millis(wait));
     }
-    if let Some(until) = outage.until.filter(|&u| u > now) {
+    if let Some(until) = outage.paused_until().filter(|&u| u > now) {
         at = at.min(until);
     }
     if let Some(d) = deadline {
