@@ -31,21 +31,31 @@ impl SharedBudget {
         })
     }
 
-    /// Reserves the next turn and returns how long to wait for it. One statement: the row
-    /// lock orders concurrent relays, and each turn is `interval` after the one before.
-    pub async fn turn(&self, pool: &PgPool) -> Result<Duration, sqlx_core::Error> {
-        let wait: f64 = sqlx_core::query_scalar::query_scalar(
+    /// Reserves the next turn if it comes within `within`, and returns how long to wait for it;
+    /// `None` (nothing reserved) when the next turn is later. One statement: the row lock orders
+    /// concurrent relays, and each turn is `interval` after the one before. A turn is never
+    /// reserved for an attempt that will not take it: while a 429 holds the key back for longer
+    /// than an attempt may wait, every attempt would otherwise push the next turn further out,
+    /// and a fleet retrying its attempts could keep it out of reach.
+    pub async fn turn(
+        &self,
+        pool: &PgPool,
+        within: Duration,
+    ) -> Result<Option<Duration>, sqlx_core::Error> {
+        let wait: Option<f64> = sqlx_core::query_scalar::query_scalar(
             "INSERT INTO dub_outbox_budget AS b (key, tat)
              VALUES ($1, now() + make_interval(secs => $2))
              ON CONFLICT (key) DO UPDATE
                  SET tat = greatest(b.tat, now()) + make_interval(secs => $2)
+                 WHERE greatest(b.tat, now()) <= now() + make_interval(secs => $3)
              RETURNING extract(epoch FROM b.tat - make_interval(secs => $2) - now())::double precision",
         )
         .bind(&self.key)
         .bind(self.interval.as_secs_f64())
-        .fetch_one(pool)
+        .bind(within.min(Duration::from_secs(3600)).as_secs_f64())
+        .fetch_optional(pool)
         .await?;
-        Ok(Duration::try_from_secs_f64(wait).unwrap_or(Duration::ZERO))
+        Ok(wait.map(|w| Duration::try_from_secs_f64(w).unwrap_or(Duration::ZERO)))
     }
 
     /// Dub refused a request for the rate limit: no relay on the key gets a turn for `wait`.

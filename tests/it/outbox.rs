@@ -498,7 +498,7 @@ mod producing {
 mod relaying {
     use crate::support::postgres::Postgres;
     use dub::Dub;
-    use dub::mock::{Fault, MockDub};
+    use dub::mock::{Fault, MockDub, RetryAfter};
     use dub::models::{TrackLeadRequest, TrackSaleRequest};
     use dub::outbox::{self, Relay, RelayBuilder, RelayReport, Stats};
     use sqlx_core::query::query;
@@ -924,5 +924,35 @@ mod relaying {
             read < 20 * 50,
             "the relay read {read} rows of the outbox to deliver 20 events beside 3,000 delivered"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_429_longer_than_an_attempt_may_wait_holds_the_shared_budget_only_that_long() {
+        let Some(pg) = Postgres::shared() else { return };
+        let pool = database(&pg).await;
+        let mock = MockDub::start().await.unwrap();
+        for i in 0..20 {
+            outbox::enqueue(&pool, lead(&format!("held_{i}")))
+                .await
+                .unwrap();
+        }
+        // Dub holds the key back for 4 s; an attempt may wait at most 1 s (half the lease)
+        // for its turn, so the attempts meanwhile are put back unsent, again and again.
+        mock.push_fault(Fault::RateLimited(RetryAfter::Seconds(4)));
+        let started = tokio::time::Instant::now();
+        let running = start(
+            relay(&pool, &mock)
+                .lease(Duration::from_secs(2))
+                .max_in_flight(8)
+                .shared_rate_limit(600),
+        );
+        drained(&pool).await;
+        let report = running.stop().await;
+        assert_eq!(report.delivered, 20);
+        assert_eq!(mock.leads().len(), 20);
+        assert!(report.retried > 0, "{report:?}");
+        // After the hold the 20 turns take 2 s; had each unsent attempt kept its turn, the
+        // next one would have run away from the clock (`drained` gives up after 60 s).
+        assert!(started.elapsed() >= Duration::from_secs(4));
     }
 }
