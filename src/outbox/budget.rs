@@ -42,14 +42,24 @@ impl SharedBudget {
         })
     }
 
-    /// Reserves the next turn and returns how long to wait for it. One statement: the row lock
-    /// orders concurrent relays, and each turn is one interval (at 97% of the limit) after the
-    /// one before. While no relay knows the limit there are no turns, and nothing is written:
-    /// only a hold after a 429 is waited out.
-    pub async fn turn(&self, pool: &PgPool) -> Result<Duration, sqlx_core::Error> {
+    /// Reserves the next turn if it comes within `within`, and returns how long to wait for it;
+    /// `None` (nothing reserved) when the next turn is later. One statement: the row lock orders
+    /// concurrent relays, and each turn is one interval (at 97% of the limit) after the one
+    /// before. While no relay knows the limit there are no turns, and nothing is written: only
+    /// a hold after a 429 is waited out.
+    ///
+    /// A turn is never reserved for an attempt that will not take it: while a 429 holds the key
+    /// back for longer than an attempt may wait, every attempt would otherwise push the next
+    /// turn further out, and a fleet retrying its attempts could keep it out of reach.
+    pub async fn turn(
+        &self,
+        pool: &PgPool,
+        within: Duration,
+    ) -> Result<Option<Duration>, sqlx_core::Error> {
+        let within = within.min(Duration::from_secs(3600)).as_secs_f64();
         let wait: Option<f64> = match self.given {
             // The given limit is written for relays on the key that were not given it.
-            Some(limit) => Some(
+            Some(limit) => {
                 sqlx_core::query_scalar::query_scalar(
                     "INSERT INTO dub_outbox_budget AS b (key, tat, limit_per_minute)
                      VALUES ($1, now() + make_interval(secs => 60.0 / ($2 * $3)), $2)
@@ -57,39 +67,50 @@ impl SharedBudget {
                          SET tat = greatest(b.tat, now())
                                    + make_interval(secs => 60.0 / ($2 * $3)),
                              limit_per_minute = $2
+                         WHERE greatest(b.tat, now()) <= now() + make_interval(secs => $4)
                      RETURNING extract(epoch FROM b.tat - now())::double precision
                                - 60.0 / ($2 * $3)",
                 )
                 .bind(&self.key)
                 .bind(i32::try_from(limit).unwrap_or(i32::MAX))
                 .bind(PACE)
-                .fetch_one(pool)
-                .await?,
-            ),
+                .bind(within)
+                .fetch_optional(pool)
+                .await?
+            }
+            // No row: nobody paces the key yet (no turn to wait for). A row whose limit nobody
+            // knows: only its hold. NULL: the next turn (or the hold's end) is too far.
             None => {
-                sqlx_core::query_scalar::query_scalar(
+                let row: Option<Option<f64>> = sqlx_core::query_scalar::query_scalar(
                     "WITH paced AS (
                          UPDATE dub_outbox_budget
                          SET tat = greatest(tat, now())
                                    + make_interval(secs => 60.0 / (limit_per_minute * $2))
                          WHERE key = $1 AND limit_per_minute IS NOT NULL
+                           AND greatest(tat, now()) <= now() + make_interval(secs => $3)
                          RETURNING extract(epoch FROM tat - now())::double precision
                                    - 60.0 / (limit_per_minute * $2) AS wait
                      )
                      SELECT wait FROM paced
                      UNION ALL
-                     SELECT extract(epoch FROM tat - now())::double precision
-                     FROM dub_outbox_budget WHERE key = $1 AND limit_per_minute IS NULL",
+                     SELECT CASE WHEN limit_per_minute IS NULL
+                                  AND tat <= now() + make_interval(secs => $3)
+                             THEN extract(epoch FROM tat - now())::double precision END
+                     FROM dub_outbox_budget
+                     WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM paced)",
                 )
                 .bind(&self.key)
                 .bind(PACE)
+                .bind(within)
                 .fetch_optional(pool)
-                .await?
+                .await?;
+                match row {
+                    None => Some(0.0),
+                    Some(wait) => wait,
+                }
             }
         };
-        Ok(wait
-            .and_then(|w| Duration::try_from_secs_f64(w).ok())
-            .unwrap_or(Duration::ZERO))
+        Ok(wait.map(|w| Duration::try_from_secs_f64(w).unwrap_or(Duration::ZERO)))
     }
 
     /// Dub refused a request for the rate limit: no relay on the key gets a turn for `wait`

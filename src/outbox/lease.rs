@@ -46,10 +46,15 @@ fn millis(d: Duration) -> i64 {
         .min(365 * 24 * 3_600_000)
 }
 
-/// Claims up to `max` rows that are due, for `lease`: the oldest first, and of each customer
-/// only its oldest row not yet finished, so that a customer's events go in insertion order (its
-/// lead before its sales) while different customers go concurrently. Rows other relays are
-/// claiming at the same moment are skipped, not waited for.
+/// Claims up to `max` rows that are due, for `lease`: the longest due first (insertion order
+/// among rows due at once), and of each customer only its oldest row not yet finished, so that
+/// a customer's events go in insertion order (its lead before its sales) while different
+/// customers go concurrently. Rows other relays are claiming at the same moment are skipped,
+/// not waited for.
+///
+/// The order is the pending-rows index's (`next_attempt_at, id`), so that a claim reads the due
+/// rows only: ordered by `id` alone, PostgreSQL walks the primary key past every delivered row
+/// kept for the retention period, on every claim.
 pub(crate) async fn claim(
     pool: &PgPool,
     relay: &str,
@@ -64,7 +69,7 @@ pub(crate) async fn claim(
                       SELECT 1 FROM dub_outbox e
                       WHERE e.customer = o.customer AND e.id < o.id
                         AND e.state IN ('pending', 'in_flight'))
-                ORDER BY o.id
+                ORDER BY o.next_attempt_at, o.id
                 LIMIT $1
                 FOR UPDATE SKIP LOCKED
             )

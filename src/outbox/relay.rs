@@ -567,20 +567,23 @@ fn unreadable(record: &serde_json::Value, e: &serde_json::Error) -> String {
 }
 
 /// Waits for this attempt's turn in the shared budget, or says why it gets none before `cut_at`
-/// (then nothing is sent).
+/// (then nothing is sent, and no turn is taken from the others).
 async fn take_turn(budget: &SharedBudget, pool: &PgPool, cut_at: Instant) -> Result<(), String> {
     loop {
-        match budget.turn(pool).await {
-            Ok(wait) if Instant::now() + wait < cut_at => {
+        match budget
+            .turn(pool, cut_at.saturating_duration_since(Instant::now()))
+            .await
+        {
+            Ok(Some(wait)) => {
                 tokio::time::sleep(wait).await;
                 return Ok(());
             }
-            Ok(wait) => {
-                return Err(format!(
+            Ok(None) => {
+                return Err(
                     "not sent: no turn in the shared rate-limit budget before the attempt's \
-                     deadline (the next is in {} ms)",
-                    wait.as_millis()
-                ));
+                     deadline (Dub's rate limit holds the key back)"
+                        .to_owned(),
+                );
             }
             Err(e) => {
                 let pause = Duration::from_millis(500);

@@ -498,7 +498,7 @@ mod producing {
 mod relaying {
     use crate::support::postgres::Postgres;
     use dub::Dub;
-    use dub::mock::{Fault, MockDub};
+    use dub::mock::{Fault, MockDub, RetryAfter};
     use dub::models::{TrackLeadRequest, TrackSaleRequest};
     use dub::outbox::{self, Relay, RelayBuilder, RelayReport, Stats};
     use sqlx_core::query::query;
@@ -899,5 +899,115 @@ mod relaying {
             .unwrap();
         assert_eq!(mock.sales().len(), 1);
         running.stop().await;
+    }
+
+    /// Rows of the outbox read by queries in `database` so far (index entries and sequential
+    /// scans of `dub_outbox`), once every other connection to it is gone: a backend reports
+    /// its counts when it exits.
+    fn rows_read(pg: &Postgres, database: &str) -> i64 {
+        for _ in 0..200 {
+            let others = pg.psql(
+                database,
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            );
+            if others == "0" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        pg.psql(
+            database,
+            "SELECT (SELECT coalesce(sum(idx_tup_read), 0) FROM pg_stat_user_indexes
+                     WHERE relname = 'dub_outbox')
+                  + (SELECT coalesce(seq_tup_read, 0) FROM pg_stat_user_tables
+                     WHERE relname = 'dub_outbox')",
+        )
+        .parse()
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_relay_reads_the_due_rows_not_the_delivered_ones_kept_for_retention() {
+        let Some(pg) = Postgres::shared() else { return };
+        let url = pg.fresh_database();
+        let name = url.rsplit('/').next().unwrap().to_owned();
+        // 30 days of delivered rows stay in the table (the default retention); 20 are due.
+        let setup = PgPool::connect(&url).await.unwrap();
+        outbox::migrate(&setup).await.unwrap();
+        query(
+            r#"INSERT INTO dub_outbox (event)
+               SELECT jsonb_build_object('type', 'lead', 'clickId', 'cl_1',
+                   'eventName', 'Sign up', 'customerExternalId', 'old_' || i)
+               FROM generate_series(1, 3000) AS i"#,
+        )
+        .execute(&setup)
+        .await
+        .unwrap();
+        query("UPDATE dub_outbox SET state = 'delivered', finished_at = now()")
+            .execute(&setup)
+            .await
+            .unwrap();
+        for i in 0..20 {
+            outbox::enqueue(&setup, lead(&format!("new_{i}")))
+                .await
+                .unwrap();
+        }
+        // As autovacuum leaves a table between bursts of writes.
+        query("VACUUM ANALYZE dub_outbox")
+            .execute(&setup)
+            .await
+            .unwrap();
+        setup.close().await;
+        let before = rows_read(&pg, &name);
+
+        let mock = MockDub::start().await.unwrap();
+        let pool = PgPool::connect(&url).await.unwrap();
+        let running = start(relay(&pool, &mock).max_in_flight(4));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while mock.leads().len() < 20 {
+            assert!(tokio::time::Instant::now() < deadline, "not delivered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let report = running.stop().await;
+        pool.close().await;
+        assert_eq!(report.delivered, 20);
+        let read = rows_read(&pg, &name) - before;
+        // Each claim, outcome and poll reads a few rows per event; a claim that walked the
+        // delivered rows would read 3,000 each time.
+        assert!(
+            read < 20 * 50,
+            "the relay read {read} rows of the outbox to deliver 20 events beside 3,000 delivered"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_429_longer_than_an_attempt_may_wait_holds_the_shared_budget_only_that_long() {
+        let Some(pg) = Postgres::shared() else { return };
+        let pool = database(&pg).await;
+        let mock = MockDub::start().await.unwrap();
+        for i in 0..20 {
+            outbox::enqueue(&pool, lead(&format!("held_{i}")))
+                .await
+                .unwrap();
+        }
+        // Dub holds the key back for 4 s; an attempt may wait at most 1 s (half the lease)
+        // for its turn, so the attempts meanwhile are put back unsent, again and again.
+        mock.push_fault(Fault::RateLimited(RetryAfter::Seconds(4)));
+        let started = tokio::time::Instant::now();
+        let running = start(
+            relay(&pool, &mock)
+                .lease(Duration::from_secs(2))
+                .max_in_flight(8)
+                .shared_rate_limit(600),
+        );
+        drained(&pool).await;
+        let report = running.stop().await;
+        assert_eq!(report.delivered, 20);
+        assert_eq!(mock.leads().len(), 20);
+        assert!(report.retried > 0, "{report:?}");
+        // After the hold the 20 turns take 2 s; had each unsent attempt kept its turn, the
+        // next one would have run away from the clock (`drained` gives up after 60 s).
+        assert!(started.elapsed() >= Duration::from_secs(4));
     }
 }
