@@ -468,8 +468,12 @@ async fn attempt(dub: Dub, pool: PgPool, row: Claimed, config: Config) -> Attemp
     if let Err(e) = event.validate() {
         return failed(e.to_string());
     }
+    // A turn must leave the request time to be answered before the cut: an attempt cut off in
+    // flight may have been recorded (an event Dub does not deduplicate then ends uncertain).
+    // So it waits for a turn at most half of what is left, and is put back unsent otherwise.
+    let turn_by = Instant::now() + cut_at.saturating_duration_since(Instant::now()) / 2;
     if let Some(budget) = &config.budget
-        && let Err(error) = take_turn(budget, &pool, cut_at).await
+        && let Err(error) = take_turn(budget, &pool, turn_by).await
     {
         // Nothing was sent: back to the queue.
         return Attempted {
@@ -587,12 +591,12 @@ fn unreadable(record: &serde_json::Value, e: &serde_json::Error) -> String {
     format!("invalid record: {e}")
 }
 
-/// Waits for this attempt's turn in the shared budget, or says why it gets none before `cut_at`
-/// (then nothing is sent, and no turn is taken from the others).
-async fn take_turn(budget: &SharedBudget, pool: &PgPool, cut_at: Instant) -> Result<(), String> {
+/// Waits for this attempt's turn in the shared budget, or says why it gets none by `by` (then
+/// nothing is sent, and no turn is taken from the others).
+async fn take_turn(budget: &SharedBudget, pool: &PgPool, by: Instant) -> Result<(), String> {
     loop {
         match budget
-            .turn(pool, cut_at.saturating_duration_since(Instant::now()))
+            .turn(pool, by.saturating_duration_since(Instant::now()))
             .await
         {
             Ok(Some(wait)) => {
@@ -608,7 +612,7 @@ async fn take_turn(budget: &SharedBudget, pool: &PgPool, cut_at: Instant) -> Res
             }
             Err(e) => {
                 let pause = Duration::from_millis(500);
-                if Instant::now() + pause >= cut_at {
+                if Instant::now() + pause >= by {
                     return Err(format!(
                         "not sent: the shared rate-limit budget is unreachable: {e}"
                     ));

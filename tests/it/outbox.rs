@@ -1064,4 +1064,38 @@ mod relaying {
         // not after a backoff doubling with its attempts (which reach 10 or more here).
         assert!(furthest < 3.0, "a row not sent was put off {furthest:.1} s");
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_turn_after_a_hold_leaves_the_request_time_so_a_plain_sale_is_not_left_uncertain() {
+        let Some(pg) = Postgres::shared() else { return };
+        let pool = database(&pg).await;
+        let mock = MockDub::start().await.unwrap();
+        outbox::enqueue(&pool, lead("held_lead")).await.unwrap();
+        let mut plain = sale("held_sale", None);
+        plain.click_id = Some("cl".into());
+        outbox::enqueue(&pool, plain).await.unwrap();
+        // The lead meets a 429 holding the key back 5 s; the sale, claimed meanwhile, may run
+        // until half its 12 s lease (6 s), its request for two thirds of what is left then, and
+        // Dub takes 1.3 s to answer it. Sent when the hold ends, with 1 s left (a 0.67 s
+        // deadline), it would time out: possibly recorded, so uncertain, never resent. It must
+        // wait for its turn only while the request still has time.
+        mock.push_faults([
+            Fault::RateLimited(RetryAfter::Seconds(5)),
+            Fault::Delay(Duration::from_millis(1_300)),
+        ]);
+        let running = start(
+            relay(&pool, &mock)
+                .lease(Duration::from_secs(12))
+                .max_in_flight(1)
+                .shared_rate_limit(600),
+        );
+        let stats = drained(&pool).await;
+        running.stop().await;
+        assert_eq!(
+            (stats.delivered, stats.uncertain, stats.failed),
+            (2, 0, 0),
+            "{stats}"
+        );
+        assert_eq!(mock.sales().len(), 1);
+    }
 }
