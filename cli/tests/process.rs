@@ -169,6 +169,42 @@ async fn send_that_cannot_reach_its_server_says_why_and_keeps_every_record() {
     assert_eq!(mock.requests().len(), 8);
 }
 
+/// A relay whose standard error is a closed pipe (`2>&1 | logger` after the logger died) keeps
+/// going through its warnings (PostgreSQL unreachable here, one warning per reconnection) and
+/// stops on SIGTERM with 0, not with a panic's 101.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_with_a_closed_stderr_survives_its_warnings() {
+    let mock = MockDub::start().await.unwrap();
+    let dir = Scratch::new("closed-stderr-relay");
+    let mut cmd = command(
+        &mock,
+        &dir.0,
+        &[
+            "relay",
+            "--lease-secs",
+            "2",
+            "--database-url",
+            "postgres://postgres@127.0.0.1:1/nowhere",
+        ],
+    );
+    cmd.stderr(closed_stdout());
+    let mut child = cmd.spawn().unwrap();
+    // A warning as each wait for a connection (5 s) gives up: at least one in 7 s.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the relay died: {:?}",
+        child.try_wait()
+    );
+    kill(&child, libc::SIGTERM);
+    // Within one wait for a connection, not sqlx's default 30 s.
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("the relay did not stop on SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mock_with_a_closed_stdout_keeps_serving() {
     let port = free_port();
