@@ -121,7 +121,7 @@ mod tests {
             Write::Delivered(_) => "delivered",
             Write::Failed(_) => "failed",
             Write::Uncertain(_) => "uncertain",
-            Write::Retry { .. } => "pending",
+            Write::Retry { .. } | Write::Unsent { .. } => "pending",
         }
     }
 
