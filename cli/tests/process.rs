@@ -113,8 +113,9 @@ async fn send_that_cannot_reach_its_server_says_why_and_keeps_every_record() {
         })
         .collect();
     dir.write("sales.jsonl", &jsonl(&records));
-    // Nothing listens there any more: every connection is refused.
-    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    // Nothing listens on port 1 of the loopback (a privileged port no test takes): every
+    // connection is refused.
+    let nowhere = "http://127.0.0.1:1".to_owned();
     let mut cmd = command(
         &mock,
         &dir.0,
@@ -141,6 +142,10 @@ async fn send_that_cannot_reach_its_server_says_why_and_keeps_every_record() {
     })
     .await;
     assert!(waited.is_ok() && said_why(&seen), "{seen}");
+    assert!(
+        !seen.contains(mock.token()),
+        "the token was printed: {seen}"
+    );
     assert!(mock.requests().is_empty());
 
     kill(&child, libc::SIGTERM);
@@ -429,8 +434,9 @@ async fn mock_invoice_race_records_a_second_sale_only_within_its_window() {
         stats["sales"].as_u64().expect("a sales count")
     };
 
-    let first_of_late = Instant::now();
     sale("in_late").await;
+    // Recorded before it was answered: the window ends at most WINDOW after this.
+    let first_of_late = Instant::now();
     // Within the window: recorded again, as on Dub.
     sale("in_race").await;
     sale("in_race").await;

@@ -829,7 +829,6 @@ mod relaying {
     /// by one relay, paces the others too, which never saw a refusal themselves.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn relays_not_given_the_limit_learn_it_together_from_one_429() {
-        use dub::mock::RetryAfter;
         let Some(pg) = Postgres::shared() else { return };
         let pool = database(&pg).await;
         let per_minute = 1_200;
@@ -854,7 +853,7 @@ mod relaying {
 
         // Two relays that never saw the 429, and the one that did (which may start on the
         // events as soon as each commits).
-        let turn = Duration::from_secs_f64(60.0 / (f64::from(per_minute as u32) * 0.97));
+        let turn = Duration::from_secs_f64(60.0 / (per_minute as f64 * 0.97));
         let started = tokio::time::Instant::now();
         let others: Vec<Running> = (0..2).map(|_| start(relay(&pool, &mock))).collect();
         for i in 0..40 {
