@@ -14,7 +14,8 @@
 //!   `--limit` (3,000) a minute with Dub's sliding window, each relay told `--rate-limit
 //!   LIMIT`: they pace from one budget row. Time until the last event is delivered, against the
 //!   minimum `60 × events / limit` s, and the 429s.
-//! - `learn`: the same with no `--rate-limit`: each relay's adaptive limiter learns the limit.
+//! - `learn`: the same with no `--rate-limit`: the relays learn the limit from Dub's 429s
+//!   (`X-RateLimit-Limit`), written to the budget row for all of them.
 //! - `enqueue`: `--enqueue-n` (2,000) transactions `BEGIN; INSERT user; COMMIT` and as many
 //!   `BEGIN; INSERT user; dub::outbox::enqueue(lead); COMMIT`, interleaved, on one connection:
 //!   latency of each (p50, p99) and the difference, the cost an outbox adds to a request.
@@ -390,7 +391,7 @@ async fn paced(pg: &Postgres, opts: &Opts, learn: bool) -> (f64, f64, usize, usi
     println!(
         "\n{} ({} relay processes, {} events, key limited to {}/min, load {})",
         if learn {
-            "learn: no --rate-limit, each relay learns the limit"
+            "learn: no --rate-limit, the relays learn the limit from the first 429s"
         } else {
             "paced: every relay --rate-limit LIMIT, one shared budget"
         },

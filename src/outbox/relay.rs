@@ -7,7 +7,7 @@ use super::verdict::{self, Row};
 use super::{CHANNEL, Event};
 use crate::retry::{Backoff, Outage};
 use crate::tracker::decision::Settings;
-use crate::{Dub, Error, RetryConfig};
+use crate::{Dub, Error, ErrorKind, RetryConfig};
 use sqlx_postgres::{PgListener, PgPool};
 use std::future::Future;
 use std::time::Duration;
@@ -518,6 +518,25 @@ async fn attempt(dub: Dub, pool: PgPool, row: Claimed, config: Config) -> Attemp
         }
         Err(e) => e,
     };
+    if error.kind() == ErrorKind::RateLimitExceeded
+        && error.status().is_none()
+        && !error.may_have_been_recorded()
+    {
+        // The client's own limiter had no turn for it before the attempt's deadline: nothing
+        // was sent. Back to the queue as after a refused turn of the shared budget, due at the
+        // limiter's next turn; not after a backoff that doubles with every such attempt, which
+        // would leave events of a busy key waiting minutes while turns go unused.
+        return Attempted {
+            id,
+            write: Write::Unsent {
+                after: error
+                    .retry_after()
+                    .unwrap_or_default()
+                    .max(config.settings.backoff.initial),
+            },
+            outage: None,
+        };
+    }
     if let Some(budget) = &config.budget
         && error.status().is_some_and(|s| s.as_u16() == 429)
     {

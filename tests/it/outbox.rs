@@ -1051,4 +1051,61 @@ mod relaying {
         let migrated = outbox::migrate(&pool).await.unwrap();
         assert_eq!((migrated.from, migrated.to), (2, outbox::SCHEMA_VERSION));
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_event_the_clients_limiter_cannot_start_in_time_is_retried_at_its_next_turn() {
+        let Some(pg) = Postgres::shared() else { return };
+        let pool = database(&pg).await;
+        let mock = MockDub::start().await.unwrap();
+        for i in 0..10 {
+            outbox::enqueue(&pool, lead(&format!("slow_{i}")))
+                .await
+                .unwrap();
+        }
+        // The client paces at about one request a second; an attempt waits for a turn at most
+        // two thirds of half the 2 s lease, so most attempts end unsent, again and again.
+        let dub = Dub::builder()
+            .token(mock.token())
+            .server_url(mock.url())
+            .rate_limit(dub::RateLimit::per_minute(60))
+            .build()
+            .unwrap();
+        let running = start(
+            Relay::builder(pool.clone(), dub)
+                .poll_interval(Duration::from_millis(100))
+                .backoff(Duration::from_millis(100), Duration::from_secs(300))
+                .lease(Duration::from_secs(2))
+                .max_in_flight(8),
+        );
+        // How far ahead any pending row is due, at its furthest, while they drain.
+        let mut furthest = 0.0f64;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while mock.leads().len() < 10 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not delivered; rows were due up to {furthest:.1} s ahead"
+            );
+            let ahead: f64 = sqlx_core::query_scalar::query_scalar(
+                "SELECT coalesce(max(extract(epoch FROM next_attempt_at - now())), 0)::float8
+                 FROM dub_outbox WHERE state = 'pending'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            furthest = furthest.max(ahead);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let report = running.stop().await;
+        assert_eq!(report.delivered, 10);
+        // A claim the limiter could not start is no attempt: one each.
+        let attempts: i64 =
+            sqlx_core::query_scalar::query_scalar("SELECT sum(attempts)::bigint FROM dub_outbox")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(attempts, 10, "{report:?}");
+        // Nothing was sent, so each is due at the limiter's next turn (about a second away),
+        // not after a backoff doubling with its attempts (which reach 10 or more here).
+        assert!(furthest < 3.0, "a row not sent was put off {furthest:.1} s");
+    }
 }
