@@ -5,7 +5,9 @@
 //! `DUB_TRACK_LOG` sets the level: `off`, `error`, `warn` (the default), `info` (adds the
 //! tracker's and the relay's progress every few seconds), `debug` or `trace`.
 
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// The variable that sets the level.
 pub const VARIABLE: &str = "DUB_TRACK_LOG";
@@ -24,11 +26,22 @@ pub fn init() -> Result<(), String> {
     if level == LevelFilter::OFF {
         return Ok(());
     }
-    // Writes that fail (a closed standard error) are dropped by the subscriber, not a panic.
+    // The crate's and this program's lines at the level asked for; other crates' (sqlx's
+    // slow-statement warnings, several lines of SQL each) only when they are errors.
+    let targets = Targets::new()
+        .with_target("dub", level)
+        .with_target("dub_track", level)
+        .with_default(LevelFilter::ERROR.min(level));
     let _ = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
         .with_target(false)
+        // A write that fails (standard error closed: `2>&1 | head` that ended) is dropped.
+        // Reporting it, the subscriber's default, is an `eprintln!`, which panics there: the
+        // relay's first warning would then kill it mid-delivery.
+        .log_internal_errors(false)
+        .finish()
+        .with(targets)
         .try_init();
     Ok(())
 }

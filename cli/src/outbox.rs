@@ -1,6 +1,8 @@
 //! `dub-track outbox migrate|stats|retry`: operating a PostgreSQL outbox (the crate's
 //! `dub::outbox`).
 
+use std::time::Duration;
+
 use clap::{Args, Subcommand};
 use sqlx_postgres::{PgPool, PgPoolOptions};
 
@@ -39,6 +41,11 @@ enum OutboxCommand {
 pub fn lazy_pool(url: &str) -> Result<PgPool, String> {
     PgPoolOptions::new()
         .max_connections(8)
+        // sqlx waits up to 30 s for a connection by default, retrying a refused one: while
+        // PostgreSQL is away the relay would say nothing for 30 s and take as long to stop on
+        // SIGTERM (a rolling deploy's grace period is often 30 s). A statement is never cut
+        // off by this, only the wait for a connection to run it on.
+        .acquire_timeout(Duration::from_secs(5))
         .connect_lazy(url)
         .map_err(|e| format!("--database-url / DATABASE_URL is not usable: {e}"))
 }

@@ -113,8 +113,9 @@ async fn send_that_cannot_reach_its_server_says_why_and_keeps_every_record() {
         })
         .collect();
     dir.write("sales.jsonl", &jsonl(&records));
-    // Nothing listens there any more: every connection is refused.
-    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    // Nothing listens on port 1 of the loopback (a privileged port no test takes): every
+    // connection is refused.
+    let nowhere = "http://127.0.0.1:1".to_owned();
     let mut cmd = command(
         &mock,
         &dir.0,
@@ -141,6 +142,10 @@ async fn send_that_cannot_reach_its_server_says_why_and_keeps_every_record() {
     })
     .await;
     assert!(waited.is_ok() && said_why(&seen), "{seen}");
+    assert!(
+        !seen.contains(mock.token()),
+        "the token was printed: {seen}"
+    );
     assert!(mock.requests().is_empty());
 
     kill(&child, libc::SIGTERM);
@@ -167,6 +172,42 @@ async fn send_that_cannot_reach_its_server_says_why_and_keeps_every_record() {
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert!(again.stdout.contains("delivered=8 "), "{}", again.stdout);
     assert_eq!(mock.requests().len(), 8);
+}
+
+/// A relay whose standard error is a closed pipe (`2>&1 | logger` after the logger died) keeps
+/// going through its warnings (PostgreSQL unreachable here, one warning per reconnection) and
+/// stops on SIGTERM with 0, not with a panic's 101.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_with_a_closed_stderr_survives_its_warnings() {
+    let mock = MockDub::start().await.unwrap();
+    let dir = Scratch::new("closed-stderr-relay");
+    let mut cmd = command(
+        &mock,
+        &dir.0,
+        &[
+            "relay",
+            "--lease-secs",
+            "2",
+            "--database-url",
+            "postgres://postgres@127.0.0.1:1/nowhere",
+        ],
+    );
+    cmd.stderr(closed_stdout());
+    let mut child = cmd.spawn().unwrap();
+    // A warning as each wait for a connection (5 s) gives up: at least one in 7 s.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the relay died: {:?}",
+        child.try_wait()
+    );
+    kill(&child, libc::SIGTERM);
+    // Within one wait for a connection, not sqlx's default 30 s.
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("the relay did not stop on SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,8 +434,9 @@ async fn mock_invoice_race_records_a_second_sale_only_within_its_window() {
         stats["sales"].as_u64().expect("a sales count")
     };
 
-    let first_of_late = Instant::now();
     sale("in_late").await;
+    // Recorded before it was answered: the window ends at most WINDOW after this.
+    let first_of_late = Instant::now();
     // Within the window: recorded again, as on Dub.
     sale("in_race").await;
     sale("in_race").await;

@@ -133,7 +133,7 @@ async fn three_relays_one_killed_twice_and_a_postgres_crash_deliver_every_event_
     assert_eq!(first.code, 0, "{first:?}");
     assert_eq!(
         first.stdout.trim(),
-        "outbox schema migrated from version 0 to 2"
+        "outbox schema migrated from version 0 to 3"
     );
     let again = run(
         &mock,
@@ -141,7 +141,7 @@ async fn three_relays_one_killed_twice_and_a_postgres_crash_deliver_every_event_
         &["outbox", "migrate", "--database-url", &url],
     )
     .await;
-    assert_eq!(again.stdout.trim(), "outbox schema is current (version 2)");
+    assert_eq!(again.stdout.trim(), "outbox schema is current (version 3)");
 
     // 40 customers, each a lead and two invoiced sales; 10 of them a sale without invoice.
     let mut values = Vec::new();

@@ -27,13 +27,19 @@ pub(crate) enum Write {
         maybe_sent: bool,
         error: String,
     },
+    /// Not sent, for want of a turn in the shared rate-limit budget: back to pending, due
+    /// `after`, as if this claim had not happened (its attempt is not counted, its last error
+    /// kept).
+    Unsent {
+        after: Duration,
+    },
 }
 
 impl Write {
     /// The error written with it ("" when delivered).
     pub fn error(&self) -> &str {
         match self {
-            Write::Delivered(_) => "",
+            Write::Delivered(_) | Write::Unsent { .. } => "",
             Write::Failed(e) | Write::Uncertain(e) | Write::Retry { error: e, .. } => e,
         }
     }
@@ -177,6 +183,20 @@ pub(crate) async fn write(
             .bind(relay)
             .bind(state)
             .bind(error)
+            .execute(pool)
+            .await?
+        }
+        Write::Unsent { after } => {
+            sqlx_core::query::query::<Postgres>(&format!(
+                "UPDATE dub_outbox
+                 SET state = 'pending', attempts = greatest(attempts - 1, 0),
+                     next_attempt_at = now() + make_interval(secs => $3::double precision / 1000),
+                     locked_by = NULL, locked_until = NULL
+                 WHERE {mine}"
+            ))
+            .bind(id)
+            .bind(relay)
+            .bind(millis(*after))
             .execute(pool)
             .await?
         }

@@ -111,7 +111,9 @@ mod verdict;
 pub use error::OutboxError;
 pub use producer::{Enqueued, OutboxId, enqueue};
 pub use relay::{Relay, RelayBuilder, RelayReport};
-pub use schema::{MIGRATIONS, Migrated, SCHEMA_SQL, SCHEMA_SQL_V2, SCHEMA_VERSION, migrate};
+pub use schema::{
+    MIGRATIONS, Migrated, SCHEMA_SQL, SCHEMA_SQL_V2, SCHEMA_SQL_V3, SCHEMA_VERSION, migrate,
+};
 pub use stats::{DEFAULT_RETENTION, Stats, prune, retry_failed, stats};
 
 #[doc(no_inline)]

@@ -1,7 +1,7 @@
 //! The relay: claims rows under a lease, delivers them with a [`Dub`] client, writes what
 //! became of each, and keeps going through Dub's outages and the database's.
 
-use super::budget::SharedBudget;
+use super::budget::{SharedBudget, Turn};
 use super::lease::{self, Claimed, Write};
 use super::verdict::{self, Row};
 use super::{CHANNEL, Event};
@@ -434,6 +434,7 @@ fn count(report: &mut RelayReport, write: &Write) {
         Write::Failed(_) => report.failed += 1,
         Write::Uncertain(_) => report.uncertain += 1,
         Write::Retry { .. } => report.retried += 1,
+        Write::Unsent { .. } => {}
     }
 }
 
@@ -468,21 +469,13 @@ async fn attempt(dub: Dub, pool: PgPool, row: Claimed, config: Config) -> Attemp
     if let Err(e) = event.validate() {
         return failed(e.to_string());
     }
-    // A turn must leave the request time to be answered before the cut: an attempt cut off in
-    // flight may have been recorded (an event Dub does not deduplicate then ends uncertain).
-    // So it waits for a turn at most half of what is left, and is put back unsent otherwise.
-    let turn_by = Instant::now() + cut_at.saturating_duration_since(Instant::now()) / 2;
     if let Some(budget) = &config.budget
-        && let Err(error) = take_turn(budget, &pool, turn_by).await
+        && let Err(after) = take_turn(budget, &pool, cut_at, config.settings.settle).await
     {
-        // Nothing was sent: back to the queue.
+        // Nothing was sent: back to the queue until the turn could come.
         return Attempted {
             id,
-            write: Write::Retry {
-                after: config.settings.backoff.initial,
-                maybe_sent: false,
-                error,
-            },
+            write: Write::Unsent { after },
             outage: None,
         };
     }
@@ -535,13 +528,11 @@ async fn attempt(dub: Dub, pool: PgPool, row: Claimed, config: Config) -> Attemp
         // would leave events of a busy key waiting minutes while turns go unused.
         return Attempted {
             id,
-            write: Write::Retry {
+            write: Write::Unsent {
                 after: error
                     .retry_after()
                     .unwrap_or_default()
                     .max(config.settings.backoff.initial),
-                maybe_sent: false,
-                error: error.to_string(),
             },
             outage: None,
         };
@@ -591,34 +582,58 @@ fn unreadable(record: &serde_json::Value, e: &serde_json::Error) -> String {
     format!("invalid record: {e}")
 }
 
-/// Waits for this attempt's turn in the shared budget, or says why it gets none by `by` (then
-/// nothing is sent, and no turn is taken from the others).
-async fn take_turn(budget: &SharedBudget, pool: &PgPool, by: Instant) -> Result<(), String> {
+/// Waits for this attempt's turn in the shared budget; when none comes in time, nothing is sent,
+/// no turn is taken from the others, and the row is due again when the next could come
+/// (returned).
+///
+/// A turn must leave the request its whole attempt timeout (`margin`) before the cut: one
+/// taken at the edge would be sent with milliseconds left, time out, and count as possibly
+/// recorded (an event Dub does not deduplicate would end uncertain for nothing).
+async fn take_turn(
+    budget: &SharedBudget,
+    pool: &PgPool,
+    cut_at: Instant,
+    margin: Duration,
+) -> Result<(), Duration> {
     loop {
-        match budget
-            .turn(pool, by.saturating_duration_since(Instant::now()))
-            .await
-        {
-            Ok(Some(wait)) => {
+        let left = cut_at.saturating_duration_since(Instant::now());
+        let within = left.saturating_sub(margin).max(left / 2);
+        match budget.turn(pool, within).await {
+            Ok(Turn::Go(wait)) => {
                 tokio::time::sleep(wait).await;
                 return Ok(());
             }
-            Ok(None) => {
-                return Err(
-                    "not sent: no turn in the shared rate-limit budget before the attempt's \
-                     deadline (Dub's rate limit holds the key back)"
-                        .to_owned(),
-                );
+            Ok(Turn::NotBefore(next)) => return Err(next.max(Duration::from_millis(100))),
+            Err(e) if schema_too_old(&e) => {
+                // Pacing is a courtesy to Dub, not a condition of delivery: send unpaced (the
+                // client's own limiter still reacts to 429s) and say how to fix it.
+                static SAID: std::sync::atomic::AtomicBool =
+                    std::sync::atomic::AtomicBool::new(false);
+                if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::error!(
+                        error = %e,
+                        "dub relay: the outbox schema is older than this relay (run \
+                         `dub-track outbox migrate` or `dub::outbox::migrate`); sending \
+                         without the shared rate-limit budget meanwhile"
+                    );
+                }
+                return Ok(());
             }
             Err(e) => {
                 let pause = Duration::from_millis(500);
-                if Instant::now() + pause >= by {
-                    return Err(format!(
-                        "not sent: the shared rate-limit budget is unreachable: {e}"
-                    ));
+                if Instant::now() + pause >= cut_at {
+                    tracing::warn!(error = %e, "dub relay: cannot take a turn in the shared rate-limit budget; the event waits");
+                    return Err(Duration::from_secs(1));
                 }
                 tokio::time::sleep(pause).await;
             }
         }
     }
+}
+
+/// An error of a database that lacks the budget's table or columns (SQLSTATE 42P01, 42703):
+/// one migrated by an older version of this crate.
+fn schema_too_old(e: &sqlx_core::Error) -> bool {
+    matches!(e, sqlx_core::Error::Database(db)
+        if matches!(db.code().as_deref(), Some("42P01" | "42703")))
 }

@@ -4,19 +4,23 @@ use super::OutboxError;
 use sqlx_postgres::{PgPool, Postgres};
 
 /// The schema's newest version, the one [`MIGRATIONS`] end at.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
-/// The outbox's schema as SQL, one script per version in order (the files `sql/outbox.sql` and
-/// `sql/outbox_v2.sql` of the crate), for teams that apply migrations with their own tool:
+/// The outbox's schema as SQL, one script per version in order (the files `sql/outbox.sql`,
+/// `sql/outbox_v2.sql` and `sql/outbox_v3.sql` of the crate), for teams that apply migrations with their own tool:
 /// apply the versions the database does not have yet. Each records its version in the table
 /// `dub_outbox_schema`, so that [`migrate`] then has nothing to do.
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, SCHEMA_SQL), (2, SCHEMA_SQL_V2)];
+pub const MIGRATIONS: &[(i32, &str)] = &[(1, SCHEMA_SQL), (2, SCHEMA_SQL_V2), (3, SCHEMA_SQL_V3)];
 
 /// The outbox's schema at version 1 (the file `sql/outbox.sql`): the table `dub_outbox`.
 pub const SCHEMA_SQL: &str = include_str!("../../sql/outbox.sql");
 
 /// Version 2 (the file `sql/outbox_v2.sql`): the rate-limit budget relays share.
 pub const SCHEMA_SQL_V2: &str = include_str!("../../sql/outbox_v2.sql");
+
+/// Version 3 (the file `sql/outbox_v3.sql`): the key's limit in the shared budget, given or
+/// learned, so that relays not given it pace by it too.
+pub const SCHEMA_SQL_V3: &str = include_str!("../../sql/outbox_v3.sql");
 
 /// Whom the outbox's migration lock belongs to, among the advisory locks of the database:
 /// "dub_outb" in ASCII.

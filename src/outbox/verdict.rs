@@ -121,7 +121,7 @@ mod tests {
             Write::Delivered(_) => "delivered",
             Write::Failed(_) => "failed",
             Write::Uncertain(_) => "uncertain",
-            Write::Retry { .. } => "pending",
+            Write::Retry { .. } | Write::Unsent { .. } => "pending",
         }
     }
 
@@ -137,11 +137,11 @@ mod tests {
                 Some(false),
             ),
             (
-                "a refusal after an attempt that may have counted is uncertain",
+                "a refusal after an attempt that may have counted is uncertain (Dub answered)",
                 row(true, true),
                 status(422, "bad", false),
                 "uncertain",
-                None,
+                Some(false),
             ),
             (
                 "a 404 that is not the race fails",
@@ -165,11 +165,11 @@ mod tests {
                 Some(true),
             ),
             (
-                "a 5xx that may have been recorded: uncertain when Dub does not",
+                "a 5xx that may have been recorded: uncertain when Dub does not (Dub is down)",
                 row(false, false),
                 status(503, "down", true),
                 "uncertain",
-                None,
+                Some(true),
             ),
             (
                 "a 5xx before anything was recorded is retried even without dedup",

@@ -94,13 +94,33 @@ pub(crate) enum Verdict {
 impl Verdict {
     /// What the verdict says about an outage: `Some(true)` Dub looks down, `Some(false)` Dub
     /// answered, `None` nothing is learnt.
+    ///
+    /// An uncertain end counts too: during an outage of timeouts or 5xx, an event Dub does not
+    /// deduplicate ends uncertain at its first failure, and if that taught nothing, each such
+    /// probe would be followed by the next at once, spending the queue's unsafe events one
+    /// after another instead of pausing.
     pub(crate) fn dub_down(&self) -> Option<bool> {
         match self {
             Verdict::Retry { outage, .. } => Some(*outage),
             Verdict::Delivered(_) | Verdict::Failed(_) => Some(false),
+            Verdict::Uncertain(e) if is_outage(e) => Some(true),
+            // Dub answered (a refusal after an earlier attempt may have counted).
+            Verdict::Uncertain(e) if e.status().is_some() => Some(false),
             Verdict::Uncertain(_) | Verdict::Requeue => None,
         }
     }
+}
+
+/// Failures that say Dub (or the way to it) is down rather than that it refused the event.
+fn is_outage(e: &Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Connect
+            | ErrorKind::Timeout
+            | ErrorKind::Transport
+            | ErrorKind::InternalServerError
+            | ErrorKind::UnexpectedStatus
+    ) && !e.status().is_some_and(|s| s.is_client_error())
 }
 
 /// Judges a finished delivery. `jitter` is a number in `[0, 1)` spreading retries of events
@@ -163,14 +183,7 @@ pub(crate) fn decide(ended: Ended, facts: &Facts, settings: &Settings, jitter: f
             Verdict::Failed(e)
         };
     }
-    let outage = matches!(
-        e.kind(),
-        ErrorKind::Connect
-            | ErrorKind::Timeout
-            | ErrorKind::Transport
-            | ErrorKind::InternalServerError
-            | ErrorKind::UnexpectedStatus
-    );
+    let outage = is_outage(&e);
     let mut after = if lead_race {
         // The lead is being written: soon, not later and later.
         settings.backoff.initial

@@ -452,11 +452,13 @@ async fn settle(core: &Arc<Core>, outage: &mut Outage, trouble: &mut StoreTroubl
         Some(false) => outage.cleared(),
         None => {}
     }
-    // A delivery to be retried says why; one that Dub answered clears it.
-    match (&verdict, verdict.dub_down()) {
-        (Verdict::Retry { .. }, _) => core.counters.set_last_failure(failure),
-        (_, Some(false)) => core.counters.set_last_failure(None),
-        _ => {}
+    // A delivery to be retried says why; one that settled clears it.
+    match &verdict {
+        Verdict::Retry { .. } => core.counters.set_last_failure(failure),
+        Verdict::Requeue => {}
+        Verdict::Delivered(_) | Verdict::Failed(_) | Verdict::Uncertain(_) => {
+            core.counters.set_last_failure(None);
+        }
     }
     let outcome = match verdict {
         Verdict::Requeue => {

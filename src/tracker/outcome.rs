@@ -372,7 +372,7 @@ pub struct Stats {
     /// How long the oldest undelivered event has waited.
     pub oldest_age: Option<Duration>,
     /// Why the latest delivery that will be tried again failed (its error, as displayed),
-    /// until a delivery gets an answer from Dub. While nothing gets through (Dub unreachable,
+    /// until a later delivery settles its event (or nothing is left to deliver). While nothing gets through (Dub unreachable,
     /// a wrong base URL, a proxy refusing) the counts stand still; this says why, for a
     /// progress display or a health check.
     pub last_failure: Option<String>,

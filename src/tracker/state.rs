@@ -124,7 +124,10 @@ impl Core {
             retried: self.counters.retried.load(Ordering::Relaxed),
             rate_limited: self.dub.rate_limiter().map_or(0, |state| state.throttled),
             oldest_age: oldest.map(|created| Duration::from_millis(now.saturating_sub(created))),
-            last_failure: self.counters.last_failure(),
+            // Nothing left to deliver: nothing is held up by it.
+            last_failure: (queued + in_flight > 0)
+                .then(|| self.counters.last_failure())
+                .flatten(),
         }
     }
 }

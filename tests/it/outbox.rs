@@ -829,7 +829,6 @@ mod relaying {
     /// by one relay, paces the others too, which never saw a refusal themselves.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn relays_not_given_the_limit_learn_it_together_from_one_429() {
-        use dub::mock::RetryAfter;
         let Some(pg) = Postgres::shared() else { return };
         let pool = database(&pg).await;
         let per_minute = 1_200;
@@ -854,7 +853,7 @@ mod relaying {
 
         // Two relays that never saw the 429, and the one that did (which may start on the
         // events as soon as each commits).
-        let turn = Duration::from_secs_f64(60.0 / (f64::from(per_minute as u32) * 0.97));
+        let turn = Duration::from_secs_f64(60.0 / (per_minute as f64 * 0.97));
         let started = tokio::time::Instant::now();
         let others: Vec<Running> = (0..2).map(|_| start(relay(&pool, &mock))).collect();
         for i in 0..40 {
@@ -986,13 +985,15 @@ mod relaying {
         let Some(pg) = Postgres::shared() else { return };
         let pool = database(&pg).await;
         let mock = MockDub::start().await.unwrap();
+        // Sales Dub does not deduplicate: one sent too close to its attempt's cut would time
+        // out and end uncertain.
         for i in 0..20 {
-            outbox::enqueue(&pool, lead(&format!("held_{i}")))
-                .await
-                .unwrap();
+            let mut s = sale(&format!("held_{i}"), None);
+            s.click_id = Some("cl".into());
+            outbox::enqueue(&pool, s).await.unwrap();
         }
         // Dub holds the key back for 4 s; an attempt may wait at most 1 s (half the lease)
-        // for its turn, so the attempts meanwhile are put back unsent, again and again.
+        // for its turn, so the attempts meanwhile are put back unsent.
         mock.push_fault(Fault::RateLimited(RetryAfter::Seconds(4)));
         let started = tokio::time::Instant::now();
         let running = start(
@@ -1003,12 +1004,52 @@ mod relaying {
         );
         drained(&pool).await;
         let report = running.stop().await;
-        assert_eq!(report.delivered, 20);
-        assert_eq!(mock.leads().len(), 20);
-        assert!(report.retried > 0, "{report:?}");
+        assert_eq!(
+            (report.delivered, report.uncertain, report.failed),
+            (20, 0, 0),
+            "{report:?}"
+        );
+        assert_eq!(mock.sales().len(), 20);
+        // The refused request and one each: none sent at the edge of its attempt's time.
+        assert_eq!(mock.requests().len(), 21);
+        // A claim that got no turn is no attempt: only the refused row has two.
+        let attempts: i64 =
+            sqlx_core::query_scalar::query_scalar("SELECT sum(attempts)::bigint FROM dub_outbox")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(attempts, 21);
+        assert_eq!(report.retried, 1, "{report:?}");
         // After the hold the 20 turns take 2 s; had each unsent attempt kept its turn, the
         // next one would have run away from the clock (`drained` gives up after 60 s).
         assert!(started.elapsed() >= Duration::from_secs(4));
+    }
+
+    /// A database migrated by an older version of the crate (no limit column in the budget):
+    /// the relay delivers unpaced rather than stall, and `migrate` brings it up to date.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_relay_on_an_older_schema_delivers_unpaced_until_migrated() {
+        let Some(pg) = Postgres::shared() else { return };
+        let pool = PgPool::connect(&pg.fresh_database()).await.unwrap();
+        for (version, sql) in &outbox::MIGRATIONS[..2] {
+            assert!(*version <= 2);
+            let mut conn = pool.acquire().await.unwrap();
+            sqlx_core::executor::Executor::execute(&mut *conn, sqlx_core::raw_sql::raw_sql(sql))
+                .await
+                .unwrap();
+        }
+        let mock = MockDub::start().await.unwrap();
+        for i in 0..5 {
+            let mut s = sale(&format!("old_{i}"), Some(&format!("in_old_{i}")));
+            s.click_id = Some("cl".into());
+            outbox::enqueue(&pool, s).await.unwrap();
+        }
+        let running = start(relay(&pool, &mock).shared_rate_limit(600));
+        drained(&pool).await;
+        let report = running.stop().await;
+        assert_eq!(report.delivered, 5, "{report:?}");
+        let migrated = outbox::migrate(&pool).await.unwrap();
+        assert_eq!((migrated.from, migrated.to), (2, outbox::SCHEMA_VERSION));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1056,10 +1097,13 @@ mod relaying {
         }
         let report = running.stop().await;
         assert_eq!(report.delivered, 10);
-        assert!(
-            report.retried > 0,
-            "the limiter held attempts back: {report:?}"
-        );
+        // A claim the limiter could not start is no attempt: one each.
+        let attempts: i64 =
+            sqlx_core::query_scalar::query_scalar("SELECT sum(attempts)::bigint FROM dub_outbox")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(attempts, 10, "{report:?}");
         // Nothing was sent, so each is due at the limiter's next turn (about a second away),
         // not after a backoff doubling with its attempts (which reach 10 or more here).
         assert!(furthest < 3.0, "a row not sent was put off {furthest:.1} s");

@@ -181,6 +181,45 @@ async fn the_tracker_resumes_soon_after_a_short_outage_ends() {
     );
 }
 
+/// During an outage of 5xx, a sale Dub does not deduplicate ends uncertain at its first
+/// failure (it may have been recorded). Those endings count towards the outage pause too, so
+/// an outage spends a trickle of such events, one probe per pause, not the whole queue.
+#[tokio::test(start_paused = true)]
+async fn an_outage_spends_a_trickle_of_unsafe_events_not_the_queue() {
+    use dub::mock::{Fault, RandomFaults};
+    let mock = MockDub::start().await.unwrap();
+    mock.random_faults(RandomFaults::new(1, 1.0).kinds([Fault::Status(503)]));
+    let tracker = support::dub(&mock)
+        .tracker()
+        .max_in_flight(1)
+        .start()
+        .unwrap();
+    let mut receipts = vec![];
+    for c in 0..20 {
+        receipts.push(
+            tracker
+                .sale(sale(&format!("user_{c}"), None))
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    // Five failures in a row make the outage; then one probe after 1 s, 2 s, 4 s.
+    let spent = mock.request_count();
+    assert!(
+        spent <= 9,
+        "{spent} of 20 unsafe sales sent into a 10 s outage"
+    );
+    mock.clear_faults();
+    let mut delivered = 0;
+    for r in receipts {
+        if r.await.is_delivered() {
+            delivered += 1;
+        }
+    }
+    assert_eq!(delivered, 20 - spent);
+}
+
 #[tokio::test]
 async fn hand_over_refuses_at_once_what_it_cannot_take_and_gives_it_back() {
     use dub::tracker::{Event, HandOverErrorKind};

@@ -52,6 +52,8 @@ pub fn command(mock: &MockDub, dir: &Path, args: &[&str]) -> Command {
         .current_dir(dir)
         .env("DUB_API_KEY", mock.token())
         .env("DUB_BASE_URL", mock.url())
+        // The library's log lines at their default level, whatever the caller's shell sets.
+        .env_remove("DUB_TRACK_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
