@@ -30,6 +30,9 @@
 //! with Dub's algorithm); requests refused with 429; requests per event. It prints figures and
 //! asserts nothing; see BENCHMARKS.md for the method and results.
 
+#[path = "support/window.rs"]
+mod window;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::future::IntoFuture;
 use std::sync::{Arc, Mutex};
@@ -40,8 +43,6 @@ use dub::models::TrackLeadRequest;
 use dub::{Dub, RateLimit, RetryConfig};
 use futures_util::future::join_all;
 use tokio::time::Instant;
-
-const WINDOW_MS: u64 = 60_000;
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -124,42 +125,8 @@ fn load_average() -> String {
 /// Waits until `offset` seconds past the next epoch-aligned minute (or the current one, if that
 /// point is still ahead by more than 2 s).
 async fn align(opts: &Opts) {
-    if !opts.align {
-        return;
-    }
-    let offset = (opts.offset * 1000.0) as u64;
-    let now = now_ms();
-    let mut at = now / WINDOW_MS * WINDOW_MS + offset;
-    if at < now + 2_000 {
-        at += WINDOW_MS;
-    }
-    tokio::time::sleep(Duration::from_millis(at - now)).await;
-}
-
-/// The fastest `events` requests can all be accepted by Dub's sliding window on a
-/// key unused for two minutes, starting at `start_ms`: each request is sent the moment the
-/// window admits it. Seconds.
-fn window_minimum(start_ms: u64, events: u64, limit: u64) -> f64 {
-    let (mut index, mut previous, mut current, mut sent) = (start_ms / WINDOW_MS, 0u64, 0u64, 0);
-    let mut t = start_ms;
-    loop {
-        let i = t / WINDOW_MS;
-        if i != index {
-            previous = if i == index + 1 { current } else { 0 };
-            current = 0;
-            index = i;
-        }
-        let weighted = previous * (WINDOW_MS - t % WINDOW_MS) / WINDOW_MS;
-        let used = weighted + current;
-        if used < limit {
-            let n = (limit - used).min(events - sent);
-            current += n;
-            sent += n;
-            if sent == events {
-                return (t - start_ms) as f64 / 1000.0;
-            }
-        }
-        t += 1;
+    if opts.align {
+        window::align(now_ms(), (opts.offset * 1000.0) as u64).await;
     }
 }
 
@@ -370,9 +337,9 @@ async fn scenario(opts: &Opts, which: char) -> Run {
     ));
     Run {
         name,
-        position: (start_ms % WINDOW_MS) as f64 / 1000.0,
+        position: (start_ms % window::WINDOW_MS) as f64 / 1000.0,
         elapsed,
-        window_min: window_minimum(start_ms, opts.events as u64, opts.limit),
+        window_min: window::window_minimum(start_ms, opts.events as u64, opts.limit),
         requests: requests.len(),
         refused,
         recorded: mock.leads().len(),

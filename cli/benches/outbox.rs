@@ -32,6 +32,8 @@
 #[allow(dead_code)]
 #[path = "../../tests/it/support/postgres.rs"]
 mod postgres;
+#[path = "../../benches/support/window.rs"]
+mod window;
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -46,7 +48,6 @@ use sqlx_postgres::{PgPool, PgPoolOptions};
 use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dub-track");
-const WINDOW_MS: u64 = 60_000;
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -128,40 +129,8 @@ fn load_average() -> String {
 /// Waits until 1 s past the next epoch-aligned minute (or the current one, if that is still
 /// more than 2 s ahead).
 async fn align(opts: &Opts) {
-    if !opts.align {
-        return;
-    }
-    let now = now_ms();
-    let mut at = now / WINDOW_MS * WINDOW_MS + 1_000;
-    if at < now + 2_000 {
-        at += WINDOW_MS;
-    }
-    tokio::time::sleep(Duration::from_millis(at - now)).await;
-}
-
-/// The fastest `events` requests can all be accepted by Dub's sliding window on a key unused
-/// for two minutes, from `start_ms` (each sent the moment the window admits it). Seconds.
-fn window_minimum(start_ms: u64, events: u64, limit: u64) -> f64 {
-    let (mut index, mut previous, mut current, mut sent) = (start_ms / WINDOW_MS, 0u64, 0u64, 0);
-    let mut t = start_ms;
-    loop {
-        let i = t / WINDOW_MS;
-        if i != index {
-            previous = if i == index + 1 { current } else { 0 };
-            current = 0;
-            index = i;
-        }
-        let weighted = previous * (WINDOW_MS - t % WINDOW_MS) / WINDOW_MS;
-        let used = weighted + current;
-        if used < limit {
-            let n = (limit - used).min(events - sent);
-            current += n;
-            sent += n;
-            if sent == events {
-                return (t - start_ms) as f64 / 1000.0;
-            }
-        }
-        t += 1;
+    if opts.align {
+        window::align(now_ms(), 1_000).await;
     }
 }
 
@@ -402,11 +371,11 @@ async fn paced(pg: &Postgres, opts: &Opts, learn: bool) -> (f64, f64, usize, usi
     );
     let d = deliver(pg, opts, &mock, opts.events, opts.relays, &args, true).await;
     let min = 60.0 * opts.events as f64 / opts.limit as f64;
-    let window_min = window_minimum(d.start_ms, opts.events, opts.limit);
+    let window_min = window::window_minimum(d.start_ms, opts.events, opts.limit);
     println!(
         "  started {:.3} s into the minute; elapsed {:.1} s = {:.3} x {:.0} s ({:.3} x {:.1} s, \
          the fastest the window allows from this start); load at the end {}",
-        (d.start_ms % WINDOW_MS) as f64 / 1000.0,
+        (d.start_ms % window::WINDOW_MS) as f64 / 1000.0,
         d.elapsed,
         d.elapsed / min,
         min,

@@ -40,6 +40,20 @@ async fn http(port: u16, request: &str) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&answer).into_owned())
 }
 
+/// `POST path` with a JSON body and the mock's token, over a fresh connection; the answer.
+async fn post(port: u16, path: &str, body: &str) -> String {
+    http(
+        port,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer dub_mock_token\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await
+    .unwrap()
+}
+
 /// Waits until something accepts connections on `port`, for at most 10 s.
 async fn wait_for_port(port: u16) {
     let start = Instant::now();
@@ -338,16 +352,7 @@ async fn mock_keeps_a_bounded_history_served_and_cleared_over_http() {
         let body = format!(
             "{{\"clickId\":\"c\",\"eventName\":\"Sign up\",\"customerExternalId\":\"u{i}\"}}"
         );
-        let answer = http(
-            port,
-            &format!(
-                "POST /track/lead HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer dub_mock_token\r\n\
-                 Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            ),
-        )
-        .await
-        .unwrap();
+        let answer = post(port, "/track/lead", &body).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
     let get = |path: &str| {
@@ -410,16 +415,7 @@ async fn mock_invoice_race_records_a_second_sale_only_within_its_window() {
         let body = format!(
             "{{\"customerExternalId\":\"u\",\"clickId\":\"c\",\"amount\":900,\"invoiceId\":\"{invoice}\"}}"
         );
-        let answer = http(
-            port,
-            &format!(
-                "POST /track/sale HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer dub_mock_token\r\n\
-                 Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            ),
-        )
-        .await
-        .unwrap();
+        let answer = post(port, "/track/sale", &body).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     };
     let sales = || async {
