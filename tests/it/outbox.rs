@@ -27,10 +27,34 @@ fn the_test_cluster_recovers_from_a_crash_and_is_removed_on_drop() {
     assert!(!directory.exists());
 }
 
+/// The events both halves enqueue.
+#[cfg(feature = "postgres")]
+mod events {
+    use dub::models::{TrackLeadRequest, TrackSaleRequest};
+
+    pub fn lead(customer: &str, event: &str) -> TrackLeadRequest {
+        TrackLeadRequest::builder()
+            .click_id("cl_1")
+            .event_name(event)
+            .customer_external_id(customer)
+            .build()
+    }
+
+    pub fn sale(customer: &str, invoice: Option<&str>) -> TrackSaleRequest {
+        let mut sale = TrackSaleRequest::builder()
+            .customer_external_id(customer)
+            .amount(4_900)
+            .build();
+        sale.invoice_id = invoice.map(str::to_owned);
+        sale
+    }
+}
+
 #[cfg(feature = "postgres")]
 mod producing {
+    use super::events::{lead, sale};
     use crate::support::postgres::Postgres;
-    use dub::models::{LeadMode, TrackLeadRequest, TrackSaleRequest};
+    use dub::models::LeadMode;
     use dub::outbox::{self, Enqueued, OutboxError};
     use dub::tracker::Event;
     use serde_json::{Value, json};
@@ -51,23 +75,6 @@ mod producing {
 
     fn name_of(url: &str) -> &str {
         url.rsplit('/').next().unwrap()
-    }
-
-    fn lead(customer: &str, event: &str) -> TrackLeadRequest {
-        TrackLeadRequest::builder()
-            .click_id("cl_1")
-            .event_name(event)
-            .customer_external_id(customer)
-            .build()
-    }
-
-    fn sale(customer: &str, invoice: Option<&str>) -> TrackSaleRequest {
-        let mut sale = TrackSaleRequest::builder()
-            .customer_external_id(customer)
-            .amount(4_900)
-            .build();
-        sale.invoice_id = invoice.map(str::to_owned);
-        sale
     }
 
     async fn rows(pool: &PgPool) -> Vec<(i64, Value, String)> {
@@ -496,10 +503,9 @@ mod producing {
 
 #[cfg(all(feature = "postgres", feature = "mock"))]
 mod relaying {
+    use super::events::sale;
     use crate::support::postgres::Postgres;
-    use dub::Dub;
     use dub::mock::{Fault, MockDub, RetryAfter};
-    use dub::models::{TrackLeadRequest, TrackSaleRequest};
     use dub::outbox::{self, Relay, RelayBuilder, RelayReport, Stats};
     use sqlx_core::query::query;
     use sqlx_postgres::PgPool;
@@ -507,17 +513,14 @@ mod relaying {
     use tokio::sync::oneshot;
     use tokio::task::JoinHandle;
 
-    fn client(mock: &MockDub) -> Dub {
-        Dub::builder()
-            .token(mock.token())
-            .server_url(mock.url())
-            .build()
-            .unwrap()
+    /// A sign-up lead.
+    fn lead(customer: &str) -> dub::models::TrackLeadRequest {
+        super::events::lead(customer, "Sign up")
     }
 
     /// A relay tuned for tests: quick polls and retries.
     fn relay(pool: &PgPool, mock: &MockDub) -> RelayBuilder {
-        Relay::builder(pool.clone(), client(mock))
+        Relay::builder(pool.clone(), crate::support::dub(mock))
             .poll_interval(Duration::from_millis(100))
             .backoff(Duration::from_millis(100), Duration::from_millis(500))
             .settle(Duration::from_millis(1_500))
@@ -565,23 +568,6 @@ mod relaying {
         let pool = PgPool::connect(&pg.fresh_database()).await.unwrap();
         outbox::migrate(&pool).await.unwrap();
         pool
-    }
-
-    fn lead(customer: &str) -> TrackLeadRequest {
-        TrackLeadRequest::builder()
-            .click_id("cl_1")
-            .event_name("Sign up")
-            .customer_external_id(customer)
-            .build()
-    }
-
-    fn sale(customer: &str, invoice: Option<&str>) -> TrackSaleRequest {
-        let mut sale = TrackSaleRequest::builder()
-            .customer_external_id(customer)
-            .amount(1_000)
-            .build();
-        sale.invoice_id = invoice.map(str::to_owned);
-        sale
     }
 
     async fn row(
@@ -1064,9 +1050,7 @@ mod relaying {
         }
         // The client paces at about one request a second; an attempt waits for a turn at most
         // two thirds of half the 2 s lease, so most attempts end unsent, again and again.
-        let dub = Dub::builder()
-            .token(mock.token())
-            .server_url(mock.url())
+        let dub = crate::support::client(&mock.url())
             .rate_limit(dub::RateLimit::per_minute(60))
             .build()
             .unwrap();
