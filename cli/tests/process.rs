@@ -72,6 +72,16 @@ fn kill(child: &tokio::process::Child, signal: i32) {
     assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
 }
 
+/// SIGTERM, then the exit code, which must come within `within`.
+async fn sigterm(child: &mut tokio::process::Child, within: Duration) -> Option<i32> {
+    kill(child, libc::SIGTERM);
+    tokio::time::timeout(within, child.wait())
+        .await
+        .expect("no stop on SIGTERM in time")
+        .unwrap()
+        .code()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_with_a_closed_stdout_delivers_and_exits_by_what_happened() {
     let mock = MockDub::start().await.unwrap();
@@ -215,13 +225,8 @@ async fn relay_with_a_closed_stderr_survives_its_warnings() {
         "the relay died: {:?}",
         child.try_wait()
     );
-    kill(&child, libc::SIGTERM);
     // Within one wait for a connection, not sqlx's default 30 s.
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .expect("the relay did not stop on SIGTERM")
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(sigterm(&mut child, Duration::from_secs(15)).await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,12 +267,7 @@ async fn mock_with_a_closed_stdout_keeps_serving() {
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     assert!(server.try_wait().unwrap().is_none(), "the mock stopped");
 
-    kill(&server, libc::SIGTERM);
-    let status = tokio::time::timeout(Duration::from_secs(10), server.wait())
-        .await
-        .expect("the mock did not stop on SIGTERM")
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(sigterm(&mut server, Duration::from_secs(10)).await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,12 +381,7 @@ async fn mock_keeps_a_bounded_history_served_and_cleared_over_http() {
     let stats = json_of(get("/__mock/stats").await.unwrap());
     assert_eq!(stats["requests"], 0, "{stats}");
 
-    kill(&server, libc::SIGTERM);
-    let status = tokio::time::timeout(Duration::from_secs(10), server.wait())
-        .await
-        .expect("the mock did not stop on SIGTERM")
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(sigterm(&mut server, Duration::from_secs(10)).await, Some(0));
 }
 
 /// `--invoice-race-ms`: Dub's invoice check is read-then-write, so a second sale for an
@@ -449,10 +444,5 @@ async fn mock_invoice_race_records_a_second_sale_only_within_its_window() {
     .unwrap();
     assert_eq!(kept.matches("\"status\":200").count(), 4, "{kept}");
 
-    kill(&server, libc::SIGTERM);
-    let status = tokio::time::timeout(Duration::from_secs(10), server.wait())
-        .await
-        .expect("the mock did not stop on SIGTERM")
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(sigterm(&mut server, Duration::from_secs(10)).await, Some(0));
 }
